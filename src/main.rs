@@ -1,0 +1,303 @@
+//! The `ferry` command: parse flags, validate configuration before binding any
+//! socket, then hand over to the library.
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Parser, Subcommand};
+use ferry::config::{Config, Overrides, RawConfig};
+use ferry_storage::{Digest, Store, StoreOptions};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(name = "ferry", version, about = "A pull-through caching proxy for OCI registries")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the proxy.
+    Serve(ServeArgs),
+    /// Validate a configuration and print what it means, then exit.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
+    /// Check the store's index against its files (Ferry must not be running;
+    /// use the admin API's /admin/fsck for a live store).
+    Fsck {
+        #[arg(long, default_value = "./ferry-data")]
+        data_dir: PathBuf,
+        /// Also re-hash every blob.
+        #[arg(long)]
+        verify: bool,
+        /// Drop what is broken (bad entries are fetched again on demand).
+        #[arg(long)]
+        repair: bool,
+    },
+    /// Remove a digest, a tag or a repository's tags from the cache.
+    Purge(PurgeArgs),
+}
+
+#[derive(Subcommand)]
+enum ConfigCommand {
+    Check(ServeArgs),
+}
+
+#[derive(Args, Clone)]
+struct ServeArgs {
+    /// TOML configuration file.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Client-facing address [default: 127.0.0.1:5000].
+    #[arg(long)]
+    listen: Option<String>,
+    /// Where blobs and the index live [default: ./ferry-data].
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// The default upstream registry URL [default: https://registry-1.docker.io].
+    #[arg(long)]
+    upstream: Option<String>,
+    /// Seconds a tag→digest answer is served without asking upstream [default: 30].
+    #[arg(long)]
+    tag_ttl: Option<u64>,
+    /// Size budget for cached blobs, e.g. 10GiB [default: unbounded].
+    #[arg(long)]
+    max_cache_size: Option<String>,
+    /// Address for the admin API (purge, fsck) [default: off].
+    #[arg(long)]
+    admin_listen: Option<String>,
+    /// Log one line per request.
+    #[arg(long)]
+    access_log: bool,
+}
+
+#[derive(Args)]
+struct PurgeArgs {
+    /// A running Ferry's admin API, e.g. http://127.0.0.1:5001.
+    #[arg(long, conflicts_with = "data_dir")]
+    admin: Option<String>,
+    /// The store of a stopped Ferry.
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Configuration (to resolve upstream aliases when purging offline).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// A blob or manifest digest.
+    #[arg(long, conflicts_with_all = ["upstream", "repository", "tag"])]
+    digest: Option<String>,
+    /// Upstream name or alias (e.g. docker.io).
+    #[arg(long, requires = "repository")]
+    upstream: Option<String>,
+    /// Repository as named upstream (e.g. library/alpine).
+    #[arg(long, requires = "upstream")]
+    repository: Option<String>,
+    /// One tag; without it every tag of the repository is forgotten.
+    #[arg(long, requires = "repository")]
+    tag: Option<String>,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing();
+    match run(cli.command) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("ferry: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+fn run(command: Command) -> Result<ExitCode> {
+    match command {
+        Command::Serve(args) => {
+            let config = load_config(&args)?;
+            serve(config)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Config { command: ConfigCommand::Check(args) } => {
+            let config = load_config(&args)?;
+            println!("listen        {}", config.listen);
+            println!("data_dir      {}", config.data_dir.display());
+            if let Some(a) = config.admin_listen {
+                println!("admin_listen  {a}");
+            }
+            for (i, u) in config.upstreams.iter().enumerate() {
+                let default = if i == config.default_upstream { " (default)" } else { "" };
+                println!(
+                    "upstream      {}{default}: {} aliases={:?} tag_ttl={:?} stale_if_error={:?}",
+                    u.name, u.url, u.aliases, u.policy.defaults.tag_ttl, u.policy.defaults.stale_if_error
+                );
+            }
+            println!("configuration OK");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Fsck { data_dir, verify, repair } => fsck(data_dir, verify, repair),
+        Command::Purge(args) => purge(args),
+    }
+}
+
+fn load_config(args: &ServeArgs) -> Result<Config> {
+    let raw = match &args.config {
+        Some(path) => {
+            let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+            RawConfig::from_toml(&text).with_context(|| format!("in {}", path.display()))?
+        }
+        None => RawConfig::default(),
+    };
+    let overrides = Overrides {
+        listen: args.listen.clone(),
+        admin_listen: args.admin_listen.clone(),
+        data_dir: args.data_dir.clone(),
+        upstream: args.upstream.clone(),
+        tag_ttl: args.tag_ttl,
+        max_cache_size: args.max_cache_size.clone(),
+        access_log: args.access_log,
+    };
+    let context = args
+        .config
+        .as_ref()
+        .map_or_else(|| "invalid configuration".to_string(), |p| format!("invalid configuration in {}", p.display()));
+    Config::from_raw(raw, overrides).context(context)
+}
+
+fn serve(config: Config) -> Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(config.listen)
+            .await
+            .with_context(|| format!("cannot listen on {}", config.listen))?;
+        let ferry = ferry::Ferry::open(config.clone())?;
+        tracing::info!(
+            listen = %config.listen,
+            data_dir = %config.data_dir.display(),
+            upstream = %config.upstreams[config.default_upstream].url,
+            blobs = ferry.proxy().store.blob_count(),
+            bytes = ferry.proxy().store.total_bytes(),
+            "ferry serving"
+        );
+        ferry.serve(listener, shutdown_signal()).await?;
+        tracing::info!("ferry stopped");
+        Ok(())
+    })
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = ctrl_c => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = ctrl_c.await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}
+
+fn fsck(data_dir: PathBuf, verify: bool, repair: bool) -> Result<ExitCode> {
+    let store = Store::open(StoreOptions::new(&data_dir))
+        .with_context(|| format!("opening the store in {} (is Ferry still running?)", data_dir.display()))?;
+    let report = store.fsck(verify, repair)?;
+    for f in &report.findings {
+        println!("{f}");
+    }
+    println!(
+        "checked {} blobs, {} manifests, {} tags: {} problem(s){}",
+        report.blobs_checked,
+        report.manifests_checked,
+        report.tags_checked,
+        report.findings.len(),
+        if repair && !report.clean() { ", repaired" } else { "" }
+    );
+    Ok(if report.clean() { ExitCode::SUCCESS } else { ExitCode::from(1) })
+}
+
+fn purge(args: PurgeArgs) -> Result<ExitCode> {
+    let mut query = url::form_urlencoded::Serializer::new(String::new());
+    match (&args.digest, &args.upstream, &args.repository) {
+        (Some(d), _, _) => {
+            query.append_pair("digest", d);
+        }
+        (None, Some(u), Some(r)) => {
+            query.append_pair("upstream", u).append_pair("repository", r);
+            if let Some(t) = &args.tag {
+                query.append_pair("tag", t);
+            }
+        }
+        _ => bail!("give --digest, or --upstream and --repository [--tag]"),
+    }
+    if let Some(admin) = &args.admin {
+        let url = format!("{}/admin/purge?{}", admin.trim_end_matches('/'), query.finish());
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        let (status, body) = runtime.block_on(async {
+            let resp = reqwest::Client::new().post(&url).send().await?;
+            let status = resp.status();
+            Ok::<_, reqwest::Error>((status, resp.text().await?))
+        })?;
+        println!("{body}");
+        return Ok(if status.is_success() { ExitCode::SUCCESS } else { ExitCode::from(1) });
+    }
+    let Some(data_dir) = args.data_dir.clone() else {
+        bail!("give --admin URL (Ferry running) or --data-dir DIR (Ferry stopped)");
+    };
+    let store = Store::open(StoreOptions::new(&data_dir))
+        .with_context(|| format!("opening the store in {} (is Ferry running? use --admin)", data_dir.display()))?;
+    let removed = if let Some(d) = &args.digest {
+        let digest: Digest = d.parse().with_context(|| format!("{d:?} is not a digest"))?;
+        usize::from(store.purge_digest(&digest)?)
+    } else {
+        let (upstream, repo) = offline_names(&args)?;
+        store.purge_tags(&upstream, &repo, args.tag.as_deref())?
+    };
+    println!("{{\"removed\":{removed}}}");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The stored upstream name and repository for an offline tag purge: resolved
+/// through the configuration when the upstream is known there.
+fn offline_names(args: &PurgeArgs) -> Result<(String, String)> {
+    let upstream = args.upstream.clone().unwrap_or_default();
+    let repo = args.repository.clone().unwrap_or_default();
+    let raw = match &args.config {
+        Some(p) => RawConfig::from_toml(&std::fs::read_to_string(p)?)?,
+        None => RawConfig::default(),
+    };
+    let config = Config::from_raw(raw, Overrides::default())?;
+    let known = config
+        .upstreams
+        .iter()
+        .find(|u| u.name == upstream || u.aliases.iter().any(|a| *a == upstream.to_ascii_lowercase()));
+    Ok(match known {
+        Some(u) => {
+            let repo = match ferry::oci::RepoName::parse(&repo) {
+                Some(r) if u.library_prefix => r.with_library_prefix().to_string(),
+                _ => repo,
+            };
+            (u.name.clone(), repo)
+        }
+        None => (upstream, repo),
+    })
+}

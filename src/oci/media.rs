@@ -1,0 +1,78 @@
+//! Manifest media types and the `Accept` list Ferry always sends upstream.
+
+pub const DOCKER_MANIFEST_V2: &str = "application/vnd.docker.distribution.manifest.v2+json";
+pub const DOCKER_MANIFEST_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
+pub const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+pub const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
+pub const DOCKER_SCHEMA1_SIGNED: &str = "application/vnd.docker.distribution.manifest.v1+prettyjws";
+pub const DOCKER_SCHEMA1: &str = "application/vnd.docker.distribution.manifest.v1+json";
+
+/// Sent on every upstream manifest request, whatever the client asked for: a
+/// narrowed or empty list makes registries down-convert (Docker Hub to schema1).
+pub const UPSTREAM_MANIFEST_ACCEPT: &str = "application/vnd.oci.image.index.v1+json, \
+application/vnd.docker.distribution.manifest.list.v2+json, \
+application/vnd.oci.image.manifest.v1+json, \
+application/vnd.docker.distribution.manifest.v2+json";
+
+/// Largest manifest Ferry fetches or caches (containerd, containers/image and
+/// distribution all cap manifests at about 4 MiB).
+pub const MAX_MANIFEST_BYTES: usize = 4 * 1024 * 1024;
+
+/// A manifest's media type: the upstream `Content-Type` without parameters when
+/// it names a manifest type, else the body's own `mediaType` field.
+pub fn manifest_media_type(content_type: Option<&str>, body: &[u8]) -> Option<String> {
+    let declared = content_type
+        .map(|ct| ct.split(';').next().unwrap_or("").trim().to_ascii_lowercase())
+        .filter(|ct| !ct.is_empty() && ct != "application/json" && ct != "text/plain");
+    if declared.is_some() {
+        return declared;
+    }
+    #[derive(serde::Deserialize)]
+    struct Probe {
+        #[serde(rename = "mediaType")]
+        media_type: Option<String>,
+        #[serde(rename = "schemaVersion")]
+        schema_version: Option<u32>,
+    }
+    let probe: Probe = serde_json::from_slice(body).ok()?;
+    match (probe.media_type, probe.schema_version) {
+        (Some(mt), _) => Some(mt),
+        // An OCI manifest may omit mediaType; schemaVersion 2 with a config says so.
+        (None, Some(2)) => Some(OCI_MANIFEST.to_string()),
+        (None, Some(1)) => Some(DOCKER_SCHEMA1_SIGNED.to_string()),
+        _ => None,
+    }
+}
+
+/// Schema1 manifests are refused: their digest covers a JWS payload, not the
+/// body, and containerd 2.x no longer accepts them.
+pub fn is_schema1(media_type: &str) -> bool {
+    media_type == DOCKER_SCHEMA1 || media_type == DOCKER_SCHEMA1_SIGNED
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn declared_type_wins_and_loses_parameters() {
+        assert_eq!(
+            manifest_media_type(Some("application/vnd.oci.image.index.v1+json; charset=utf-8"), b"{}"),
+            Some(OCI_INDEX.to_string())
+        );
+    }
+
+    #[test]
+    fn generic_types_fall_back_to_the_body() {
+        let body = br#"{"schemaVersion":2,"mediaType":"application/vnd.docker.distribution.manifest.v2+json"}"#;
+        assert_eq!(
+            manifest_media_type(Some("application/json"), body),
+            Some(DOCKER_MANIFEST_V2.to_string())
+        );
+        assert_eq!(
+            manifest_media_type(None, br#"{"schemaVersion":2,"config":{}}"#),
+            Some(OCI_MANIFEST.to_string())
+        );
+        assert_eq!(manifest_media_type(None, b"not json"), None);
+    }
+}

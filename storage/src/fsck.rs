@@ -1,0 +1,197 @@
+//! `ferry fsck`: the index checked against the files, and optionally repaired.
+
+use crate::{blob_path, remove_if_exists, Digest, Hasher, Store, StoreError};
+use std::collections::HashSet;
+use std::fs::{self, File};
+use std::io::{self, Read};
+use std::path::{Path, PathBuf};
+
+/// One problem found.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum FsckFinding {
+    /// The index lists a blob whose file is missing.
+    MissingFile { digest: String },
+    /// The file's length differs from the indexed size.
+    WrongSize { digest: String, indexed: u64, on_disk: u64 },
+    /// `--verify`: the file's bytes do not hash to its name.
+    CorruptBlob { digest: String },
+    /// A file under `blobs/` with no index entry (e.g. a crash after the rename).
+    OrphanFile { path: PathBuf },
+    /// An index entry that cannot be decoded.
+    BadIndexEntry { key: String },
+    /// A stored manifest whose bytes do not hash to its digest, or cannot be decoded.
+    CorruptManifest { digest: String },
+    /// A tag record that points at a manifest the store does not hold.
+    DanglingTag { upstream: String, repo: String, tag: String },
+    /// A leftover temp file.
+    TempFile { path: PathBuf },
+}
+
+/// What fsck found, and whether it repaired it.
+#[derive(Clone, Debug, Default)]
+pub struct FsckReport {
+    pub blobs_checked: u64,
+    pub manifests_checked: u64,
+    pub tags_checked: u64,
+    pub findings: Vec<FsckFinding>,
+    pub repaired: bool,
+}
+
+impl FsckReport {
+    pub fn clean(&self) -> bool {
+        self.findings.is_empty()
+    }
+}
+
+impl std::fmt::Display for FsckFinding {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            FsckFinding::MissingFile { digest } => write!(f, "blob {digest}: indexed but its file is missing"),
+            FsckFinding::WrongSize { digest, indexed, on_disk } => {
+                write!(f, "blob {digest}: indexed as {indexed} bytes, file has {on_disk}")
+            }
+            FsckFinding::CorruptBlob { digest } => write!(f, "blob {digest}: bytes do not hash to its digest"),
+            FsckFinding::OrphanFile { path } => write!(f, "{}: file not in the index", path.display()),
+            FsckFinding::BadIndexEntry { key } => write!(f, "index entry {key:?} cannot be decoded"),
+            FsckFinding::CorruptManifest { digest } => {
+                write!(f, "manifest {digest}: bytes do not hash to its digest")
+            }
+            FsckFinding::DanglingTag { upstream, repo, tag } => {
+                write!(f, "tag {upstream}/{repo}:{tag} points at a manifest not in the store")
+            }
+            FsckFinding::TempFile { path } => write!(f, "{}: leftover temp file", path.display()),
+        }
+    }
+}
+
+pub(crate) fn run(store: &Store, verify: bool, repair: bool) -> Result<FsckReport, StoreError> {
+    let inner = &store.inner;
+    let mut report = FsckReport {
+        repaired: repair,
+        ..FsckReport::default()
+    };
+    let mut indexed = HashSet::new();
+
+    for (key, meta) in inner.index.raw_blobs()? {
+        report.blobs_checked += 1;
+        let key_text = String::from_utf8_lossy(&key).into_owned();
+        let (Ok(digest), Some(meta)) = (key_text.parse::<Digest>(), meta) else {
+            report.findings.push(FsckFinding::BadIndexEntry { key: key_text });
+            if repair {
+                inner.index.delete_blob_key(&key)?;
+            }
+            continue;
+        };
+        let path = blob_path(&inner.blobs_dir, &digest);
+        let problem = match fs::metadata(&path) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Some(FsckFinding::MissingFile {
+                digest: key_text.clone(),
+            }),
+            Err(e) => return Err(e.into()),
+            Ok(m) if m.len() != meta.size => Some(FsckFinding::WrongSize {
+                digest: key_text.clone(),
+                indexed: meta.size,
+                on_disk: m.len(),
+            }),
+            Ok(_) if verify && !file_verifies(&path, &digest)? => Some(FsckFinding::CorruptBlob {
+                digest: key_text.clone(),
+            }),
+            Ok(_) => None,
+        };
+        indexed.insert(path.clone());
+        match problem {
+            None => {}
+            Some(finding) => {
+                report.findings.push(finding);
+                if repair {
+                    let _pins = inner.pins.lock().unwrap_or_else(|e| e.into_inner());
+                    inner.index.delete_blob(&digest, true)?;
+                    remove_if_exists(&path)?;
+                    inner.account_removed(meta.size);
+                }
+            }
+        }
+    }
+
+    for path in files_under(&inner.blobs_dir)? {
+        if !indexed.contains(&path) {
+            report.findings.push(FsckFinding::OrphanFile { path: path.clone() });
+            if repair {
+                remove_if_exists(&path)?;
+            }
+        }
+    }
+
+    let mut manifests = HashSet::new();
+    for (key, manifest) in inner.index.all_manifests()? {
+        report.manifests_checked += 1;
+        let ok = match (key.parse::<Digest>(), &manifest) {
+            (Ok(d), Some(m)) => d.verifies(&m.body),
+            _ => false,
+        };
+        if ok {
+            manifests.insert(key);
+        } else {
+            report.findings.push(FsckFinding::CorruptManifest { digest: key.clone() });
+            if repair {
+                inner.index.delete_manifest_key(&key)?;
+            }
+        }
+    }
+
+    for (key, record) in inner.index.all_tags()? {
+        report.tags_checked += 1;
+        let points_at_stored = record.is_some_and(|r| manifests.contains(r.digest.as_str()));
+        if !points_at_stored {
+            let (upstream, repo, tag) = key.parts();
+            report.findings.push(FsckFinding::DanglingTag { upstream, repo, tag });
+            if repair {
+                inner.index.delete_tag(&key)?;
+            }
+        }
+    }
+
+    for path in files_under(&inner.tmp_dir)? {
+        report.findings.push(FsckFinding::TempFile { path: path.clone() });
+        if repair {
+            remove_if_exists(&path)?;
+        }
+    }
+    Ok(report)
+}
+
+fn file_verifies(path: &Path, digest: &Digest) -> io::Result<bool> {
+    let mut file = File::open(path)?;
+    let mut hasher = Hasher::new(digest.algorithm());
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = file.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+    }
+    Ok(hasher.finish() == *digest)
+}
+
+/// Every regular file below `dir`, recursively.
+fn files_under(dir: &Path) -> io::Result<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let entries = match fs::read_dir(&d) {
+            Ok(e) => e,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e),
+        };
+        for entry in entries {
+            let entry = entry?;
+            if entry.file_type()?.is_dir() {
+                stack.push(entry.path());
+            } else {
+                out.push(entry.path());
+            }
+        }
+    }
+    Ok(out)
+}

@@ -1,0 +1,248 @@
+use super::*;
+use std::io::Read;
+
+fn store(dir: &Path) -> Store {
+    Store::open(StoreOptions::new(dir)).unwrap()
+}
+
+fn put_blob(store: &Store, bytes: &[u8]) -> Digest {
+    let digest = Digest::sha256_of(bytes);
+    let mut w = store.begin_blob(&digest).unwrap();
+    w.write(bytes).unwrap();
+    w.commit(Some(bytes.len() as u64)).unwrap();
+    digest
+}
+
+fn read_all(store: &Store, digest: &Digest) -> Vec<u8> {
+    let mut b = store.open_blob(digest).unwrap().expect("blob present");
+    let mut out = Vec::new();
+    b.file.read_to_end(&mut out).unwrap();
+    out
+}
+
+fn tmp_entries(dir: &Path) -> usize {
+    fs::read_dir(dir.join("tmp")).unwrap().count()
+}
+
+#[test]
+fn committed_blob_reads_back_and_survives_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = store(dir.path());
+    let d = put_blob(&s, b"layer bytes");
+    assert_eq!(read_all(&s, &d), b"layer bytes");
+    assert_eq!(s.total_bytes(), 11);
+    assert_eq!(s.blob_count(), 1);
+    drop(s);
+    let s = store(dir.path());
+    assert_eq!(s.blob_size(&d).unwrap(), Some(11));
+    assert_eq!(s.total_bytes(), 11);
+    assert_eq!(read_all(&s, &d), b"layer bytes");
+}
+
+#[test]
+fn wrong_bytes_are_never_committed() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = store(dir.path());
+    let digest = Digest::sha256_of(b"right");
+    let mut w = s.begin_blob(&digest).unwrap();
+    w.write(b"wrong").unwrap();
+    assert!(matches!(
+        w.commit(None),
+        Err(CommitError::DigestMismatch { .. })
+    ));
+    assert!(s.open_blob(&digest).unwrap().is_none());
+    assert_eq!(tmp_entries(dir.path()), 0, "temp file removed");
+    assert!(!blob_path(&dir.path().join("blobs"), &digest).exists());
+}
+
+#[test]
+fn size_mismatch_is_refused_even_when_the_hash_matches() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = store(dir.path());
+    let digest = Digest::sha256_of(b"abc");
+    let mut w = s.begin_blob(&digest).unwrap();
+    w.write(b"abc").unwrap();
+    assert!(matches!(w.commit(Some(4)), Err(CommitError::SizeMismatch { .. })));
+    assert!(s.open_blob(&digest).unwrap().is_none());
+}
+
+#[test]
+fn abandoned_writer_leaves_nothing_and_open_sweeps_crash_leftovers() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = store(dir.path());
+    let digest = Digest::sha256_of(b"x");
+    let w = s.begin_blob(&digest).unwrap();
+    assert_eq!(tmp_entries(dir.path()), 1);
+    drop(w);
+    assert_eq!(tmp_entries(dir.path()), 0);
+    drop(s);
+    fs::write(dir.path().join("tmp/leftover"), b"partial").unwrap();
+    let _s = store(dir.path());
+    assert_eq!(tmp_entries(dir.path()), 0);
+}
+
+#[test]
+fn injected_write_failures_fail_the_write_and_commit_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = store(dir.path());
+    s.faults().fail_writes.store(true, Ordering::Relaxed);
+    let digest = Digest::sha256_of(b"x");
+    let mut w = s.begin_blob(&digest).unwrap();
+    assert!(w.write(b"x").is_err());
+    drop(w);
+    s.faults().fail_writes.store(false, Ordering::Relaxed);
+    s.faults().fail_commits.store(true, Ordering::Relaxed);
+    let mut w = s.begin_blob(&digest).unwrap();
+    w.write(b"x").unwrap();
+    assert!(w.commit(None).is_err());
+    assert!(s.open_blob(&digest).unwrap().is_none());
+    assert_eq!(tmp_entries(dir.path()), 0);
+}
+
+#[test]
+fn manifests_must_verify() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = store(dir.path());
+    let body = br#"{"schemaVersion":2}"#;
+    let d = Digest::sha256_of(body);
+    assert!(s.put_manifest(&d, "application/x", b"other").is_err());
+    assert!(s.manifest(&d).unwrap().is_none());
+    s.put_manifest(&d, "application/x", body).unwrap();
+    let m = s.manifest(&d).unwrap().unwrap();
+    assert_eq!(&m.body[..], body);
+    assert_eq!(m.media_type, "application/x");
+}
+
+#[test]
+fn tags_are_per_upstream_and_purgeable_by_repo() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = store(dir.path());
+    let rec = |d: &Digest| TagRecord {
+        digest: d.clone(),
+        media_type: "m".into(),
+        size: 1,
+        checked_at_ms: 5,
+    };
+    let d1 = Digest::sha256_of(b"1");
+    let d2 = Digest::sha256_of(b"2");
+    s.put_tag(&TagKey::new("docker.io", "x/y", "1"), &rec(&d1)).unwrap();
+    s.put_tag(&TagKey::new("ghcr.io", "x/y", "1"), &rec(&d2)).unwrap();
+    s.put_tag(&TagKey::new("docker.io", "x/y", "2"), &rec(&d2)).unwrap();
+    s.put_tag(&TagKey::new("docker.io", "x/yz", "1"), &rec(&d2)).unwrap();
+    assert_eq!(s.tag(&TagKey::new("docker.io", "x/y", "1")).unwrap(), Some(rec(&d1)));
+    assert_eq!(s.tag(&TagKey::new("ghcr.io", "x/y", "1")).unwrap(), Some(rec(&d2)));
+    assert_eq!(s.purge_tags("docker.io", "x/y", None).unwrap(), 2);
+    assert!(s.tag(&TagKey::new("docker.io", "x/y", "2")).unwrap().is_none());
+    assert!(s.tag(&TagKey::new("docker.io", "x/yz", "1")).unwrap().is_some());
+    assert!(s.tag(&TagKey::new("ghcr.io", "x/y", "1")).unwrap().is_some());
+}
+
+#[test]
+fn eviction_is_lru_and_skips_pinned_blobs() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut opts = StoreOptions::new(dir.path());
+    opts.max_size = Some(1000);
+    opts.high_watermark = 0.9;
+    opts.low_watermark = 0.6;
+    let s = Store::open(opts).unwrap();
+    let blobs: Vec<Digest> = (0..4u8).map(|i| put_blob(&s, &[i; 300])).collect();
+    assert_eq!(s.total_bytes(), 1200);
+    // Order of last access: 2 (oldest), 0, 3, 1 (newest); 2 is pinned.
+    for (i, d) in blobs.iter().enumerate() {
+        s.inner.index.put_blob(d, BlobMeta { size: 300, last_access: [20, 40, 10, 30][i] }).unwrap();
+    }
+    let pinned = s.open_blob(&blobs[2]).unwrap().unwrap();
+    s.inner.pending_access.lock().unwrap().clear();
+    assert!(s.over_budget());
+    let (n, bytes) = s.evict_if_over_budget().unwrap();
+    assert_eq!((n, bytes), (3 - 1, 600), "evicts 0 and 3, skips pinned 2");
+    assert!(s.blob_size(&blobs[0]).unwrap().is_none());
+    assert!(s.blob_size(&blobs[3]).unwrap().is_none());
+    assert!(s.blob_size(&blobs[1]).unwrap().is_some());
+    assert!(s.blob_size(&blobs[2]).unwrap().is_some());
+    assert_eq!(s.total_bytes(), 600);
+    drop(pinned);
+    assert_eq!(s.stats().evictions.load(Ordering::Relaxed), 2);
+    assert!(s.fsck(true, false).unwrap().clean());
+}
+
+#[test]
+fn access_times_are_batched_until_flushed() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = store(dir.path());
+    let d = put_blob(&s, b"abc");
+    s.inner.index.put_blob(&d, BlobMeta { size: 3, last_access: 1 }).unwrap();
+    drop(s.open_blob(&d).unwrap());
+    assert_eq!(s.inner.index.blob(&d).unwrap().unwrap().last_access, 1, "no write on read");
+    assert_eq!(s.flush_access_times().unwrap(), 1);
+    assert!(s.inner.index.blob(&d).unwrap().unwrap().last_access > 1);
+}
+
+#[test]
+fn a_missing_file_is_forgotten_on_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = store(dir.path());
+    let d = put_blob(&s, b"abc");
+    fs::remove_file(blob_path(&dir.path().join("blobs"), &d)).unwrap();
+    assert!(s.open_blob(&d).unwrap().is_none());
+    assert!(s.blob_size(&d).unwrap().is_none());
+    assert_eq!(s.total_bytes(), 0);
+}
+
+#[test]
+fn fsck_finds_and_repairs_every_kind_of_damage() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = store(dir.path());
+    let blobs = dir.path().join("blobs");
+    let good = put_blob(&s, b"good");
+    let missing = put_blob(&s, b"missing");
+    let corrupt = put_blob(&s, b"corrupt");
+    let resized = put_blob(&s, b"resized");
+    fs::remove_file(blob_path(&blobs, &missing)).unwrap();
+    fs::write(blob_path(&blobs, &corrupt), b"CORRUPT").unwrap();
+    fs::write(blob_path(&blobs, &resized), b"longer than before").unwrap();
+    let orphan = Digest::sha256_of(b"orphan");
+    let orphan_path = blob_path(&blobs, &orphan);
+    fs::create_dir_all(orphan_path.parent().unwrap()).unwrap();
+    fs::write(&orphan_path, b"orphan").unwrap();
+    let ghost = Digest::sha256_of(b"ghost manifest");
+    s.put_tag(
+        &TagKey::new("u", "r", "t"),
+        &TagRecord { digest: ghost, media_type: "m".into(), size: 1, checked_at_ms: 0 },
+    )
+    .unwrap();
+
+    let quick = s.fsck(false, false).unwrap();
+    assert_eq!(quick.findings.len(), 4, "{:?}", quick.findings);
+    let full = s.fsck(true, false).unwrap();
+    assert_eq!(full.findings.len(), 5, "{:?}", full.findings);
+    assert!(full.findings.contains(&FsckFinding::CorruptBlob { digest: corrupt.to_string() }));
+
+    let repaired = s.fsck(true, true).unwrap();
+    assert_eq!(repaired.findings.len(), 5);
+    assert!(s.fsck(true, false).unwrap().clean());
+    assert_eq!(read_all(&s, &good), b"good");
+    assert!(s.open_blob(&corrupt).unwrap().is_none());
+    assert!(!orphan_path.exists());
+    assert_eq!(s.total_bytes(), 4);
+}
+
+#[test]
+fn purge_digest_removes_blob_manifest_and_tags() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = store(dir.path());
+    let d = put_blob(&s, b"bad layer");
+    assert!(s.purge_digest(&d).unwrap());
+    assert!(s.open_blob(&d).unwrap().is_none());
+    assert!(!s.purge_digest(&d).unwrap());
+    let body = b"{}";
+    let m = Digest::sha256_of(body);
+    s.put_manifest(&m, "t", body).unwrap();
+    let key = TagKey::new("u", "r", "t");
+    s.put_tag(&key, &TagRecord { digest: m.clone(), media_type: "t".into(), size: 2, checked_at_ms: 0 })
+        .unwrap();
+    assert!(s.purge_digest(&m).unwrap());
+    assert!(s.manifest(&m).unwrap().is_none());
+    assert!(s.tag(&key).unwrap().is_none());
+    assert!(s.fsck(true, false).unwrap().clean());
+}
