@@ -131,7 +131,11 @@ impl RawDuration {
             RawDuration::Seconds(s) => Ok(Duration::from_secs(*s)),
             RawDuration::Text(t) => humantime::parse_duration(t)
                 .or_else(|_| t.trim().parse::<u64>().map(Duration::from_secs))
-                .or_else(|_| err(format!("{what}: {t:?} is not a duration (e.g. \"30s\", \"5m\")"))),
+                .or_else(|_| {
+                    err(format!(
+                        "{what}: {t:?} is not a duration (e.g. \"30s\", \"5m\")"
+                    ))
+                }),
         }
     }
 }
@@ -307,7 +311,8 @@ impl Config {
             .unwrap_or_else(|| PathBuf::from("./ferry-data"));
 
         let global = Freshness {
-            tag_ttl: parse_opt(&raw.freshness.tag_ttl, "freshness.tag_ttl")?.unwrap_or(DEFAULT_TAG_TTL),
+            tag_ttl: parse_opt(&raw.freshness.tag_ttl, "freshness.tag_ttl")?
+                .unwrap_or(DEFAULT_TAG_TTL),
             stale_if_error: parse_opt(&raw.freshness.stale_if_error, "freshness.stale_if_error")?
                 .unwrap_or(DEFAULT_STALE_IF_ERROR),
             negative_ttl: parse_opt(&raw.freshness.negative_ttl, "freshness.negative_ttl")?
@@ -323,31 +328,32 @@ impl Config {
         for u in &raw.upstreams {
             upstreams.push(upstream(u, global, &global_immutable, o.tag_ttl)?);
         }
-        let default_upstream = match (o.upstream, raw.default_upstream) {
-            (Some(url), _) => {
-                let url = parse_url("--upstream", &url)?;
-                match upstreams.iter().position(|u| u.url == url) {
-                    Some(i) => i,
-                    None => {
-                        upstreams.push(implicit_upstream(url, global, &global_immutable)?);
-                        upstreams.len() - 1
+        let default_upstream =
+            match (o.upstream, raw.default_upstream) {
+                (Some(url), _) => {
+                    let url = parse_url("--upstream", &url)?;
+                    match upstreams.iter().position(|u| u.url == url) {
+                        Some(i) => i,
+                        None => {
+                            upstreams.push(implicit_upstream(url, global, &global_immutable)?);
+                            upstreams.len() - 1
+                        }
                     }
                 }
-            }
-            (None, Some(name)) => match upstreams.iter().position(|u| u.name == name) {
-                Some(i) => i,
-                None => return err(format!("default_upstream {name:?} names no [[upstream]]")),
-            },
-            (None, None) if upstreams.len() == 1 => 0,
-            (None, None) if upstreams.is_empty() => {
-                let hub = parse_url("default", DOCKER_HUB_URL)?;
-                upstreams.push(implicit_upstream(hub, global, &global_immutable)?);
-                0
-            }
-            (None, None) => {
-                return err("several upstreams are configured: set default_upstream to one of their names")
-            }
-        };
+                (None, Some(name)) => match upstreams.iter().position(|u| u.name == name) {
+                    Some(i) => i,
+                    None => return err(format!("default_upstream {name:?} names no [[upstream]]")),
+                },
+                (None, None) if upstreams.len() == 1 => 0,
+                (None, None) if upstreams.is_empty() => {
+                    let hub = parse_url("default", DOCKER_HUB_URL)?;
+                    upstreams.push(implicit_upstream(hub, global, &global_immutable)?);
+                    0
+                }
+                (None, None) => return err(
+                    "several upstreams are configured: set default_upstream to one of their names",
+                ),
+            };
         check_unique(&upstreams)?;
 
         let cache = CacheConfig {
@@ -363,9 +369,12 @@ impl Config {
             return err("cache watermarks must satisfy 0 < low_watermark <= high_watermark <= 1");
         }
         let timeouts = Timeouts {
-            connect: parse_opt(&raw.timeouts.connect, "timeouts.connect")?.unwrap_or(Duration::from_secs(10)),
-            response: parse_opt(&raw.timeouts.response, "timeouts.response")?.unwrap_or(Duration::from_secs(30)),
-            idle: parse_opt(&raw.timeouts.idle, "timeouts.idle")?.unwrap_or(Duration::from_secs(30)),
+            connect: parse_opt(&raw.timeouts.connect, "timeouts.connect")?
+                .unwrap_or(Duration::from_secs(10)),
+            response: parse_opt(&raw.timeouts.response, "timeouts.response")?
+                .unwrap_or(Duration::from_secs(30)),
+            idle: parse_opt(&raw.timeouts.idle, "timeouts.idle")?
+                .unwrap_or(Duration::from_secs(30)),
         };
         Ok(Config {
             listen,
@@ -411,7 +420,10 @@ fn upstream(
             defaults.tag_ttl = t;
         }
     }
-    if let Some(t) = parse_opt(&u.freshness.stale_if_error, &format!("{ctx}: stale_if_error"))? {
+    if let Some(t) = parse_opt(
+        &u.freshness.stale_if_error,
+        &format!("{ctx}: stale_if_error"),
+    )? {
         defaults.stale_if_error = t;
     }
     if let Some(t) = parse_opt(&u.freshness.negative_ttl, &format!("{ctx}: negative_ttl"))? {
@@ -426,9 +438,17 @@ fn upstream(
     for (i, r) in u.rules.iter().enumerate() {
         let rctx = format!("{ctx}, rule {}", i + 1);
         rules.push(Rule {
-            repository: r.repository.as_deref().map(|p| compile(p, &rctx)).transpose()?,
+            repository: r
+                .repository
+                .as_deref()
+                .map(|p| compile(p, &rctx))
+                .transpose()?,
             tag: r.tag.as_deref().map(|p| compile(p, &rctx)).transpose()?,
-            tag_ttl: if cli_ttl.is_some() { None } else { parse_opt(&r.tag_ttl, &rctx)? },
+            tag_ttl: if cli_ttl.is_some() {
+                None
+            } else {
+                parse_opt(&r.tag_ttl, &rctx)?
+            },
             stale_if_error: parse_opt(&r.stale_if_error, &rctx)?,
             negative_ttl: parse_opt(&r.negative_ttl, &rctx)?,
             immutable: r.immutable,
@@ -438,7 +458,9 @@ fn upstream(
         (Some(_), Some(_)) => return err(format!("{ctx}: set password or password_env, not both")),
         (Some(p), None) => Some(p.clone()),
         (None, Some(var)) => Some(std::env::var(var).or_else(|_| {
-            err(format!("{ctx}: password_env names {var:?}, which is not set"))
+            err(format!(
+                "{ctx}: password_env names {var:?}, which is not set"
+            ))
         })?),
         (None, None) => None,
     };
@@ -452,7 +474,9 @@ fn upstream(
     };
     let mut aliases = vec![authority(&url), u.name.to_ascii_lowercase()];
     aliases.extend(u.aliases.iter().map(|a| a.trim().to_ascii_lowercase()));
-    let is_hub = aliases.iter().any(|a| DOCKER_HUB_ALIASES.contains(&a.as_str()));
+    let is_hub = aliases
+        .iter()
+        .any(|a| DOCKER_HUB_ALIASES.contains(&a.as_str()));
     if is_hub {
         aliases.extend(DOCKER_HUB_ALIASES.iter().map(|a| a.to_string()));
     }
@@ -479,7 +503,11 @@ fn implicit_upstream(
 ) -> Result<UpstreamConfig, ConfigError> {
     let hub = authority(&url) == "registry-1.docker.io";
     let raw = RawUpstream {
-        name: if hub { "docker.io".into() } else { authority(&url) },
+        name: if hub {
+            "docker.io".into()
+        } else {
+            authority(&url)
+        },
         url: url.to_string(),
         aliases: Vec::new(),
         username: None,
@@ -524,17 +552,24 @@ fn dedup(v: &mut Vec<String>) {
 }
 
 fn parse_addr(what: &str, s: &str) -> Result<SocketAddr, ConfigError> {
-    s.parse()
-        .or_else(|_| err(format!("{what}: {s:?} is not an address like 127.0.0.1:5000")))
+    s.parse().or_else(|_| {
+        err(format!(
+            "{what}: {s:?} is not an address like 127.0.0.1:5000"
+        ))
+    })
 }
 
 fn parse_url(what: &str, s: &str) -> Result<Url, ConfigError> {
     let url = Url::parse(s).or_else(|e| err(format!("{what}: {s:?} is not a URL: {e}")))?;
     if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
-        return err(format!("{what}: {s:?} must be an http:// or https:// URL with a host"));
+        return err(format!(
+            "{what}: {s:?} must be an http:// or https:// URL with a host"
+        ));
     }
     if url.query().is_some() || !url.username().is_empty() {
-        return err(format!("{what}: {s:?} must not carry a query or credentials; use username/password"));
+        return err(format!(
+            "{what}: {s:?} must not carry a query or credentials; use username/password"
+        ));
     }
     Ok(url)
 }
@@ -556,7 +591,9 @@ fn compile_all(patterns: &[String], what: &str) -> Result<Vec<Regex>, ConfigErro
 /// decimal for `KB`/`MB`/…, and the bare `K`/`M`/`G`/`T` as binary.
 pub fn parse_size(s: &str) -> Result<u64, ConfigError> {
     let t = s.trim();
-    let split = t.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(t.len());
+    let split = t
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
     let num: f64 = num
         .parse()
@@ -599,7 +636,10 @@ mod tests {
         for a in ["docker.io", "index.docker.io", "registry-1.docker.io"] {
             assert!(hub.aliases.iter().any(|x| x == a), "{a}");
         }
-        assert_eq!(hub.policy.for_tag("library/alpine", "latest").tag_ttl, DEFAULT_TAG_TTL);
+        assert_eq!(
+            hub.policy.for_tag("library/alpine", "latest").tag_ttl,
+            DEFAULT_TAG_TTL
+        );
     }
 
     #[test]
@@ -645,22 +685,41 @@ mod tests {
         assert_eq!(hub.name, "hub");
         assert!(hub.aliases.contains(&"docker.io".to_string()));
         let p = &hub.policy;
-        assert_eq!(p.for_tag("library/alpine", "latest").tag_ttl, Duration::from_secs(10));
-        assert_eq!(p.for_tag("user/app", "latest").tag_ttl, Duration::from_secs(60));
+        assert_eq!(
+            p.for_tag("library/alpine", "latest").tag_ttl,
+            Duration::from_secs(10)
+        );
+        assert_eq!(
+            p.for_tag("user/app", "latest").tag_ttl,
+            Duration::from_secs(60)
+        );
         assert!(p.for_tag("user/app", "1.2.3").immutable);
         assert!(p.for_tag("user/app", "v1.2.3").immutable);
         assert!(!p.for_tag("user/app", "1.2.3-rc1").immutable);
         assert!(!format!("{hub:?}").contains("secret"));
         let ghcr = &c.upstreams[1];
-        assert_eq!(ghcr.policy.for_tag("o/i", "x").tag_ttl, Duration::from_secs(300));
+        assert_eq!(
+            ghcr.policy.for_tag("o/i", "x").tag_ttl,
+            Duration::from_secs(300)
+        );
         assert!(ghcr.aliases.contains(&"ghcr.io".to_string()));
     }
 
     #[test]
     fn cli_tag_ttl_overrides_the_file() {
         let raw = RawConfig::from_toml("[freshness]\ntag_ttl = 99").unwrap();
-        let c = Config::from_raw(raw, Overrides { tag_ttl: Some(5), ..Default::default() }).unwrap();
-        assert_eq!(c.upstreams[0].policy.defaults.tag_ttl, Duration::from_secs(5));
+        let c = Config::from_raw(
+            raw,
+            Overrides {
+                tag_ttl: Some(5),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(
+            c.upstreams[0].policy.defaults.tag_ttl,
+            Duration::from_secs(5)
+        );
     }
 
     #[test]

@@ -52,9 +52,15 @@ pub enum StartError {
         source: ferry_storage::StoreError,
     },
     #[error("cannot build the HTTP client for upstream {name}: {source}")]
-    Client { name: String, source: reqwest::Error },
+    Client {
+        name: String,
+        source: reqwest::Error,
+    },
     #[error("cannot listen on {addr}: {source}")]
-    Listen { addr: String, source: std::io::Error },
+    Listen {
+        addr: String,
+        source: std::io::Error,
+    },
 }
 
 /// A ready-to-serve Ferry: store opened, upstream clients built.
@@ -82,7 +88,10 @@ impl Ferry {
         let mut upstreams = Vec::new();
         for u in &config.upstreams {
             let client = Upstream::new(u.clone(), config.timeouts, metrics.clone(), clock.clone())
-                .map_err(|source| StartError::Client { name: u.name.clone(), source })?;
+                .map_err(|source| StartError::Client {
+                    name: u.name.clone(),
+                    source,
+                })?;
             upstreams.push(Arc::new(client));
         }
         let router = Router::new(upstreams, config.default_upstream);
@@ -111,14 +120,18 @@ impl Ferry {
             let _ = stop_tx.send(true);
         });
         if let Some(addr) = self.config.admin_listen {
-            let admin = TcpListener::bind(addr).await.map_err(|source| StartError::Listen {
-                addr: addr.to_string(),
-                source,
-            })?;
+            let admin = TcpListener::bind(addr)
+                .await
+                .map_err(|source| StartError::Listen {
+                    addr: addr.to_string(),
+                    source,
+                })?;
             tracing::info!(%addr, "admin API listening");
             let proxy = self.proxy.clone();
             let stop = stop_rx.clone();
-            tokio::spawn(accept_loop(admin, stop, move |req| admin_service(proxy.clone(), req)));
+            tokio::spawn(accept_loop(admin, stop, move |req| {
+                admin_service(proxy.clone(), req)
+            }));
         }
         let maintenance = tokio::spawn(maintain(self.proxy.clone()));
         let stop = stop_rx.clone();
@@ -139,10 +152,15 @@ fn admin_service(
 
 /// Accepts connections until `stop` turns true, then waits (bounded) for open
 /// connections to finish their requests.
-async fn accept_loop<F, Fut>(listener: TcpListener, mut stop: tokio::sync::watch::Receiver<bool>, handler: F)
-where
+async fn accept_loop<F, Fut>(
+    listener: TcpListener,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+    handler: F,
+) where
     F: Fn(http::Request<hyper::body::Incoming>) -> Fut + Clone + Send + Sync + 'static,
-    Fut: Future<Output = Result<http::Response<server::Body>, std::convert::Infallible>> + Send + 'static,
+    Fut: Future<Output = Result<http::Response<server::Body>, std::convert::Infallible>>
+        + Send
+        + 'static,
 {
     let graceful = GracefulShutdown::new();
     let builder = auto::Builder::new(TokioExecutor::new());

@@ -9,7 +9,11 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 #[derive(Parser)]
-#[command(name = "ferry", version, about = "A pull-through caching proxy for OCI registries")]
+#[command(
+    name = "ferry",
+    version,
+    about = "A pull-through caching proxy for OCI registries"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -126,7 +130,9 @@ fn run(command: Command) -> Result<ExitCode> {
             serve(config)?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Config { command: ConfigCommand::Check(args) } => {
+        Command::Config {
+            command: ConfigCommand::Check(args),
+        } => {
             let config = load_config(&args)?;
             println!("listen        {}", config.listen);
             println!("data_dir      {}", config.data_dir.display());
@@ -134,16 +140,28 @@ fn run(command: Command) -> Result<ExitCode> {
                 println!("admin_listen  {a}");
             }
             for (i, u) in config.upstreams.iter().enumerate() {
-                let default = if i == config.default_upstream { " (default)" } else { "" };
+                let default = if i == config.default_upstream {
+                    " (default)"
+                } else {
+                    ""
+                };
                 println!(
                     "upstream      {}{default}: {} aliases={:?} tag_ttl={:?} stale_if_error={:?}",
-                    u.name, u.url, u.aliases, u.policy.defaults.tag_ttl, u.policy.defaults.stale_if_error
+                    u.name,
+                    u.url,
+                    u.aliases,
+                    u.policy.defaults.tag_ttl,
+                    u.policy.defaults.stale_if_error
                 );
             }
             println!("configuration OK");
             Ok(ExitCode::SUCCESS)
         }
-        Command::Fsck { data_dir, verify, repair } => fsck(data_dir, verify, repair),
+        Command::Fsck {
+            data_dir,
+            verify,
+            repair,
+        } => fsck(data_dir, verify, repair),
         Command::Purge(args) => purge(args),
     }
 }
@@ -151,7 +169,8 @@ fn run(command: Command) -> Result<ExitCode> {
 fn load_config(args: &ServeArgs) -> Result<Config> {
     let raw = match &args.config {
         Some(path) => {
-            let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading {}", path.display()))?;
             RawConfig::from_toml(&text).with_context(|| format!("in {}", path.display()))?
         }
         None => RawConfig::default(),
@@ -165,10 +184,10 @@ fn load_config(args: &ServeArgs) -> Result<Config> {
         max_cache_size: args.max_cache_size.clone(),
         access_log: args.access_log,
     };
-    let context = args
-        .config
-        .as_ref()
-        .map_or_else(|| "invalid configuration".to_string(), |p| format!("invalid configuration in {}", p.display()));
+    let context = args.config.as_ref().map_or_else(
+        || "invalid configuration".to_string(),
+        |p| format!("invalid configuration in {}", p.display()),
+    );
     Config::from_raw(raw, overrides).context(context)
 }
 
@@ -218,8 +237,12 @@ async fn shutdown_signal() {
 }
 
 fn fsck(data_dir: PathBuf, verify: bool, repair: bool) -> Result<ExitCode> {
-    let store = Store::open(StoreOptions::new(&data_dir))
-        .with_context(|| format!("opening the store in {} (is Ferry still running?)", data_dir.display()))?;
+    let store = Store::open(StoreOptions::new(&data_dir)).with_context(|| {
+        format!(
+            "opening the store in {} (is Ferry still running?)",
+            data_dir.display()
+        )
+    })?;
     let report = store.fsck(verify, repair)?;
     for f in &report.findings {
         println!("{f}");
@@ -230,9 +253,17 @@ fn fsck(data_dir: PathBuf, verify: bool, repair: bool) -> Result<ExitCode> {
         report.manifests_checked,
         report.tags_checked,
         report.findings.len(),
-        if repair && !report.clean() { ", repaired" } else { "" }
+        if repair && !report.clean() {
+            ", repaired"
+        } else {
+            ""
+        }
     );
-    Ok(if report.clean() { ExitCode::SUCCESS } else { ExitCode::from(1) })
+    Ok(if report.clean() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
 }
 
 fn purge(args: PurgeArgs) -> Result<ExitCode> {
@@ -242,7 +273,9 @@ fn purge(args: PurgeArgs) -> Result<ExitCode> {
             query.append_pair("digest", d);
         }
         (None, Some(u), Some(r)) => {
-            query.append_pair("upstream", u).append_pair("repository", r);
+            query
+                .append_pair("upstream", u)
+                .append_pair("repository", r);
             if let Some(t) = &args.tag {
                 query.append_pair("tag", t);
             }
@@ -250,23 +283,39 @@ fn purge(args: PurgeArgs) -> Result<ExitCode> {
         _ => bail!("give --digest, or --upstream and --repository [--tag]"),
     }
     if let Some(admin) = &args.admin {
-        let url = format!("{}/admin/purge?{}", admin.trim_end_matches('/'), query.finish());
-        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        let url = format!(
+            "{}/admin/purge?{}",
+            admin.trim_end_matches('/'),
+            query.finish()
+        );
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
         let (status, body) = runtime.block_on(async {
             let resp = reqwest::Client::new().post(&url).send().await?;
             let status = resp.status();
             Ok::<_, reqwest::Error>((status, resp.text().await?))
         })?;
         println!("{body}");
-        return Ok(if status.is_success() { ExitCode::SUCCESS } else { ExitCode::from(1) });
+        return Ok(if status.is_success() {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::from(1)
+        });
     }
     let Some(data_dir) = args.data_dir.clone() else {
         bail!("give --admin URL (Ferry running) or --data-dir DIR (Ferry stopped)");
     };
-    let store = Store::open(StoreOptions::new(&data_dir))
-        .with_context(|| format!("opening the store in {} (is Ferry running? use --admin)", data_dir.display()))?;
+    let store = Store::open(StoreOptions::new(&data_dir)).with_context(|| {
+        format!(
+            "opening the store in {} (is Ferry running? use --admin)",
+            data_dir.display()
+        )
+    })?;
     let removed = if let Some(d) = &args.digest {
-        let digest: Digest = d.parse().with_context(|| format!("{d:?} is not a digest"))?;
+        let digest: Digest = d
+            .parse()
+            .with_context(|| format!("{d:?} is not a digest"))?;
         usize::from(store.purge_digest(&digest)?)
     } else {
         let (upstream, repo) = offline_names(&args)?;
@@ -286,10 +335,12 @@ fn offline_names(args: &PurgeArgs) -> Result<(String, String)> {
         None => RawConfig::default(),
     };
     let config = Config::from_raw(raw, Overrides::default())?;
-    let known = config
-        .upstreams
-        .iter()
-        .find(|u| u.name == upstream || u.aliases.iter().any(|a| *a == upstream.to_ascii_lowercase()));
+    let known = config.upstreams.iter().find(|u| {
+        u.name == upstream
+            || u.aliases
+                .iter()
+                .any(|a| *a == upstream.to_ascii_lowercase())
+    });
     Ok(match known {
         Some(u) => {
             let repo = match ferry::oci::RepoName::parse(&repo) {

@@ -109,7 +109,13 @@ impl OciError {
 
 impl std::fmt::Display for OciError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{} ({}): {}", self.code.as_str(), self.status, self.message)
+        write!(
+            f,
+            "{} ({}): {}",
+            self.code.as_str(),
+            self.status,
+            self.message
+        )
     }
 }
 
@@ -128,9 +134,18 @@ mod tests {
 
     #[test]
     fn statuses_follow_distribution() {
-        assert_eq!(ErrorCode::Unsupported.status(), StatusCode::METHOD_NOT_ALLOWED);
+        assert_eq!(
+            ErrorCode::Unsupported.status(),
+            StatusCode::METHOD_NOT_ALLOWED
+        );
         assert_eq!(ErrorCode::DigestInvalid.status(), StatusCode::BAD_REQUEST);
-        assert_eq!(ErrorCode::TooManyRequests.status(), StatusCode::TOO_MANY_REQUESTS);
-        assert_eq!(ErrorCode::RangeInvalid.status(), StatusCode::RANGE_NOT_SATISFIABLE);
+        assert_eq!(
+            ErrorCode::TooManyRequests.status(),
+            StatusCode::TOO_MANY_REQUESTS
+        );
+        assert_eq!(
+            ErrorCode::RangeInvalid.status(),
+            StatusCode::RANGE_NOT_SATISFIABLE
+        );
     }
 }

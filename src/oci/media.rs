@@ -22,7 +22,13 @@ pub const MAX_MANIFEST_BYTES: usize = 4 * 1024 * 1024;
 /// it names a manifest type, else the body's own `mediaType` field.
 pub fn manifest_media_type(content_type: Option<&str>, body: &[u8]) -> Option<String> {
     let declared = content_type
-        .map(|ct| ct.split(';').next().unwrap_or("").trim().to_ascii_lowercase())
+        .map(|ct| {
+            ct.split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_ascii_lowercase()
+        })
         .filter(|ct| !ct.is_empty() && ct != "application/json" && ct != "text/plain");
     if declared.is_some() {
         return declared;
@@ -57,7 +63,10 @@ mod tests {
     #[test]
     fn declared_type_wins_and_loses_parameters() {
         assert_eq!(
-            manifest_media_type(Some("application/vnd.oci.image.index.v1+json; charset=utf-8"), b"{}"),
+            manifest_media_type(
+                Some("application/vnd.oci.image.index.v1+json; charset=utf-8"),
+                b"{}"
+            ),
             Some(OCI_INDEX.to_string())
         );
     }

@@ -35,7 +35,8 @@ impl RepoName {
         let (first, rest) = s.split_once('/')?;
         let (host, port) = first.split_once(':')?;
         let host_ok = valid_path_component(host);
-        let port_ok = !port.is_empty() && port.len() <= 5 && port.bytes().all(|b| b.is_ascii_digit());
+        let port_ok =
+            !port.is_empty() && port.len() <= 5 && port.bytes().all(|b| b.is_ascii_digit());
         (host_ok && port_ok && RepoName::parse(rest).is_some() && s.len() <= MAX_NAME_LEN)
             .then(|| RepoName(s.into()))
     }
@@ -56,7 +57,9 @@ impl RepoName {
 
     /// This name with its first component removed, if it has more than one.
     pub fn strip_first(&self) -> Option<RepoName> {
-        self.0.split_once('/').map(|(_, rest)| RepoName(rest.into()))
+        self.0
+            .split_once('/')
+            .map(|(_, rest)| RepoName(rest.into()))
     }
 
     /// Docker Hub's rule: a single-component name lives under `library/`.
@@ -252,10 +255,7 @@ mod tests {
     #[test]
     fn references() {
         assert!(matches!(Reference::parse("1.0"), Ok(Reference::Tag(_))));
-        assert_eq!(
-            Reference::parse(".bad"),
-            Err(ReferenceError::InvalidTag)
-        );
+        assert_eq!(Reference::parse(".bad"), Err(ReferenceError::InvalidTag));
         assert!(matches!(
             Reference::parse("sha256:totallywrong"),
             Err(ReferenceError::InvalidDigest(_))

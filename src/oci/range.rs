@@ -105,10 +105,34 @@ mod tests {
 
     #[test]
     fn conformance_table() {
-        assert_eq!(answer("bytes=500-1499"), RangeAnswer::Partial { start: 500, end: 1499 });
-        assert_eq!(answer("bytes=500-"), RangeAnswer::Partial { start: 500, end: 2047 });
-        assert_eq!(answer("bytes=-500"), RangeAnswer::Partial { start: 1548, end: 2047 });
-        assert_eq!(answer("bytes=2000-5000"), RangeAnswer::Partial { start: 2000, end: 2047 });
+        assert_eq!(
+            answer("bytes=500-1499"),
+            RangeAnswer::Partial {
+                start: 500,
+                end: 1499
+            }
+        );
+        assert_eq!(
+            answer("bytes=500-"),
+            RangeAnswer::Partial {
+                start: 500,
+                end: 2047
+            }
+        );
+        assert_eq!(
+            answer("bytes=-500"),
+            RangeAnswer::Partial {
+                start: 1548,
+                end: 2047
+            }
+        );
+        assert_eq!(
+            answer("bytes=2000-5000"),
+            RangeAnswer::Partial {
+                start: 2000,
+                end: 2047
+            }
+        );
         assert_eq!(answer("bytes=500-0"), RangeAnswer::Unsatisfiable);
         assert_eq!(answer("bytes=5000-10000"), RangeAnswer::Unsatisfiable);
     }
@@ -122,10 +146,25 @@ mod tests {
 
     #[test]
     fn edge_cases() {
-        assert_eq!(answer("bytes=-5000"), RangeAnswer::Partial { start: 0, end: 2047 });
+        assert_eq!(
+            answer("bytes=-5000"),
+            RangeAnswer::Partial {
+                start: 0,
+                end: 2047
+            }
+        );
         assert_eq!(answer("bytes=-0"), RangeAnswer::Unsatisfiable);
         assert_eq!(answer("bytes=abc-"), RangeAnswer::Unsatisfiable);
-        assert_eq!(answer("bytes=2047-"), RangeAnswer::Partial { start: 2047, end: 2047 });
-        assert_eq!(RangeRequest::parse(Some("bytes=0-")).resolve(0), RangeAnswer::Unsatisfiable);
+        assert_eq!(
+            answer("bytes=2047-"),
+            RangeAnswer::Partial {
+                start: 2047,
+                end: 2047
+            }
+        );
+        assert_eq!(
+            RangeRequest::parse(Some("bytes=0-")).resolve(0),
+            RangeAnswer::Unsatisfiable
+        );
     }
 }

@@ -51,7 +51,11 @@ pub struct PullRequest {
 
 impl PullRequest {
     /// Parses `method path?query` for a path under `/v2`.
-    pub fn parse(method: &Method, path: &str, query: Option<&str>) -> Result<PullRequest, OciError> {
+    pub fn parse(
+        method: &Method,
+        path: &str,
+        query: Option<&str>,
+    ) -> Result<PullRequest, OciError> {
         let rest = match path.strip_prefix("/v2") {
             Some("") | Some("/") => {
                 read_only(method)?;
@@ -149,8 +153,11 @@ fn digest_invalid(e: impl std::fmt::Display) -> OciError {
 
 /// Paths that are not part of the pull API (`/v2/_catalog`, `/`, …).
 pub fn not_found() -> OciError {
-    OciError::new(ErrorCode::Unsupported, "no such endpoint on a pull-through cache")
-        .with_status(StatusCode::NOT_FOUND)
+    OciError::new(
+        ErrorCode::Unsupported,
+        "no such endpoint on a pull-through cache",
+    )
+    .with_status(StatusCode::NOT_FOUND)
 }
 
 fn tags_page(query: Option<&str>) -> Result<TagsPage, OciError> {
@@ -190,7 +197,11 @@ mod tests {
     fn base_with_and_without_slash() {
         assert_eq!(get("/v2/", None).unwrap().route, Route::Base);
         assert_eq!(get("/v2", None).unwrap().route, Route::Base);
-        assert!(PullRequest::parse(&Method::HEAD, "/v2/", None).unwrap().head);
+        assert!(
+            PullRequest::parse(&Method::HEAD, "/v2/", None)
+                .unwrap()
+                .head
+        );
     }
 
     #[test]
@@ -202,7 +213,9 @@ mod tests {
         assert_eq!(name.as_str(), "a/b/manifests/c");
         assert_eq!(reference.to_string(), "latest");
         let r = get(&format!("/v2/docker.io/library/alpine/blobs/{D}"), None).unwrap();
-        assert!(matches!(r.route, Route::Blob { ref name, .. } if name.as_str() == "docker.io/library/alpine"));
+        assert!(
+            matches!(r.route, Route::Blob { ref name, .. } if name.as_str() == "docker.io/library/alpine")
+        );
     }
 
     #[test]
@@ -213,7 +226,9 @@ mod tests {
         )
         .unwrap();
         assert_eq!(r.ns.as_deref(), Some("127.0.0.1:5001"));
-        assert!(matches!(r.route, Route::Referrers { artifact_type: Some(ref t), .. } if t == "application/x"));
+        assert!(
+            matches!(r.route, Route::Referrers { artifact_type: Some(ref t), .. } if t == "application/x")
+        );
     }
 
     #[test]

@@ -85,7 +85,12 @@ impl BlobFetch {
 
 /// Starts the leader task for `digest`. The caller has made sure no other fetch
 /// of it is in flight (see `Proxy::blob_fetch`).
-pub(crate) fn start(proxy: Arc<Proxy>, upstream: Arc<Upstream>, repo: RepoName, digest: Digest) -> BlobFetch {
+pub(crate) fn start(
+    proxy: Arc<Proxy>,
+    upstream: Arc<Upstream>,
+    repo: RepoName,
+    digest: Digest,
+) -> BlobFetch {
     let (tx, rx) = watch::channel(FetchState {
         phase: Phase::Starting,
         total: None,
@@ -93,7 +98,10 @@ pub(crate) fn start(proxy: Arc<Proxy>, upstream: Arc<Upstream>, repo: RepoName, 
         file: None,
     });
     tokio::spawn(async move {
-        proxy.metrics.inflight_fetches.fetch_add(1, Ordering::Relaxed);
+        proxy
+            .metrics
+            .inflight_fetches
+            .fetch_add(1, Ordering::Relaxed);
         let outcome = download(&proxy, &upstream, &repo, &digest, &tx).await;
         let phase = match outcome {
             Ok(()) => Phase::Verified,
@@ -106,7 +114,10 @@ pub(crate) fn start(proxy: Arc<Proxy>, upstream: Arc<Upstream>, repo: RepoName, 
         };
         tx.send_modify(|s| s.phase = phase);
         proxy.finish_fetch(&digest);
-        proxy.metrics.inflight_fetches.fetch_sub(1, Ordering::Relaxed);
+        proxy
+            .metrics
+            .inflight_fetches
+            .fetch_sub(1, Ordering::Relaxed);
     });
     BlobFetch { state: rx }
 }
@@ -157,8 +168,13 @@ async fn download(
                     .bytes_fetched
                     .fetch_add(chunk.len() as u64, Ordering::Relaxed);
                 if total.is_some_and(|t| received + chunk.len() as u64 > t) {
-                    proxy.metrics.integrity_failures.fetch_add(1, Ordering::Relaxed);
-                    return Err(FetchFailure::Broken("upstream sent more bytes than its Content-Length".into()));
+                    proxy
+                        .metrics
+                        .integrity_failures
+                        .fetch_add(1, Ordering::Relaxed);
+                    return Err(FetchFailure::Broken(
+                        "upstream sent more bytes than its Content-Length".into(),
+                    ));
                 }
                 sink.pending.extend_from_slice(&chunk);
                 if sink.pending.len() >= WRITE_BATCH {
@@ -172,7 +188,9 @@ async fn download(
         };
         sink.flush().await?;
         if resumes == MAX_RESUMES {
-            return Err(FetchFailure::Broken(format!("{dropped}; gave up after {MAX_RESUMES} resumes")));
+            return Err(FetchFailure::Broken(format!(
+                "{dropped}; gave up after {MAX_RESUMES} resumes"
+            )));
         }
         resumes += 1;
         proxy.metrics.fetch_resumes.fetch_add(1, Ordering::Relaxed);
@@ -182,7 +200,9 @@ async fn download(
             .await
             .map_err(|e| FetchFailure::Broken(format!("resume failed: {e}")))?;
         if resp.total.is_some() && total.is_some() && resp.total != total {
-            return Err(FetchFailure::Broken("resume answered a different size".into()));
+            return Err(FetchFailure::Broken(
+                "resume answered a different size".into(),
+            ));
         }
     }
     sink.flush().await?;
@@ -238,7 +258,10 @@ impl Sink<'_> {
                 Ok(())
             }
             Err(e @ (CommitError::DigestMismatch { .. } | CommitError::SizeMismatch { .. })) => {
-                self.proxy.metrics.integrity_failures.fetch_add(1, Ordering::Relaxed);
+                self.proxy
+                    .metrics
+                    .integrity_failures
+                    .fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(%digest, "upstream blob rejected: {e}");
                 Err(FetchFailure::Broken(e.to_string()))
             }
@@ -278,7 +301,12 @@ struct Follower {
 }
 
 /// A response body streaming bytes `[start, end)` of an in-flight fetch.
-pub(crate) fn follow(rx: watch::Receiver<FetchState>, start: u64, end: Option<u64>, metrics: Arc<Metrics>) -> ByteStream {
+pub(crate) fn follow(
+    rx: watch::Receiver<FetchState>,
+    start: u64,
+    end: Option<u64>,
+    metrics: Arc<Metrics>,
+) -> ByteStream {
     let f = Follower {
         rx,
         pos: start,
@@ -307,7 +335,9 @@ impl Follower {
         loop {
             let s = self.rx.borrow_and_update().clone();
             let verified = match &s.phase {
-                Phase::Failed(FetchFailure::Broken(why)) => return Err(io::Error::other(why.clone())),
+                Phase::Failed(FetchFailure::Broken(why)) => {
+                    return Err(io::Error::other(why.clone()))
+                }
                 Phase::Failed(_) => return Err(io::Error::other("blob fetch failed")),
                 Phase::Starting => false,
                 Phase::Streaming => false,
@@ -356,7 +386,10 @@ fn read_at(file: &File, pos: u64, len: usize) -> io::Result<Bytes> {
     while filled < len {
         let n = file.read_at(&mut buf[filled..], pos + filled as u64)?;
         if n == 0 {
-            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "temp file shorter than published"));
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "temp file shorter than published",
+            ));
         }
         filled += n;
     }
@@ -421,7 +454,12 @@ pub(crate) async fn passthrough(
                 if let Some(h) = r.hasher.take() {
                     if h.finish() != r.digest {
                         r.metrics.integrity_failures.fetch_add(1, Ordering::Relaxed);
-                        return Some((Err(io::Error::other(UpstreamError::Invalid("digest mismatch".into()).to_string())), r));
+                        return Some((
+                            Err(io::Error::other(
+                                UpstreamError::Invalid("digest mismatch".into()).to_string(),
+                            )),
+                            r,
+                        ));
                     }
                 }
                 return last.map(|b| (Ok(b), r));
@@ -431,7 +469,9 @@ pub(crate) async fn passthrough(
                 chunk.truncate(room);
             }
             r.pos += chunk.len() as u64;
-            r.metrics.bytes_fetched.fetch_add(chunk.len() as u64, Ordering::Relaxed);
+            r.metrics
+                .bytes_fetched
+                .fetch_add(chunk.len() as u64, Ordering::Relaxed);
             if let Some(h) = r.hasher.as_mut() {
                 h.update(&chunk);
                 // Hold the newest chunk back until the end proves the digest.

@@ -74,7 +74,11 @@ where
                 }
             }
         };
-        let value = rx.wait_for(Option::is_some).await.ok().and_then(|v| v.clone());
+        let value = rx
+            .wait_for(Option::is_some)
+            .await
+            .ok()
+            .and_then(|v| v.clone());
         (value, joined)
     }
 

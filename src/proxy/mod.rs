@@ -102,7 +102,11 @@ impl Proxy {
         let now = self.clock.now_ms();
         let record = self.store.tag(&key).map_err(store_error)?;
         if let Some(r) = &record {
-            if policy.immutable || now < r.checked_at_ms.saturating_add(policy.tag_ttl.as_millis() as u64) {
+            if policy.immutable
+                || now
+                    < r.checked_at_ms
+                        .saturating_add(policy.tag_ttl.as_millis() as u64)
+            {
                 self.metrics.hit(Kind::Tag);
                 return Ok(meta_of(r));
             }
@@ -207,12 +211,21 @@ impl Proxy {
         match (media_type, head.size) {
             (Some(mt), Some(size)) => {
                 if media::is_schema1(&mt) {
-                    return Err(UpstreamError::Invalid("schema1 manifests are not supported".into()));
+                    return Err(UpstreamError::Invalid(
+                        "schema1 manifests are not supported".into(),
+                    ));
                 }
-                Ok(ManifestMeta { digest, media_type: mt, size })
+                Ok(ManifestMeta {
+                    digest,
+                    media_type: mt,
+                    size,
+                })
             }
             _ => {
-                let m = self.ensure_manifest(up, repo, &digest).await.map_err(oci_to_upstream)?;
+                let m = self
+                    .ensure_manifest(up, repo, &digest)
+                    .await
+                    .map_err(oci_to_upstream)?;
                 Ok(ManifestMeta {
                     digest,
                     media_type: m.media_type,
@@ -233,10 +246,14 @@ impl Proxy {
         let digest = match &fetched.digest_header {
             Some(d) if d.verifies(&fetched.body) => d.clone(),
             Some(d) if d.algorithm() != ferry_storage::Algorithm::Sha256 => {
-                return Err(UpstreamError::Invalid(format!("manifest does not match {d}")))
+                return Err(UpstreamError::Invalid(format!(
+                    "manifest does not match {d}"
+                )))
             }
             Some(d) => {
-                self.metrics.integrity_failures.fetch_add(1, Ordering::Relaxed);
+                self.metrics
+                    .integrity_failures
+                    .fetch_add(1, Ordering::Relaxed);
                 return Err(UpstreamError::Invalid(format!(
                     "manifest bytes do not match upstream's Docker-Content-Digest {d}"
                 )));
@@ -290,7 +307,9 @@ impl Proxy {
                     .await
                     .map_err(|e| map_upstream_error(e, ErrorCode::ManifestUnknown))?;
                 if !digest2.verifies(&fetched.body) {
-                    this.metrics.integrity_failures.fetch_add(1, Ordering::Relaxed);
+                    this.metrics
+                        .integrity_failures
+                        .fetch_add(1, Ordering::Relaxed);
                     return Err(OciError::new(
                         ErrorCode::ManifestInvalid,
                         format!("upstream sent a manifest that does not match {digest2}"),
@@ -317,10 +336,13 @@ impl Proxy {
         if body.len() > MAX_MANIFEST_BYTES {
             return Err(UpstreamError::Invalid("manifest larger than 4 MiB".into()));
         }
-        let media_type = media::manifest_media_type(content_type, &body)
-            .ok_or_else(|| UpstreamError::Invalid("manifest has no recognisable media type".into()))?;
+        let media_type = media::manifest_media_type(content_type, &body).ok_or_else(|| {
+            UpstreamError::Invalid("manifest has no recognisable media type".into())
+        })?;
         if media::is_schema1(&media_type) {
-            return Err(UpstreamError::Invalid("schema1 manifests are not supported".into()));
+            return Err(UpstreamError::Invalid(
+                "schema1 manifests are not supported".into(),
+            ));
         }
         if let Err(e) = self.store.put_manifest(digest, &media_type, &body) {
             // Serving still works; the next request asks upstream again.
@@ -347,10 +369,16 @@ impl Proxy {
                 let (start, end) = resolve(range, size)?;
                 let range = partial(range, start, end, size);
                 let body = (!head && size > 0).then(|| file_stream(file, start, end + 1));
-                return Ok(BlobAnswer { total: Some(size), range, body });
+                return Ok(BlobAnswer {
+                    total: Some(size),
+                    range,
+                    body,
+                });
             }
             Ok(None) => {}
-            Err(e) => tracing::warn!(%digest, error = %e, "store read failed; fetching from upstream"),
+            Err(e) => {
+                tracing::warn!(%digest, error = %e, "store read failed; fetching from upstream")
+            }
         }
         self.metrics.miss(Kind::Blob);
         if head {
@@ -363,18 +391,27 @@ impl Proxy {
         let (rx, state) = match fetch.started().await {
             Ok(s) => s,
             Err(FetchFailure::Upstream(e)) => return Err(e),
-            Err(FetchFailure::StoreUnavailable) => return self.passthrough_blob(up, repo, digest, range).await,
+            Err(FetchFailure::StoreUnavailable) => {
+                return self.passthrough_blob(up, repo, digest, range).await
+            }
             Err(FetchFailure::Broken(why)) => {
-                return Err(OciError::new(ErrorCode::Unavailable, why).with_status(StatusCode::BAD_GATEWAY))
+                return Err(
+                    OciError::new(ErrorCode::Unavailable, why).with_status(StatusCode::BAD_GATEWAY)
+                )
             }
         };
         let Some(total) = state.total else {
             // Upstream sent no length: stream the whole body, chunked.
             let body = blob::follow(rx, 0, None, self.metrics.clone());
-            return Ok(BlobAnswer { total: None, range: None, body: Some(body) });
+            return Ok(BlobAnswer {
+                total: None,
+                range: None,
+                body: Some(body),
+            });
         };
         let (start, end) = resolve(range, total)?;
-        let body = (total > 0).then(|| blob::follow(rx, start, Some(end + 1), self.metrics.clone()));
+        let body =
+            (total > 0).then(|| blob::follow(rx, start, Some(end + 1), self.metrics.clone()));
         Ok(BlobAnswer {
             total: Some(total),
             range: partial(range, start, end, total),
@@ -383,13 +420,23 @@ impl Proxy {
     }
 
     /// Joins the fetch of `digest` in flight, or starts one.
-    fn blob_fetch(self: &Arc<Self>, up: &Arc<Upstream>, repo: &RepoName, digest: &Digest) -> Arc<BlobFetch> {
+    fn blob_fetch(
+        self: &Arc<Self>,
+        up: &Arc<Upstream>,
+        repo: &RepoName,
+        digest: &Digest,
+    ) -> Arc<BlobFetch> {
         let mut fetches = lock(&self.blob_fetches);
         if let Some(f) = fetches.get(digest) {
             self.metrics.coalesced.fetch_add(1, Ordering::Relaxed);
             return f.clone();
         }
-        let f = Arc::new(blob::start(self.clone(), up.clone(), repo.clone(), digest.clone()));
+        let f = Arc::new(blob::start(
+            self.clone(),
+            up.clone(),
+            repo.clone(),
+            digest.clone(),
+        ));
         fetches.insert(digest.clone(), f.clone());
         f
     }
@@ -409,7 +456,11 @@ impl Proxy {
         if let Some(f) = in_flight {
             if let Ok((_, state)) = f.started().await {
                 if let Some(total) = state.total {
-                    return Ok(BlobAnswer { total: Some(total), range: None, body: None });
+                    return Ok(BlobAnswer {
+                        total: Some(total),
+                        range: None,
+                        body: None,
+                    });
                 }
             }
         }
@@ -417,7 +468,11 @@ impl Proxy {
             .head_blob(repo, digest)
             .await
             .map_err(|e| map_upstream_error(e, ErrorCode::BlobUnknown))?;
-        Ok(BlobAnswer { total: size, range: None, body: None })
+        Ok(BlobAnswer {
+            total: size,
+            range: None,
+            body: None,
+        })
     }
 
     async fn passthrough_blob(
@@ -438,18 +493,25 @@ impl Proxy {
                 _ => (0, None),
             },
         };
-        let (total, body) = blob::passthrough(up.clone(), repo, digest, start, end, self.metrics.clone()).await?;
+        let (total, body) =
+            blob::passthrough(up.clone(), repo, digest, start, end, self.metrics.clone()).await?;
         let range = match (end, total) {
             (Some(e), Some(t)) if start > 0 || e < t => Some((start, e - 1)),
             _ => None,
         };
-        Ok(BlobAnswer { total, range, body: Some(body) })
+        Ok(BlobAnswer {
+            total,
+            range,
+            body: Some(body),
+        })
     }
 
     /// Records a disk failure: blobs stream uncached for a while. Logged once
     /// per episode, not per request.
     fn store_failed(&self, why: &str) {
-        self.metrics.store_write_errors.fetch_add(1, Ordering::Relaxed);
+        self.metrics
+            .store_write_errors
+            .fetch_add(1, Ordering::Relaxed);
         let until = self.clock.now_ms() + STORE_RETRY_MS;
         let previous = self.store_degraded_until.swap(until, Ordering::Relaxed);
         if previous < self.clock.now_ms() {
@@ -506,7 +568,8 @@ impl Proxy {
             .await
             .map_err(|e| map_upstream_error(e, ErrorCode::NameUnknown))?;
         let list: TagList = serde_json::from_slice(&body).map_err(|_| {
-            OciError::new(ErrorCode::Unknown, "upstream sent an unreadable tag list").with_status(StatusCode::BAD_GATEWAY)
+            OciError::new(ErrorCode::Unknown, "upstream sent an unreadable tag list")
+                .with_status(StatusCode::BAD_GATEWAY)
         })?;
         let mut tags = list.tags.unwrap_or_default();
         let upstream_next = link.as_deref().and_then(link_last);
@@ -551,10 +614,18 @@ impl Proxy {
         artifact_type: Option<&str>,
     ) -> Result<(Bytes, bool), OciError> {
         let to_oci = |e| map_upstream_error(e, ErrorCode::ManifestUnknown);
-        let (descriptors, filtered) = match up.referrers(repo, digest, artifact_type).await.map_err(to_oci)? {
+        let (descriptors, filtered) = match up
+            .referrers(repo, digest, artifact_type)
+            .await
+            .map_err(to_oci)?
+        {
             Some((body, filtered)) => (descriptors_of(&body), filtered),
             None => {
-                let fallback = format!("{}-{}", digest.algorithm().as_str(), &digest.hex()[..digest.hex().len().min(64)]);
+                let fallback = format!(
+                    "{}-{}",
+                    digest.algorithm().as_str(),
+                    &digest.hex()[..digest.hex().len().min(64)]
+                );
                 match up.get_manifest(repo, &fallback).await {
                     Ok(m) => (descriptors_of(&m.body), false),
                     Err(UpstreamError::NotFound) => (Vec::new(), false),
@@ -624,7 +695,10 @@ fn partial(range: RangeRequest, start: u64, end: u64, size: u64) -> Option<(u64,
 
 /// 416, with the size for `Content-Range: bytes */<size>`.
 pub fn range_not_satisfiable(size: u64) -> OciError {
-    let mut e = OciError::new(ErrorCode::RangeInvalid, format!("range not satisfiable for a blob of {size} bytes"));
+    let mut e = OciError::new(
+        ErrorCode::RangeInvalid,
+        format!("range not satisfiable for a blob of {size} bytes"),
+    );
     e.unsatisfied_size = Some(size);
     e
 }
@@ -636,7 +710,11 @@ fn file_stream(file: ferry_storage::BlobFile, start: u64, end: u64) -> ByteStrea
         pos: u64,
         end: u64,
     }
-    let r = Reader { file: Some(file), pos: start, end };
+    let r = Reader {
+        file: Some(file),
+        pos: start,
+        end,
+    };
     Box::pin(futures_util::stream::unfold(r, |mut r| async move {
         if r.pos >= r.end {
             return None;
@@ -662,7 +740,13 @@ fn file_stream(file: ferry_storage::BlobFile, start: u64, end: u64) -> ByteStrea
                 r.file = Some(file);
                 Some((Ok(Bytes::from(buf)), r))
             }
-            Ok((_, Ok(_))) => Some((Err(io::Error::new(io::ErrorKind::UnexpectedEof, "blob file shorter than indexed")), r)),
+            Ok((_, Ok(_))) => Some((
+                Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "blob file shorter than indexed",
+                )),
+                r,
+            )),
             Ok((_, Err(e))) => Some((Err(e), r)),
             Err(e) => Some((Err(io::Error::other(e)), r)),
         }
@@ -670,7 +754,10 @@ fn file_stream(file: ferry_storage::BlobFile, start: u64, end: u64) -> ByteStrea
 }
 
 fn tag_unknown(repo: &RepoName, tag: &Tag) -> OciError {
-    OciError::new(ErrorCode::ManifestUnknown, format!("{repo}:{tag} not found upstream"))
+    OciError::new(
+        ErrorCode::ManifestUnknown,
+        format!("{repo}:{tag} not found upstream"),
+    )
 }
 
 fn internal(msg: &str) -> OciError {
@@ -700,14 +787,18 @@ pub fn map_upstream_error(e: UpstreamError, not_found: ErrorCode) -> OciError {
         UpstreamError::Timeout => OciError::new(ErrorCode::Unavailable, "upstream timed out")
             .with_status(StatusCode::GATEWAY_TIMEOUT),
         UpstreamError::Transport(_) => {
-            OciError::new(ErrorCode::Unavailable, "upstream unreachable").with_status(StatusCode::SERVICE_UNAVAILABLE)
+            OciError::new(ErrorCode::Unavailable, "upstream unreachable")
+                .with_status(StatusCode::SERVICE_UNAVAILABLE)
         }
-        UpstreamError::Status(s) => OciError::new(ErrorCode::Unavailable, format!("upstream answered {s}"))
-            .with_status(StatusCode::BAD_GATEWAY),
-        UpstreamError::Invalid(why) => {
-            OciError::new(ErrorCode::Unknown, format!("upstream sent an invalid response: {why}"))
+        UpstreamError::Status(s) => {
+            OciError::new(ErrorCode::Unavailable, format!("upstream answered {s}"))
                 .with_status(StatusCode::BAD_GATEWAY)
         }
+        UpstreamError::Invalid(why) => OciError::new(
+            ErrorCode::Unknown,
+            format!("upstream sent an invalid response: {why}"),
+        )
+        .with_status(StatusCode::BAD_GATEWAY),
     }
 }
 
@@ -744,11 +835,19 @@ mod tests {
     #[test]
     fn error_mapping_hides_upstream_auth() {
         let e = map_upstream_error(UpstreamError::Unauthorized, ErrorCode::ManifestUnknown);
-        assert_eq!((e.code, e.status), (ErrorCode::NameUnknown, StatusCode::NOT_FOUND));
+        assert_eq!(
+            (e.code, e.status),
+            (ErrorCode::NameUnknown, StatusCode::NOT_FOUND)
+        );
         let e = map_upstream_error(
-            UpstreamError::RateLimited { retry_after: std::time::Duration::from_millis(29_500) },
+            UpstreamError::RateLimited {
+                retry_after: std::time::Duration::from_millis(29_500),
+            },
             ErrorCode::ManifestUnknown,
         );
-        assert_eq!((e.status, e.retry_after), (StatusCode::TOO_MANY_REQUESTS, Some(30)));
+        assert_eq!(
+            (e.status, e.retry_after),
+            (StatusCode::TOO_MANY_REQUESTS, Some(30))
+        );
     }
 }

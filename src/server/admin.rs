@@ -17,13 +17,19 @@ use hyper::body::Incoming;
 use std::convert::Infallible;
 use std::sync::Arc;
 
-pub async fn handle(proxy: Arc<Proxy>, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
+pub async fn handle(
+    proxy: Arc<Proxy>,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, Infallible> {
     let query = req.uri().query();
     let resp = match (req.method(), req.uri().path()) {
         (&Method::POST, "/admin/purge") => purge(&proxy, query).await,
         (&Method::GET, "/admin/fsck") => fsck(&proxy, query).await,
         (&Method::GET, "/healthz") => Ok(text(StatusCode::OK, "ok\n")),
-        _ => Err(OciError::new(ErrorCode::Unsupported, "unknown admin endpoint").with_status(StatusCode::NOT_FOUND)),
+        _ => Err(
+            OciError::new(ErrorCode::Unsupported, "unknown admin endpoint")
+                .with_status(StatusCode::NOT_FOUND),
+        ),
     };
     Ok(resp.unwrap_or_else(|e| error_response(&e, false)))
 }
@@ -35,19 +41,28 @@ fn bad(msg: impl Into<String>) -> OciError {
 async fn purge(proxy: &Arc<Proxy>, query: Option<&str>) -> Result<Response<Body>, OciError> {
     let store = proxy.store.clone();
     let removed = if let Some(d) = query_param(query, "digest") {
-        let digest: Digest = d.parse().map_err(|e| OciError::new(ErrorCode::DigestInvalid, format!("{e}")))?;
+        let digest: Digest = d
+            .parse()
+            .map_err(|e| OciError::new(ErrorCode::DigestInvalid, format!("{e}")))?;
         let n = blocking(move || store.purge_digest(&digest).map(usize::from)).await?;
         tracing::info!(%d, removed = n, "purged digest");
         n
     } else {
-        let upstream = query_param(query, "upstream").ok_or_else(|| bad("give digest=, or upstream= and repository="))?;
-        let repo = query_param(query, "repository").ok_or_else(|| bad("repository= is required with upstream="))?;
+        let upstream = query_param(query, "upstream")
+            .ok_or_else(|| bad("give digest=, or upstream= and repository="))?;
+        let repo = query_param(query, "repository")
+            .ok_or_else(|| bad("repository= is required with upstream="))?;
         let up = proxy
             .router
             .by_name(&upstream)
             .ok_or_else(|| bad(format!("no upstream named {upstream:?}")))?;
-        let repo = RepoName::parse(&repo).ok_or_else(|| OciError::new(ErrorCode::NameInvalid, "invalid repository"))?;
-        let repo = if up.config.library_prefix { repo.with_library_prefix() } else { repo };
+        let repo = RepoName::parse(&repo)
+            .ok_or_else(|| OciError::new(ErrorCode::NameInvalid, "invalid repository"))?;
+        let repo = if up.config.library_prefix {
+            repo.with_library_prefix()
+        } else {
+            repo
+        };
         let tag = query_param(query, "tag");
         let name = up.name().to_string();
         let (r, t) = (repo.to_string(), tag.clone());
@@ -56,7 +71,11 @@ async fn purge(proxy: &Arc<Proxy>, query: Option<&str>) -> Result<Response<Body>
         n
     };
     let body = serde_json::json!({ "removed": removed }).to_string();
-    Ok(sized(HeaderValue::from_static("application/json"), Bytes::from(body), false))
+    Ok(sized(
+        HeaderValue::from_static("application/json"),
+        Bytes::from(body),
+        false,
+    ))
 }
 
 async fn fsck(proxy: &Arc<Proxy>, query: Option<&str>) -> Result<Response<Body>, OciError> {
@@ -72,7 +91,11 @@ async fn fsck(proxy: &Arc<Proxy>, query: Option<&str>) -> Result<Response<Body>,
         "findings": findings,
     })
     .to_string();
-    Ok(sized(HeaderValue::from_static("application/json"), Bytes::from(body), false))
+    Ok(sized(
+        HeaderValue::from_static("application/json"),
+        Bytes::from(body),
+        false,
+    ))
 }
 
 async fn blocking<T: Send + 'static>(

@@ -46,7 +46,9 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Result<Response<Bo
     let (route_label, mut resp) = dispatch(&app, &req).await;
     resp.headers_mut().insert(API_VERSION, REGISTRY_2);
     let status = resp.status().as_u16();
-    app.proxy.metrics.request(route_label, method_label(&method), status);
+    app.proxy
+        .metrics
+        .request(route_label, method_label(&method), status);
     if app.access_log {
         tracing::info!(
             target: "ferry::access",
@@ -77,14 +79,20 @@ async fn dispatch(app: &App, req: &Request<Incoming>) -> (&'static str, Response
     match (req.method(), path) {
         (&Method::GET, "/metrics") => ("metrics", metrics_response(&app.proxy)),
         (&Method::GET | &Method::HEAD, "/healthz") => ("health", text(StatusCode::OK, "ok\n")),
-        _ => ("other", error_response(&route::not_found(), req.method() == Method::HEAD)),
+        _ => (
+            "other",
+            error_response(&route::not_found(), req.method() == Method::HEAD),
+        ),
     }
 }
 
 fn route_label(route: &Route) -> &'static str {
     match route {
         Route::Base => "base",
-        Route::Manifest { reference: Reference::Tag(_), .. } => "manifest_tag",
+        Route::Manifest {
+            reference: Reference::Tag(_),
+            ..
+        } => "manifest_tag",
         Route::Manifest { .. } => "manifest_digest",
         Route::Blob { .. } => "blob",
         Route::TagsList { .. } => "tags_list",
@@ -104,14 +112,23 @@ fn method_label(m: &Method) -> &'static str {
     }
 }
 
-async fn pull(app: &App, headers: &HeaderMap, req: &PullRequest) -> Result<Response<Body>, OciError> {
+async fn pull(
+    app: &App,
+    headers: &HeaderMap,
+    req: &PullRequest,
+) -> Result<Response<Body>, OciError> {
     let proxy = &app.proxy;
     let name = match &req.route {
         Route::Base => {
-            let body = if req.head { empty() } else { full(Bytes::from_static(b"{}")) };
+            let body = if req.head {
+                empty()
+            } else {
+                full(Bytes::from_static(b"{}"))
+            };
             let mut resp = Response::new(body);
             resp.headers_mut().insert(header::CONTENT_TYPE, JSON);
-            resp.headers_mut().insert(header::CONTENT_LENGTH, HeaderValue::from_static("2"));
+            resp.headers_mut()
+                .insert(header::CONTENT_LENGTH, HeaderValue::from_static("2"));
             return Ok(resp);
         }
         Route::Manifest { name, .. }
@@ -138,34 +155,53 @@ async fn pull(app: &App, headers: &HeaderMap, req: &PullRequest) -> Result<Respo
                     (d.clone(), m.media_type, m.body.len() as u64, Some(m.body))
                 }
             };
-            manifest_response(headers, &digest, &media_type, size, body.filter(|_| !req.head))
+            manifest_response(
+                headers,
+                &digest,
+                &media_type,
+                size,
+                body.filter(|_| !req.head),
+            )
         }
         Route::Blob { digest, .. } => {
-            let range = RangeRequest::parse(headers.get(header::RANGE).and_then(|v| v.to_str().ok()));
+            let range =
+                RangeRequest::parse(headers.get(header::RANGE).and_then(|v| v.to_str().ok()));
             let answer = proxy.blob(&up, &repo, digest, range, req.head).await?;
             blob_response(proxy, digest, answer.total, answer.range, answer.body)
         }
         Route::TagsList { page, .. } => {
-            let (body, link) = proxy.tags_list(&up, &repo, name, page, req.ns.as_deref()).await?;
+            let (body, link) = proxy
+                .tags_list(&up, &repo, name, page, req.ns.as_deref())
+                .await?;
             let mut resp = sized(JSON, body, req.head);
             if let Some(link) = link.and_then(|l| HeaderValue::from_str(&l).ok()) {
                 resp.headers_mut().insert(header::LINK, link);
             }
             resp
         }
-        Route::Referrers { digest, artifact_type, .. } => {
+        Route::Referrers {
+            digest,
+            artifact_type,
+            ..
+        } => {
             let (body, filtered) = proxy
                 .referrers(&up, &repo, digest, artifact_type.as_deref())
                 .await?;
             let mut resp = sized(HeaderValue::from_static(OCI_INDEX), body, req.head);
             if filtered {
-                resp.headers_mut()
-                    .insert(OCI_FILTERS_APPLIED, HeaderValue::from_static("artifactType"));
+                resp.headers_mut().insert(
+                    OCI_FILTERS_APPLIED,
+                    HeaderValue::from_static("artifactType"),
+                );
             }
             resp
         }
     };
-    if let Some(ns) = req.ns.as_deref().and_then(|ns| HeaderValue::from_str(ns).ok()) {
+    if let Some(ns) = req
+        .ns
+        .as_deref()
+        .and_then(|ns| HeaderValue::from_str(ns).ok())
+    {
         resp.headers_mut().insert(OCI_NAMESPACE, ns);
     }
     Ok(resp)
@@ -218,7 +254,9 @@ fn blob_response(
         None => empty(),
         Some(stream) => {
             let counted = stream.map_ok(move |b| {
-                metrics.bytes_served.fetch_add(b.len() as u64, Ordering::Relaxed);
+                metrics
+                    .bytes_served
+                    .fetch_add(b.len() as u64, Ordering::Relaxed);
                 Frame::data(b)
             });
             StreamBody::new(counted).boxed_unsync()
@@ -229,7 +267,10 @@ fn blob_response(
     h.insert(header::CONTENT_TYPE, OCTET_STREAM);
     insert_digest(h, digest);
     h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
-    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("max-age=31536000, immutable"));
+    h.insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("max-age=31536000, immutable"),
+    );
     if let Ok(v) = HeaderValue::from_str(&format!("\"{digest}\"")) {
         h.insert(header::ETAG, v);
     }
@@ -305,8 +346,10 @@ pub(crate) fn text(status: StatusCode, body: &'static str) -> Response<Body> {
 pub(crate) fn sized(content_type: HeaderValue, body: Bytes, head: bool) -> Response<Body> {
     let len = body.len();
     let mut resp = Response::new(if head { empty() } else { full(body) });
-    resp.headers_mut().insert(header::CONTENT_TYPE, content_type);
-    resp.headers_mut().insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+    resp.headers_mut()
+        .insert(header::CONTENT_TYPE, content_type);
+    resp.headers_mut()
+        .insert(header::CONTENT_LENGTH, HeaderValue::from(len));
     resp
 }
 

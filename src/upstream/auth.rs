@@ -28,9 +28,7 @@ pub fn parse_challenges<'a>(values: impl IntoIterator<Item = &'a str>) -> Vec<Ch
                 break;
             }
             // A token followed by '=' is a parameter; otherwise a new scheme.
-            let tok_end = rest
-                .find(|c: char| c == '=' || c == ' ' || c == ',')
-                .unwrap_or(rest.len());
+            let tok_end = rest.find(['=', ' ', ',']).unwrap_or(rest.len());
             let token = &rest[..tok_end];
             let after = rest[tok_end..].trim_start_matches(' ');
             if after.starts_with('=') && scheme.is_some() {
@@ -132,9 +130,13 @@ mod tests {
 
     #[test]
     fn quay_sends_basic_and_bearer_in_one_header() {
-        let c = parse_challenges([r#"Basic realm="quay.io", Bearer realm="https://quay.io/v2/auth",service="quay.io""#]);
+        let c = parse_challenges([
+            r#"Basic realm="quay.io", Bearer realm="https://quay.io/v2/auth",service="quay.io""#,
+        ]);
         assert_eq!(c.len(), 2);
-        assert!(matches!(preferred(&c), Some(Challenge::Bearer { realm, .. }) if realm == "https://quay.io/v2/auth"));
+        assert!(
+            matches!(preferred(&c), Some(Challenge::Bearer { realm, .. }) if realm == "https://quay.io/v2/auth")
+        );
     }
 
     #[test]
@@ -157,7 +159,8 @@ mod tests {
     fn token_response_variants() {
         let t: TokenResponse = serde_json::from_str(r#"{"access_token":"a"}"#).unwrap();
         assert_eq!(t.into_token(), Some(("a".into(), 60)));
-        let t: TokenResponse = serde_json::from_str(r#"{"token":"t","access_token":"a","expires_in":300}"#).unwrap();
+        let t: TokenResponse =
+            serde_json::from_str(r#"{"token":"t","access_token":"a","expires_in":300}"#).unwrap();
         assert_eq!(t.into_token(), Some(("t".into(), 300)));
         let t: TokenResponse = serde_json::from_str(r#"{}"#).unwrap();
         assert_eq!(t.into_token(), None);

@@ -165,7 +165,13 @@ impl Upstream {
     pub async fn head_manifest(&self, repo: &RepoName, reference: &str) -> Result<ManifestHead> {
         let path = format!("/v2/{repo}/manifests/{reference}");
         let resp = self
-            .send(Method::HEAD, &path, repo, Some(UPSTREAM_MANIFEST_ACCEPT), None)
+            .send(
+                Method::HEAD,
+                &path,
+                repo,
+                Some(UPSTREAM_MANIFEST_ACCEPT),
+                None,
+            )
             .await?;
         let h = resp.headers();
         Ok(ManifestHead {
@@ -178,7 +184,13 @@ impl Upstream {
     pub async fn get_manifest(&self, repo: &RepoName, reference: &str) -> Result<FetchedManifest> {
         let path = format!("/v2/{repo}/manifests/{reference}");
         let resp = self
-            .send(Method::GET, &path, repo, Some(UPSTREAM_MANIFEST_ACCEPT), None)
+            .send(
+                Method::GET,
+                &path,
+                repo,
+                Some(UPSTREAM_MANIFEST_ACCEPT),
+                None,
+            )
             .await?;
         let h = resp.headers();
         let content_type = header_str(h, header::CONTENT_TYPE.as_str()).map(str::to_owned);
@@ -195,19 +207,36 @@ impl Upstream {
     pub async fn head_blob(&self, repo: &RepoName, digest: &Digest) -> Result<Option<u64>> {
         let path = format!("/v2/{repo}/blobs/{digest}");
         let resp = self.send(Method::HEAD, &path, repo, None, None).await?;
-        Ok(header_str(resp.headers(), header::CONTENT_LENGTH.as_str()).and_then(|l| l.parse().ok()))
+        Ok(
+            header_str(resp.headers(), header::CONTENT_LENGTH.as_str())
+                .and_then(|l| l.parse().ok()),
+        )
     }
 
     /// `GET`s a blob from `offset`. A non-zero offset is a resume: only a 206 whose
     /// `Content-Range` starts exactly there is accepted, never a 200 from byte 0.
-    pub async fn get_blob(&self, repo: &RepoName, digest: &Digest, offset: u64) -> Result<BlobResponse> {
+    pub async fn get_blob(
+        &self,
+        repo: &RepoName,
+        digest: &Digest,
+        offset: u64,
+    ) -> Result<BlobResponse> {
         let path = format!("/v2/{repo}/blobs/{digest}");
         let resp = self
-            .send(Method::GET, &path, repo, None, (offset > 0).then_some(offset))
+            .send(
+                Method::GET,
+                &path,
+                repo,
+                None,
+                (offset > 0).then_some(offset),
+            )
             .await?;
         if offset == 0 {
             let total = resp.content_length();
-            return Ok(BlobResponse { response: resp, total });
+            return Ok(BlobResponse {
+                response: resp,
+                total,
+            });
         }
         if resp.status() != StatusCode::PARTIAL_CONTENT {
             return Err(UpstreamError::Invalid(format!(
@@ -217,7 +246,10 @@ impl Upstream {
         }
         let range = header_str(resp.headers(), header::CONTENT_RANGE.as_str()).unwrap_or("");
         match parse_content_range(range) {
-            Some((start, total)) if start == offset => Ok(BlobResponse { response: resp, total }),
+            Some((start, total)) if start == offset => Ok(BlobResponse {
+                response: resp,
+                total,
+            }),
             _ => Err(UpstreamError::Invalid(format!(
                 "resume at {offset} answered Content-Range {range:?}"
             ))),
@@ -268,7 +300,10 @@ impl Upstream {
         match self.send(Method::GET, &path, repo, None, None).await {
             Ok(resp) => {
                 let filtered = resp.headers().contains_key("oci-filters-applied");
-                Ok(Some((self.read_limited(resp, MAX_MANIFEST_BYTES).await?, filtered)))
+                Ok(Some((
+                    self.read_limited(resp, MAX_MANIFEST_BYTES).await?,
+                    filtered,
+                )))
             }
             Err(UpstreamError::NotFound) => Ok(None),
             Err(e) => Err(e),
@@ -278,12 +313,16 @@ impl Upstream {
     /// Reads a whole (small) body, refusing more than `limit` bytes.
     async fn read_limited(&self, mut resp: reqwest::Response, limit: usize) -> Result<Bytes> {
         if resp.content_length().is_some_and(|l| l > limit as u64) {
-            return Err(UpstreamError::Invalid(format!("body larger than {limit} bytes")));
+            return Err(UpstreamError::Invalid(format!(
+                "body larger than {limit} bytes"
+            )));
         }
         let mut buf = BytesMut::new();
         while let Some(chunk) = self.next_chunk(&mut resp).await? {
             if buf.len() + chunk.len() > limit {
-                return Err(UpstreamError::Invalid(format!("body larger than {limit} bytes")));
+                return Err(UpstreamError::Invalid(format!(
+                    "body larger than {limit} bytes"
+                )));
             }
             buf.extend_from_slice(&chunk);
         }
@@ -351,7 +390,8 @@ impl Upstream {
             }
             if status == StatusCode::UNAUTHORIZED && !reauthenticated.contains(&host) {
                 let values = resp.headers().get_all(header::WWW_AUTHENTICATE);
-                let challenges = auth::parse_challenges(values.iter().filter_map(|v| v.to_str().ok()));
+                let challenges =
+                    auth::parse_challenges(values.iter().filter_map(|v| v.to_str().ok()));
                 match auth::preferred(&challenges).cloned() {
                     Some(challenge @ Challenge::Bearer { .. }) => {
                         reauthenticated.push(host.clone());
@@ -360,7 +400,9 @@ impl Upstream {
                             .await?;
                         continue;
                     }
-                    Some(Challenge::Basic) if self.config.credentials.is_some() && host == upstream_host => {
+                    Some(Challenge::Basic)
+                        if self.config.credentials.is_some() && host == upstream_host =>
+                    {
                         reauthenticated.push(host.clone());
                         lock(&self.challenges).insert(host.clone(), Challenge::Basic);
                         continue;
@@ -393,17 +435,22 @@ impl Upstream {
         let method_label = method_label(method);
         match tokio::time::timeout(self.timeouts.response, req.send()).await {
             Err(_) => {
-                self.metrics.upstream_request(self.name(), method_label, None);
+                self.metrics
+                    .upstream_request(self.name(), method_label, None);
                 Err(UpstreamError::Timeout)
             }
             Ok(Err(e)) => {
-                self.metrics.upstream_request(self.name(), method_label, None);
+                self.metrics
+                    .upstream_request(self.name(), method_label, None);
                 tracing::debug!(upstream = self.name(), error = %error_chain(&e), "upstream request failed");
                 Err(UpstreamError::Transport(error_chain(&e)))
             }
             Ok(Ok(resp)) => {
-                self.metrics
-                    .upstream_request(self.name(), method_label, Some(resp.status().as_u16()));
+                self.metrics.upstream_request(
+                    self.name(),
+                    method_label,
+                    Some(resp.status().as_u16()),
+                );
                 if let Some(rem) = header_str(resp.headers(), "ratelimit-remaining")
                     .and_then(|v| v.split(';').next())
                     .and_then(|v| v.trim().parse().ok())
@@ -428,7 +475,11 @@ impl Upstream {
                     .min(MAX_RETRY_AFTER);
                 let until = self.clock.now_ms() + retry_after.as_millis() as u64;
                 self.blocked_until_ms.fetch_max(until, Ordering::Relaxed);
-                tracing::warn!(upstream = self.name(), ?retry_after, "upstream rate limit; holding requests back");
+                tracing::warn!(
+                    upstream = self.name(),
+                    ?retry_after,
+                    "upstream rate limit; holding requests back"
+                );
                 Err(UpstreamError::RateLimited { retry_after })
             }
             s => Err(UpstreamError::Status(s)),
@@ -473,7 +524,12 @@ impl Upstream {
                 }
             }
             Challenge::Basic if host == upstream_host => {
-                match self.config.credentials.as_ref().and_then(|c| basic(&c.username, &c.password)) {
+                match self
+                    .config
+                    .credentials
+                    .as_ref()
+                    .and_then(|c| basic(&c.username, &c.password))
+                {
                     Some(v) => Auth::Header(v, None),
                     None => Auth::None,
                 }
@@ -591,10 +647,7 @@ fn parse_retry_after(v: &str, now_ms: u64) -> Option<Duration> {
         return Some(Duration::from_secs(secs));
     }
     let when = httpdate::parse_http_date(v.trim()).ok()?;
-    let when_ms = when
-        .duration_since(std::time::UNIX_EPOCH)
-        .ok()?
-        .as_millis() as u64;
+    let when_ms = when.duration_since(std::time::UNIX_EPOCH).ok()?.as_millis() as u64;
     Some(Duration::from_millis(when_ms.saturating_sub(now_ms)))
 }
 
@@ -620,7 +673,10 @@ mod tests {
 
     #[test]
     fn content_range() {
-        assert_eq!(parse_content_range("bytes 100-199/200"), Some((100, Some(200))));
+        assert_eq!(
+            parse_content_range("bytes 100-199/200"),
+            Some((100, Some(200)))
+        );
         assert_eq!(parse_content_range("bytes 5-9/*"), Some((5, None)));
         assert_eq!(parse_content_range("bytes */200"), None);
         assert_eq!(parse_content_range(""), None);
@@ -630,9 +686,8 @@ mod tests {
     fn retry_after_forms() {
         assert_eq!(parse_retry_after("30", 0), Some(Duration::from_secs(30)));
         let now = 1_700_000_000_000;
-        let date = httpdate::fmt_http_date(
-            std::time::UNIX_EPOCH + Duration::from_millis(now + 10_000),
-        );
+        let date =
+            httpdate::fmt_http_date(std::time::UNIX_EPOCH + Duration::from_millis(now + 10_000));
         assert_eq!(parse_retry_after(&date, now), Some(Duration::from_secs(10)));
         assert_eq!(parse_retry_after("soon", 0), None);
     }
@@ -641,7 +696,10 @@ mod tests {
     fn outages_are_the_failures_that_allow_stale_answers() {
         assert!(UpstreamError::Status(StatusCode::BAD_GATEWAY).is_outage());
         assert!(UpstreamError::Timeout.is_outage());
-        assert!(UpstreamError::RateLimited { retry_after: Duration::ZERO }.is_outage());
+        assert!(UpstreamError::RateLimited {
+            retry_after: Duration::ZERO
+        }
+        .is_outage());
         assert!(!UpstreamError::NotFound.is_outage());
         assert!(!UpstreamError::Unauthorized.is_outage());
     }

@@ -56,7 +56,11 @@ impl Router {
     /// 3. the default upstream.
     ///
     /// Single-component names get `library/` on upstreams that want it (Hub).
-    pub fn route(&self, ns: Option<&str>, name: &RepoName) -> Result<(Arc<Upstream>, RepoName), OciError> {
+    pub fn route(
+        &self,
+        ns: Option<&str>,
+        name: &RepoName,
+    ) -> Result<(Arc<Upstream>, RepoName), OciError> {
         let first = name.components().next().unwrap_or("");
         if let Some(ns) = ns {
             let Some(up) = self.lookup(ns) else {
@@ -126,7 +130,13 @@ mod tests {
             .iter()
             .map(|u| {
                 Arc::new(
-                    Upstream::new(u.clone(), config.timeouts, Default::default(), Clock::System).unwrap(),
+                    Upstream::new(
+                        u.clone(),
+                        config.timeouts,
+                        Default::default(),
+                        Clock::System,
+                    )
+                    .unwrap(),
                 )
             })
             .collect();
@@ -144,12 +154,21 @@ mod tests {
 
     #[test]
     fn ns_selects_a_configured_upstream() {
-        assert_eq!(route(Some("docker.io"), "library/alpine"), ok("hub", "library/alpine"));
-        assert_eq!(route(Some("docker.io"), "alpine"), ok("hub", "library/alpine"));
+        assert_eq!(
+            route(Some("docker.io"), "library/alpine"),
+            ok("hub", "library/alpine")
+        );
+        assert_eq!(
+            route(Some("docker.io"), "alpine"),
+            ok("hub", "library/alpine")
+        );
         assert_eq!(route(Some("index.docker.io"), "x/y"), ok("hub", "x/y"));
         assert_eq!(route(Some("registry-1.docker.io"), "x/y"), ok("hub", "x/y"));
         assert_eq!(route(Some("ghcr.io"), "owner/img"), ok("ghcr", "owner/img"));
-        assert_eq!(route(Some("127.0.0.1:5001"), "library/test"), ok("local", "library/test"));
+        assert_eq!(
+            route(Some("127.0.0.1:5001"), "library/test"),
+            ok("local", "library/test")
+        );
         assert_eq!(route(Some("127.0.0.1:5001"), "test"), ok("local", "test"));
     }
 
@@ -161,15 +180,24 @@ mod tests {
 
     #[test]
     fn ns_with_prefix_strips_the_prefix() {
-        assert_eq!(route(Some("docker.io"), "docker.io/library/alpine"), ok("hub", "library/alpine"));
+        assert_eq!(
+            route(Some("docker.io"), "docker.io/library/alpine"),
+            ok("hub", "library/alpine")
+        );
     }
 
     #[test]
     fn prefix_form() {
-        assert_eq!(route(None, "docker.io/library/alpine"), ok("hub", "library/alpine"));
+        assert_eq!(
+            route(None, "docker.io/library/alpine"),
+            ok("hub", "library/alpine")
+        );
         assert_eq!(route(None, "docker.io/alpine"), ok("hub", "library/alpine"));
         assert_eq!(route(None, "ghcr.io/owner/img"), ok("ghcr", "owner/img"));
-        assert_eq!(route(None, "127.0.0.1:5001/library/test"), ok("local", "library/test"));
+        assert_eq!(
+            route(None, "127.0.0.1:5001/library/test"),
+            ok("local", "library/test")
+        );
         assert!(route(None, "10.0.0.1:5001/library/test").is_err());
     }
 

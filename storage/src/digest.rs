@@ -173,7 +173,11 @@ mod tests {
             Err(DigestError::UnsupportedAlgorithm(_))
         ));
         assert!("sha256:totallywrong".parse::<Digest>().is_err());
-        assert!(HELLO.to_uppercase().replace("SHA", "sha").parse::<Digest>().is_err());
+        assert!(HELLO
+            .to_uppercase()
+            .replace("SHA", "sha")
+            .parse::<Digest>()
+            .is_err());
         assert!(format!("{HELLO}0").parse::<Digest>().is_err());
     }
 

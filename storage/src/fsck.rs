@@ -12,17 +12,20 @@ pub enum FsckFinding {
     /// The index lists a blob whose file is missing.
     MissingFile { digest: String },
     /// The file's length differs from the indexed size.
-    WrongSize { digest: String, indexed: u64, on_disk: u64 },
+    WrongSize {
+        digest: String,
+        indexed: u64,
+        on_disk: u64,
+    },
     /// `--verify`: the file's bytes do not hash to its name.
     CorruptBlob { digest: String },
-    /// A file under `blobs/` with no index entry (e.g. a crash after the rename).
-    OrphanFile { path: PathBuf },
+    /// A file under `blobs/` with no index entry (a crash between the rename and
+    /// the index write). `intact`: its bytes hash to its name, so repair adopts it.
+    OrphanFile { path: PathBuf, intact: bool },
     /// An index entry that cannot be decoded.
     BadIndexEntry { key: String },
     /// A stored manifest whose bytes do not hash to its digest, or cannot be decoded.
     CorruptManifest { digest: String },
-    /// A tag record that points at a manifest the store does not hold.
-    DanglingTag { upstream: String, repo: String, tag: String },
     /// A leftover temp file.
     TempFile { path: PathBuf },
 }
@@ -46,18 +49,40 @@ impl FsckReport {
 impl std::fmt::Display for FsckFinding {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            FsckFinding::MissingFile { digest } => write!(f, "blob {digest}: indexed but its file is missing"),
-            FsckFinding::WrongSize { digest, indexed, on_disk } => {
-                write!(f, "blob {digest}: indexed as {indexed} bytes, file has {on_disk}")
+            FsckFinding::MissingFile { digest } => {
+                write!(f, "blob {digest}: indexed but its file is missing")
             }
-            FsckFinding::CorruptBlob { digest } => write!(f, "blob {digest}: bytes do not hash to its digest"),
-            FsckFinding::OrphanFile { path } => write!(f, "{}: file not in the index", path.display()),
-            FsckFinding::BadIndexEntry { key } => write!(f, "index entry {key:?} cannot be decoded"),
+            FsckFinding::WrongSize {
+                digest,
+                indexed,
+                on_disk,
+            } => {
+                write!(
+                    f,
+                    "blob {digest}: indexed as {indexed} bytes, file has {on_disk}"
+                )
+            }
+            FsckFinding::CorruptBlob { digest } => {
+                write!(f, "blob {digest}: bytes do not hash to its digest")
+            }
+            FsckFinding::OrphanFile { path, intact: true } => {
+                write!(f, "{}: intact blob missing from the index", path.display())
+            }
+            FsckFinding::OrphanFile {
+                path,
+                intact: false,
+            } => {
+                write!(
+                    f,
+                    "{}: file not in the index, bytes do not match its name",
+                    path.display()
+                )
+            }
+            FsckFinding::BadIndexEntry { key } => {
+                write!(f, "index entry {key:?} cannot be decoded")
+            }
             FsckFinding::CorruptManifest { digest } => {
                 write!(f, "manifest {digest}: bytes do not hash to its digest")
-            }
-            FsckFinding::DanglingTag { upstream, repo, tag } => {
-                write!(f, "tag {upstream}/{repo}:{tag} points at a manifest not in the store")
             }
             FsckFinding::TempFile { path } => write!(f, "{}: leftover temp file", path.display()),
         }
@@ -76,7 +101,9 @@ pub(crate) fn run(store: &Store, verify: bool, repair: bool) -> Result<FsckRepor
         report.blobs_checked += 1;
         let key_text = String::from_utf8_lossy(&key).into_owned();
         let (Ok(digest), Some(meta)) = (key_text.parse::<Digest>(), meta) else {
-            report.findings.push(FsckFinding::BadIndexEntry { key: key_text });
+            report
+                .findings
+                .push(FsckFinding::BadIndexEntry { key: key_text });
             if repair {
                 inner.index.delete_blob_key(&key)?;
             }
@@ -115,49 +142,63 @@ pub(crate) fn run(store: &Store, verify: bool, repair: bool) -> Result<FsckRepor
 
     for path in files_under(&inner.blobs_dir)? {
         if !indexed.contains(&path) {
-            report.findings.push(FsckFinding::OrphanFile { path: path.clone() });
+            let digest = digest_of_path(store, &path);
+            let intact = match &digest {
+                Some(d) => file_verifies(&path, d)?,
+                None => false,
+            };
+            report.findings.push(FsckFinding::OrphanFile {
+                path: path.clone(),
+                intact,
+            });
             if repair {
-                remove_if_exists(&path)?;
+                match digest {
+                    Some(d) if intact => {
+                        store.index_committed_blob(&d, fs::metadata(&path)?.len())?
+                    }
+                    _ => remove_if_exists(&path)?,
+                }
             }
         }
     }
 
-    let mut manifests = HashSet::new();
     for (key, manifest) in inner.index.all_manifests()? {
         report.manifests_checked += 1;
         let ok = match (key.parse::<Digest>(), &manifest) {
             (Ok(d), Some(m)) => d.verifies(&m.body),
             _ => false,
         };
-        if ok {
-            manifests.insert(key);
-        } else {
-            report.findings.push(FsckFinding::CorruptManifest { digest: key.clone() });
+        if !ok {
+            report.findings.push(FsckFinding::CorruptManifest {
+                digest: key.clone(),
+            });
             if repair {
                 inner.index.delete_manifest_key(&key)?;
             }
         }
     }
 
-    for (key, record) in inner.index.all_tags()? {
-        report.tags_checked += 1;
-        let points_at_stored = record.is_some_and(|r| manifests.contains(r.digest.as_str()));
-        if !points_at_stored {
-            let (upstream, repo, tag) = key.parts();
-            report.findings.push(FsckFinding::DanglingTag { upstream, repo, tag });
-            if repair {
-                inner.index.delete_tag(&key)?;
-            }
-        }
-    }
+    // Tag records may name a manifest that is not stored: a tag resolved by a
+    // HEAD alone keeps only the digest. They are counted, not judged.
+    report.tags_checked = inner.index.all_tags()?.len() as u64;
 
     for path in files_under(&inner.tmp_dir)? {
-        report.findings.push(FsckFinding::TempFile { path: path.clone() });
+        report
+            .findings
+            .push(FsckFinding::TempFile { path: path.clone() });
         if repair {
             remove_if_exists(&path)?;
         }
     }
     Ok(report)
+}
+
+/// The digest a path under `blobs/` names, if it is a well-formed blob path.
+fn digest_of_path(store: &Store, path: &Path) -> Option<Digest> {
+    let hex = path.file_name()?.to_str()?;
+    let algo = path.parent()?.parent()?.file_name()?.to_str()?;
+    let d: Digest = format!("{algo}:{hex}").parse().ok()?;
+    (blob_path(&store.inner.blobs_dir, &d) == path).then_some(d)
 }
 
 fn file_verifies(path: &Path, digest: &Digest) -> io::Result<bool> {

@@ -37,7 +37,10 @@ impl TagKey {
 
     /// `(upstream, repository, tag)`.
     pub fn parts(&self) -> (String, String, String) {
-        let mut it = self.0.split(|&b| b == 0).map(|p| String::from_utf8_lossy(p).into_owned());
+        let mut it = self
+            .0
+            .split(|&b| b == 0)
+            .map(|p| String::from_utf8_lossy(p).into_owned());
         (
             it.next().unwrap_or_default(),
             it.next().unwrap_or_default(),
@@ -113,6 +116,9 @@ impl BlobMeta {
         Some(BlobMeta { size, last_access })
     }
 }
+
+/// A blob entry's key and its decoded value (`None` when undecodable).
+pub(crate) type RawBlobEntry = (Vec<u8>, Option<BlobMeta>);
 
 pub(crate) struct Index {
     db: DB,
@@ -215,7 +221,10 @@ impl Index {
     }
 
     pub fn manifest(&self, digest: &Digest) -> Result<Option<StoredManifest>, StoreError> {
-        let Some(v) = self.db.get_pinned_cf(self.cf(CF_MANIFESTS), digest.as_str())? else {
+        let Some(v) = self
+            .db
+            .get_pinned_cf(self.cf(CF_MANIFESTS), digest.as_str())?
+        else {
             return Ok(None);
         };
         decode_manifest(&v)
@@ -239,9 +248,15 @@ impl Index {
     /// Every manifest's digest key and decoded body (`None` when undecodable).
     pub fn all_manifests(&self) -> Result<Vec<(String, Option<StoredManifest>)>, StoreError> {
         let mut out = Vec::new();
-        for item in self.db.iterator_cf(self.cf(CF_MANIFESTS), IteratorMode::Start) {
+        for item in self
+            .db
+            .iterator_cf(self.cf(CF_MANIFESTS), IteratorMode::Start)
+        {
             let (k, v) = item?;
-            out.push((String::from_utf8_lossy(&k).into_owned(), decode_manifest(&v)));
+            out.push((
+                String::from_utf8_lossy(&k).into_owned(),
+                decode_manifest(&v),
+            ));
         }
         Ok(out)
     }
@@ -325,7 +340,7 @@ impl Index {
     }
 
     /// Every blob entry as stored, decodable or not (for fsck).
-    pub fn raw_blobs(&self) -> Result<Vec<(Vec<u8>, Option<BlobMeta>)>, StoreError> {
+    pub fn raw_blobs(&self) -> Result<Vec<RawBlobEntry>, StoreError> {
         let mut out = Vec::new();
         for item in self.db.iterator_cf(self.cf(CF_BLOBS), IteratorMode::Start) {
             let (k, v) = item?;

@@ -333,7 +333,11 @@ impl Store {
         let Some(max) = self.inner.options.max_size else {
             return Ok((0, 0));
         };
-        let _one_at_a_time = self.inner.evicting.lock().unwrap_or_else(|e| e.into_inner());
+        let _one_at_a_time = self
+            .inner
+            .evicting
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
         if !self.over_budget() {
             return Ok((0, 0));
         }
@@ -371,8 +375,14 @@ impl Store {
             }
             pins.retain(|_, n| *n > 0);
         }
-        self.inner.stats.evictions.fetch_add(blobs, Ordering::Relaxed);
-        self.inner.stats.bytes_evicted.fetch_add(bytes, Ordering::Relaxed);
+        self.inner
+            .stats
+            .evictions
+            .fetch_add(blobs, Ordering::Relaxed);
+        self.inner
+            .stats
+            .bytes_evicted
+            .fetch_add(bytes, Ordering::Relaxed);
         if blobs > 0 {
             tracing::info!(blobs, bytes, total = self.total_bytes(), "evicted blobs");
         }

@@ -62,7 +62,10 @@ fn size_mismatch_is_refused_even_when_the_hash_matches() {
     let digest = Digest::sha256_of(b"abc");
     let mut w = s.begin_blob(&digest).unwrap();
     w.write(b"abc").unwrap();
-    assert!(matches!(w.commit(Some(4)), Err(CommitError::SizeMismatch { .. })));
+    assert!(matches!(
+        w.commit(Some(4)),
+        Err(CommitError::SizeMismatch { .. })
+    ));
     assert!(s.open_blob(&digest).unwrap().is_none());
 }
 
@@ -125,16 +128,35 @@ fn tags_are_per_upstream_and_purgeable_by_repo() {
     };
     let d1 = Digest::sha256_of(b"1");
     let d2 = Digest::sha256_of(b"2");
-    s.put_tag(&TagKey::new("docker.io", "x/y", "1"), &rec(&d1)).unwrap();
-    s.put_tag(&TagKey::new("ghcr.io", "x/y", "1"), &rec(&d2)).unwrap();
-    s.put_tag(&TagKey::new("docker.io", "x/y", "2"), &rec(&d2)).unwrap();
-    s.put_tag(&TagKey::new("docker.io", "x/yz", "1"), &rec(&d2)).unwrap();
-    assert_eq!(s.tag(&TagKey::new("docker.io", "x/y", "1")).unwrap(), Some(rec(&d1)));
-    assert_eq!(s.tag(&TagKey::new("ghcr.io", "x/y", "1")).unwrap(), Some(rec(&d2)));
+    s.put_tag(&TagKey::new("docker.io", "x/y", "1"), &rec(&d1))
+        .unwrap();
+    s.put_tag(&TagKey::new("ghcr.io", "x/y", "1"), &rec(&d2))
+        .unwrap();
+    s.put_tag(&TagKey::new("docker.io", "x/y", "2"), &rec(&d2))
+        .unwrap();
+    s.put_tag(&TagKey::new("docker.io", "x/yz", "1"), &rec(&d2))
+        .unwrap();
+    assert_eq!(
+        s.tag(&TagKey::new("docker.io", "x/y", "1")).unwrap(),
+        Some(rec(&d1))
+    );
+    assert_eq!(
+        s.tag(&TagKey::new("ghcr.io", "x/y", "1")).unwrap(),
+        Some(rec(&d2))
+    );
     assert_eq!(s.purge_tags("docker.io", "x/y", None).unwrap(), 2);
-    assert!(s.tag(&TagKey::new("docker.io", "x/y", "2")).unwrap().is_none());
-    assert!(s.tag(&TagKey::new("docker.io", "x/yz", "1")).unwrap().is_some());
-    assert!(s.tag(&TagKey::new("ghcr.io", "x/y", "1")).unwrap().is_some());
+    assert!(s
+        .tag(&TagKey::new("docker.io", "x/y", "2"))
+        .unwrap()
+        .is_none());
+    assert!(s
+        .tag(&TagKey::new("docker.io", "x/yz", "1"))
+        .unwrap()
+        .is_some());
+    assert!(s
+        .tag(&TagKey::new("ghcr.io", "x/y", "1"))
+        .unwrap()
+        .is_some());
 }
 
 #[test]
@@ -149,7 +171,16 @@ fn eviction_is_lru_and_skips_pinned_blobs() {
     assert_eq!(s.total_bytes(), 1200);
     // Order of last access: 2 (oldest), 0, 3, 1 (newest); 2 is pinned.
     for (i, d) in blobs.iter().enumerate() {
-        s.inner.index.put_blob(d, BlobMeta { size: 300, last_access: [20, 40, 10, 30][i] }).unwrap();
+        s.inner
+            .index
+            .put_blob(
+                d,
+                BlobMeta {
+                    size: 300,
+                    last_access: [20, 40, 10, 30][i],
+                },
+            )
+            .unwrap();
     }
     let pinned = s.open_blob(&blobs[2]).unwrap().unwrap();
     s.inner.pending_access.lock().unwrap().clear();
@@ -171,9 +202,22 @@ fn access_times_are_batched_until_flushed() {
     let dir = tempfile::tempdir().unwrap();
     let s = store(dir.path());
     let d = put_blob(&s, b"abc");
-    s.inner.index.put_blob(&d, BlobMeta { size: 3, last_access: 1 }).unwrap();
+    s.inner
+        .index
+        .put_blob(
+            &d,
+            BlobMeta {
+                size: 3,
+                last_access: 1,
+            },
+        )
+        .unwrap();
     drop(s.open_blob(&d).unwrap());
-    assert_eq!(s.inner.index.blob(&d).unwrap().unwrap().last_access, 1, "no write on read");
+    assert_eq!(
+        s.inner.index.blob(&d).unwrap().unwrap().last_access,
+        1,
+        "no write on read"
+    );
     assert_eq!(s.flush_access_times().unwrap(), 1);
     assert!(s.inner.index.blob(&d).unwrap().unwrap().last_access > 1);
 }
@@ -205,26 +249,38 @@ fn fsck_finds_and_repairs_every_kind_of_damage() {
     let orphan_path = blob_path(&blobs, &orphan);
     fs::create_dir_all(orphan_path.parent().unwrap()).unwrap();
     fs::write(&orphan_path, b"orphan").unwrap();
-    let ghost = Digest::sha256_of(b"ghost manifest");
-    s.put_tag(
-        &TagKey::new("u", "r", "t"),
-        &TagRecord { digest: ghost, media_type: "m".into(), size: 1, checked_at_ms: 0 },
-    )
-    .unwrap();
+    let bad_manifest = Digest::sha256_of(b"manifest");
+    s.inner
+        .index
+        .put_manifest(&bad_manifest, "m", b"not the manifest")
+        .unwrap();
 
     let quick = s.fsck(false, false).unwrap();
     assert_eq!(quick.findings.len(), 4, "{:?}", quick.findings);
+    assert!(quick.findings.contains(&FsckFinding::OrphanFile {
+        path: orphan_path.clone(),
+        intact: true
+    }));
     let full = s.fsck(true, false).unwrap();
     assert_eq!(full.findings.len(), 5, "{:?}", full.findings);
-    assert!(full.findings.contains(&FsckFinding::CorruptBlob { digest: corrupt.to_string() }));
+    assert!(full.findings.contains(&FsckFinding::CorruptBlob {
+        digest: corrupt.to_string()
+    }));
 
     let repaired = s.fsck(true, true).unwrap();
     assert_eq!(repaired.findings.len(), 5);
+    assert!(s.manifest(&bad_manifest).unwrap().is_none());
     assert!(s.fsck(true, false).unwrap().clean());
     assert_eq!(read_all(&s, &good), b"good");
     assert!(s.open_blob(&corrupt).unwrap().is_none());
-    assert!(!orphan_path.exists());
-    assert_eq!(s.total_bytes(), 4);
+    // The orphan's bytes match its name: it is adopted, not thrown away.
+    assert_eq!(read_all(&s, &orphan), b"orphan");
+    assert_eq!(s.total_bytes(), 4 + 6);
+    let junk = blobs.join("sha256/00/not-a-digest");
+    fs::create_dir_all(junk.parent().unwrap()).unwrap();
+    fs::write(&junk, b"junk").unwrap();
+    assert_eq!(s.fsck(false, true).unwrap().findings.len(), 1);
+    assert!(!junk.exists());
 }
 
 #[test]
@@ -239,8 +295,16 @@ fn purge_digest_removes_blob_manifest_and_tags() {
     let m = Digest::sha256_of(body);
     s.put_manifest(&m, "t", body).unwrap();
     let key = TagKey::new("u", "r", "t");
-    s.put_tag(&key, &TagRecord { digest: m.clone(), media_type: "t".into(), size: 2, checked_at_ms: 0 })
-        .unwrap();
+    s.put_tag(
+        &key,
+        &TagRecord {
+            digest: m.clone(),
+            media_type: "t".into(),
+            size: 2,
+            checked_at_ms: 0,
+        },
+    )
+    .unwrap();
     assert!(s.purge_digest(&m).unwrap());
     assert!(s.manifest(&m).unwrap().is_none());
     assert!(s.tag(&key).unwrap().is_none());

@@ -37,10 +37,11 @@ pub struct BlobWriter {
 impl BlobWriter {
     pub(crate) fn create(store: Store, digest: Digest) -> Result<BlobWriter, StoreError> {
         let seq = TEMP_SEQ.fetch_add(1, Ordering::Relaxed);
-        let temp = store
-            .inner
-            .tmp_dir
-            .join(format!("{}.{}.{seq}", digest.hex(), std::process::id()));
+        let temp =
+            store
+                .inner
+                .tmp_dir
+                .join(format!("{}.{}.{seq}", digest.hex(), std::process::id()));
         let file = OpenOptions::new()
             .read(true)
             .write(true)
@@ -91,8 +92,8 @@ impl BlobWriter {
     /// Verifies the digest (and `expected_size` if known), fsyncs, renames the file
     /// under its digest's name and records it in the index.
     pub fn commit(mut self, expected_size: Option<u64>) -> Result<u64, CommitError> {
-        let actual = std::mem::replace(&mut self.hasher, Hasher::new(self.digest.algorithm()))
-            .finish();
+        let actual =
+            std::mem::replace(&mut self.hasher, Hasher::new(self.digest.algorithm())).finish();
         if actual != self.digest {
             return Err(CommitError::DigestMismatch {
                 expected: self.digest.clone(),
@@ -115,7 +116,8 @@ impl BlobWriter {
         fs::rename(&self.temp, &dest).map_err(StoreError::Io)?;
         self.done = true;
         sync_dir(parent).map_err(StoreError::Io)?;
-        self.store.index_committed_blob(&self.digest, self.written)?;
+        self.store
+            .index_committed_blob(&self.digest, self.written)?;
         Ok(self.written)
     }
 }

@@ -1,0 +1,181 @@
+//! Upstream authentication (PROTOCOL.md A1–A5).
+
+use crate::support::*;
+use std::time::Duration;
+
+fn bearer(expires_in: Option<u64>) -> Auth {
+    Auth::Bearer {
+        expires_in,
+        basic: None,
+        access_token_only: false,
+        quay_style: false,
+    }
+}
+
+fn token_requests(up: &FakeRegistry) -> Vec<fake::Recorded> {
+    up.requests()
+        .into_iter()
+        .filter(|r| r.host == fake::Host::Auth)
+        .collect()
+}
+
+#[tokio::test]
+async fn a1_anonymous_token_is_fetched_once_and_reused() {
+    let up = FakeRegistry::start().await;
+    up.set_auth(bearer(Some(300)));
+    let (m, layers) = up.add_image("library/alpine", "latest", &[b"one", b"two"]);
+    let p = Proxied::hub(&up).await;
+    assert_eq!(p.head("/v2/alpine/manifests/latest").await.status(), 200);
+    assert_eq!(
+        p.get(&format!("/v2/alpine/manifests/{m}")).await.status(),
+        200
+    );
+    for l in &layers {
+        assert_eq!(
+            body_digest(p.get(&format!("/v2/alpine/blobs/{l}")).await)
+                .await
+                .unwrap()
+                .0,
+            *l
+        );
+    }
+    let tokens = token_requests(&up);
+    assert_eq!(tokens.len(), 1, "one token for the scope");
+    let q = tokens[0].query.clone().unwrap();
+    assert!(q.contains("service=fake-registry"), "{q}");
+    assert!(
+        q.contains("scope=repository%3Alibrary%2Falpine%3Apull"),
+        "{q}"
+    );
+    assert!(
+        !tokens[0].headers.contains_key("authorization"),
+        "anonymous"
+    );
+    // Only the very first request met a 401.
+    assert_eq!(
+        up.requests()
+            .iter()
+            .filter(|r| r.host == fake::Host::Registry)
+            .count(),
+        4 + 1
+    );
+}
+
+#[tokio::test]
+async fn a1_a_new_repository_gets_its_token_without_another_401() {
+    let up = FakeRegistry::start().await;
+    up.set_auth(bearer(Some(300)));
+    up.add_image("library/a", "1", &[b"a"]);
+    up.add_image("library/b", "1", &[b"b"]);
+    let p = Proxied::hub(&up).await;
+    p.head("/v2/a/manifests/1").await;
+    p.head("/v2/b/manifests/1").await;
+    assert_eq!(token_requests(&up).len(), 2);
+    assert_eq!(
+        up.count("HEAD", |_| true),
+        3,
+        "401 + retry for a, then one HEAD for b"
+    );
+}
+
+#[tokio::test]
+async fn a2_expired_token_is_renewed_and_missing_expiry_means_60s() {
+    let up = FakeRegistry::start().await;
+    up.set_auth(Auth::Bearer {
+        expires_in: None,
+        basic: None,
+        access_token_only: true,
+        quay_style: false,
+    });
+    let (_, layers) = up.add_image("library/alpine", "latest", &[b"one", b"two", b"three"]);
+    let p = Proxied::hub(&up).await;
+    body_digest(p.get(&format!("/v2/alpine/blobs/{}", layers[0])).await)
+        .await
+        .unwrap();
+    p.advance(Duration::from_secs(30));
+    body_digest(p.get(&format!("/v2/alpine/blobs/{}", layers[1])).await)
+        .await
+        .unwrap();
+    assert_eq!(up.tokens_issued(), 1, "still valid at 30s");
+    p.advance(Duration::from_secs(31));
+    body_digest(p.get(&format!("/v2/alpine/blobs/{}", layers[2])).await)
+        .await
+        .unwrap();
+    assert_eq!(up.tokens_issued(), 2, "renewed after 60s");
+}
+
+#[tokio::test]
+async fn a3_credentials_go_to_the_token_server_as_basic() {
+    let up = FakeRegistry::start().await;
+    up.set_auth(Auth::Bearer {
+        expires_in: Some(300),
+        basic: Some(("user".into(), "s3cret".into())),
+        access_token_only: false,
+        quay_style: false,
+    });
+    let (d, _) = up.add_image("team/app", "1", &[b"l"]);
+    let toml = format!(
+        "[[upstream]]\nname = \"private\"\nurl = \"{}\"\nusername = \"user\"\npassword = \"s3cret\"\n",
+        up.url()
+    );
+    let p = Proxied::with_toml(&up, &toml).await;
+    let r = p.head("/v2/team/app/manifests/1").await;
+    assert_eq!(header(&r, "docker-content-digest"), Some(d.as_str()));
+    let t = &token_requests(&up)[0];
+    assert!(t.headers["authorization"]
+        .to_str()
+        .unwrap()
+        .starts_with("Basic "));
+    // Nothing secret comes back to the client.
+    let text = p.get("/metrics").await.text().await.unwrap();
+    assert!(!text.contains("s3cret") && !text.contains("tok-"));
+}
+
+#[tokio::test]
+async fn a3_basic_only_upstream_gets_basic_credentials() {
+    let up = FakeRegistry::start().await;
+    up.set_auth(Auth::Basic("user".into(), "pw".into()));
+    let (d, _) = up.add_image("team/app", "1", &[b"l"]);
+    let toml = format!(
+        "[[upstream]]\nname = \"basic\"\nurl = \"{}\"\nusername = \"user\"\npassword = \"pw\"\n",
+        up.url()
+    );
+    let p = Proxied::with_toml(&up, &toml).await;
+    let r = p.head("/v2/team/app/manifests/1").await;
+    assert_eq!(header(&r, "docker-content-digest"), Some(d.as_str()));
+    assert_eq!(up.tokens_issued(), 0);
+}
+
+#[tokio::test]
+async fn a4_quay_style_combined_challenge_picks_bearer() {
+    let up = FakeRegistry::start().await;
+    up.set_auth(Auth::Bearer {
+        expires_in: Some(300),
+        basic: None,
+        access_token_only: false,
+        quay_style: true,
+    });
+    let (d, _) = up.add_image("org/img", "1", &[b"l"]);
+    let p = Proxied::start(&up).await;
+    let r = p.head("/v2/org/img/manifests/1").await;
+    assert_eq!(header(&r, "docker-content-digest"), Some(d.as_str()));
+    assert_eq!(token_requests(&up).len(), 1);
+}
+
+#[tokio::test]
+async fn a6_ferry_itself_never_answers_401() {
+    let up = FakeRegistry::start().await;
+    up.set_auth(bearer(Some(300)));
+    up.faults(|f| f.always_401 = true);
+    let p = Proxied::start(&up).await;
+    for path in [
+        "/v2/",
+        "/v2/x/manifests/1",
+        &format!("/v2/x/blobs/{}", sha256(b"x")),
+        "/v2/x/tags/list",
+    ] {
+        let r = p.get(path).await;
+        assert_ne!(r.status(), 401, "{path}");
+        assert!(r.headers().get("www-authenticate").is_none());
+    }
+}

@@ -1,0 +1,864 @@
+#!/usr/bin/env bash
+# End-to-end tests with real clients: docker, containerd (ctr) and skopeo pull
+# through Ferry from a real upstream registry (distribution 2.8.2), all on 127.0.0.1.
+#
+#   tests/e2e/run.sh [CASE...]     default: every case
+#
+# Cases:
+#   docker        docker pull 127.0.0.1:FPORT/library/{test,multi}:1.0 (host form)
+#   dockermirror  dockerd --registry-mirror (daemon.json), docker pull test:1.0
+#   containerd    ctr images pull --hosts-dir (hosts.toml mirror, ?ns=), multi-arch;
+#                 with Ferry also the prefix form /v2/127.0.0.1:UPORT/... (override_path)
+#   skopeo        registries.conf mirror (host form), single- and multi-arch
+#   dockerhub     Docker Hub names with docker/containerd/certs.d/docker.io/hosts.toml
+#                 (?ns=docker.io) and docker/registries.conf (prefix form
+#                 /v2/docker.io/...) as shipped; Ferry maps docker.io to the local
+#                 upstream with a config file
+#   parallel      docker and containerd pull one cold image at once: one upstream
+#                 GET per blob
+# Every client case pulls twice (the second after emptying the client's store)
+# and the second pull must cost zero upstream blob GETs. Each case gets a fresh
+# mirror (empty data dir) on the same port.
+#
+# Environment:
+#   MIRROR=ferry|distribution  what to test; distribution = docker-registry in
+#                              proxy mode, a stand-in (no prefix routing, no
+#                              single-flight: those checks are reported, not enforced)
+#   FERRY_BIN=PATH             default: $CARGO_TARGET_DIR/debug/ferry, target/debug/ferry,
+#                              /var/cache/ferry/target/debug/ferry (this script never builds)
+#   FERRY_ARGS="..."           extra `ferry serve` arguments (e.g. --tag-ttl 0)
+#   E2E_RANDOM_MB=4            size of the random layer of test:1.0
+#   KEEP=1                     keep the work dir after the run (else, when a case
+#                              fails, its logs are copied to /tmp/ferry-e2e-failed/)
+#
+# Needs root and Debian/Ubuntu (installs missing packages with apt-get). Binds
+# only 127.0.0.1 ports in 15000-15999. Takes well under a minute once installed.
+# Digest lists from jq are split into arguments on purpose (SC2046); sed is
+# clearer than ${var//} for the log rewriting (SC2001):
+# shellcheck disable=SC2046,SC2001
+set -uo pipefail
+
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+REPO=$(cd "$HERE/../.." && pwd)
+ALL_CASES=(docker dockermirror containerd skopeo dockerhub parallel)
+MIRROR=${MIRROR:-ferry}
+RANDOM_MB=${E2E_RANDOM_MB:-4}
+PULL_TIMEOUT=180
+
+log() { printf '[e2e %s] %s\n' "$(date +%T)" "$*"; }
+die() { log "ERROR: $*"; exit 2; }
+
+usage() { sed -n '2,/Takes about/p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
+
+# ---------------------------------------------------------------- arguments
+CASES=()
+for a in "$@"; do
+  case $a in
+    -h|--help) usage; exit 0 ;;
+    all) CASES+=("${ALL_CASES[@]}") ;;
+    *)
+      [[ " ${ALL_CASES[*]} " == *" $a "* ]] || die "unknown case '$a' (cases: ${ALL_CASES[*]})"
+      CASES+=("$a") ;;
+  esac
+done
+((${#CASES[@]})) || CASES=("${ALL_CASES[@]}")
+case $MIRROR in ferry|distribution) ;; *) die "MIRROR must be ferry or distribution" ;; esac
+[ "$(id -u)" = 0 ] || die "run as root (dockerd, containerd and apt-get need it)"
+
+wants() { [[ " ${CASES[*]} " == *" $1 "* ]]; }
+wants_any() { local c; for c in "$@"; do wants "$c" && return 0; done; return 1; }
+
+# ---------------------------------------------------------------- packages
+ensure_packages() {
+  local need=() pair bin pkg
+  for pair in docker-registry:docker-registry skopeo:skopeo containerd:containerd \
+      ctr:containerd dockerd:docker.io docker:docker.io curl:curl jq:jq \
+      python3:python3 ss:iproute2 timeout:coreutils; do
+    bin=${pair%%:*} pkg=${pair#*:}
+    command -v "$bin" >/dev/null 2>&1 || need+=("$pkg")
+  done
+  ((${#need[@]})) || return 0
+  log "installing: ${need[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq || die "apt-get update failed"
+  apt-get install -y -qq "${need[@]}" >/dev/null || die "apt-get install ${need[*]} failed"
+}
+ensure_packages
+
+if [ "$MIRROR" = ferry ]; then
+  if [ -z "${FERRY_BIN:-}" ]; then
+    for c in ${CARGO_TARGET_DIR:+"$CARGO_TARGET_DIR/debug/ferry"} "$REPO/target/debug/ferry" \
+        /var/cache/ferry/target/debug/ferry; do
+      [ -x "$c" ] && { FERRY_BIN=$c; break; }
+    done
+  fi
+  [ -x "${FERRY_BIN:-}" ] || die "no ferry binary: build it (cargo build) or set FERRY_BIN"
+fi
+
+# ---------------------------------------------------------------- work dir, ports
+WORK=$(mktemp -d /tmp/ferry-e2e.XXXXXX)   # short: unix socket paths live here
+mkdir -p "$WORK/pids" "$WORK/logs" "$WORK/results"
+LOGS=$WORK/logs
+if [ "$MIRROR" = ferry ]; then
+  # A private copy: a rebuild during the run must not change the binary between cases.
+  cp "$FERRY_BIN" "$WORK/ferry" || die "cannot copy $FERRY_BIN"
+  FERRY_SRC=$FERRY_BIN FERRY_BIN=$WORK/ferry
+fi
+
+port_free() { ! ss -Hltn "sport = :$1" 2>/dev/null | grep -q .; }
+pick_port() {   # pick_port [EXCLUDED...]
+  local p
+  for _ in $(seq 1 300); do
+    p=$((15000 + RANDOM % 1000))
+    [[ " $* " == *" $p "* ]] && continue
+    port_free "$p" && { echo "$p"; return 0; }
+  done
+  return 1
+}
+UPORT=$(pick_port) || die "no free port in 15000-15999"
+FPORT=$(pick_port "$UPORT") || die "no free port in 15000-15999"
+DEADPORT=$(pick_port "$UPORT" "$FPORT") || die "no free port in 15000-15999"
+UPSTREAM=127.0.0.1:$UPORT
+FERRY=127.0.0.1:$FPORT
+
+# Safety net: clients fall back to the real registry when a mirror fails
+# (dockerd to Docker Hub, containerd to `server`, skopeo to `location`). Send
+# any such request to a closed loopback port; loopback itself is never proxied.
+export HTTP_PROXY=http://127.0.0.1:$DEADPORT HTTPS_PROXY=http://127.0.0.1:$DEADPORT
+export http_proxy=$HTTP_PROXY https_proxy=$HTTPS_PROXY
+export NO_PROXY=127.0.0.1,localhost no_proxy=127.0.0.1,localhost
+
+# ---------------------------------------------------------------- processes
+# Every daemon's pid is in $WORK/pids/NAME.pid; cleanup stops them all.
+start_bg() {   # start_bg NAME LOGFILE CMD...
+  local name=$1 logf=$2; shift 2
+  "$@" >>"$logf" 2>&1 </dev/null &
+  echo $! >"$WORK/pids/$name.pid"
+}
+alive() {   # running: not gone, not a zombie (bash may reap it at any moment)
+  local st; st=$(awk '{print $3}' "/proc/$1/stat" 2>/dev/null)
+  [ -n "$st" ] && [ "$st" != Z ]
+}
+stop_bg() {   # stop_bg NAME
+  local f=$WORK/pids/$1.pid pid
+  [ -f "$f" ] || return 0
+  pid=$(cat "$f"); rm -f "$f"
+  kill "$pid" 2>/dev/null
+  for _ in $(seq 1 150); do alive "$pid" || break; sleep 0.1; done
+  alive "$pid" && { log "$1 ($pid) did not stop on SIGTERM: SIGKILL"; kill -9 "$pid" 2>/dev/null; }
+  wait "$pid" 2>/dev/null
+  return 0
+}
+CLEANED=0
+cleanup() {
+  [ "$CLEANED" = 1 ] && return; CLEANED=1
+  local n f
+  for n in dockerd containerd-docker containerd mirror upstream; do stop_bg "$n"; done
+  for f in "$WORK"/pids/*.pid; do [ -e "$f" ] && stop_bg "$(basename "$f" .pid)"; done
+  # dockerd/containerd may leave mounts under their roots: unmount before rm.
+  awk -v w="$WORK" 'index($2, w) == 1 {print $2}' /proc/mounts | sort -r | xargs -r -n1 umount -l 2>/dev/null
+  if [ "${KEEP:-0}" = 1 ]; then
+    log "work dir kept: $WORK"
+  else
+    if [ "${FAILED_ANY:-0}" = 1 ]; then
+      rm -rf /tmp/ferry-e2e-failed && cp -r "$WORK/logs" /tmp/ferry-e2e-failed \
+        && cp "$WORK/expected.json" /tmp/ferry-e2e-failed/ 2>/dev/null
+      log "logs of the failed run: /tmp/ferry-e2e-failed/"
+    fi
+    rm -rf "$WORK"
+  fi
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+wait_until() {   # wait_until SECONDS NAME CMD...: poll CMD, fail early if NAME's process died
+  local secs=$1 name=$2 pid; shift 2
+  for _ in $(seq 1 $((secs * 10))); do
+    "$@" >/dev/null 2>&1 && return 0
+    pid=$(cat "$WORK/pids/$name.pid" 2>/dev/null)
+    [ -n "$pid" ] && ! alive "$pid" && { log "$name exited early"; return 1; }
+    sleep 0.1
+  done
+  log "$name not ready after ${secs}s"; return 1
+}
+http_ok() { [ "$(curl -s -o /dev/null -w '%{http_code}' --max-time 2 "$1")" = 200 ]; }
+
+# ---------------------------------------------------------------- logs
+# Access-log lines from either Ferry (tracing, target ferry::access) or
+# distribution (combined log format), as "METHOD URI STATUS".
+# norm_log FILE [FROM_LINE]: only lines after FROM_LINE.
+norm_log() {
+  tail -n +"$(( ${2:-0} + 1 ))" "$1" 2>/dev/null | sed -E 's/\x1b\[[0-9;]*m//g' | sed -nE \
+    -e 's/.*ferry::access: ([A-Z]+) ([^ ]+) ([0-9]{3})( .*)?$/\1 \2 \3/p' \
+    -e 's/.*"([A-Z]+) ([^ ]+) HTTP\/[0-9.]+" ([0-9]{3}) .*/\1 \2 \3/p'
+}
+lines() { wc -l <"$1" 2>/dev/null || echo 0; }
+settle() { sleep 0.5; }   # let both servers flush their last access lines
+up_blob_gets() {   # up_blob_gets FROM [DIGEST]
+  norm_log "$UPLOG" "$1" | grep -E '^GET /v2/.+/blobs/sha256:' | grep -cF "${2:-/blobs/}" || true
+}
+
+# ---------------------------------------------------------------- upstream
+UPLOG=$LOGS/upstream.log
+start_upstream() {
+  cat >"$WORK/upstream.yml" <<YML
+version: 0.1
+log: {level: info}
+storage:
+  filesystem: {rootdirectory: $WORK/upstream-data}
+  delete: {enabled: true}
+http: {addr: $UPSTREAM}
+YML
+  start_bg upstream "$UPLOG" docker-registry serve "$WORK/upstream.yml"
+  wait_until 20 upstream http_ok "http://$UPSTREAM/v2/" || { tail -20 "$UPLOG"; die "upstream did not start"; }
+}
+
+# ---------------------------------------------------------------- mirror
+MLOG=
+FERRY_FLAGS=()
+if [ "$MIRROR" = ferry ]; then
+  "$FERRY_BIN" serve --help 2>/dev/null | grep -q -- '--access-log' && FERRY_FLAGS+=(--access-log)
+  # shellcheck disable=SC2206
+  FERRY_FLAGS+=(${FERRY_ARGS:-})
+fi
+start_mirror() {   # start_mirror TAG [FERRY_ARG...]: a fresh mirror (empty data dir) on $FERRY
+  stop_bg mirror
+  local data=$WORK/mirror-$1 upstream_args=(--upstream "http://$UPSTREAM")
+  MLOG=$LOGS/mirror-$1.log
+  shift
+  ((${#@})) && upstream_args=("$@")
+  mkdir -p "$data"
+  if [ "$MIRROR" = ferry ]; then
+    echo "# ferry serve --listen $FERRY --data-dir $data/data ${upstream_args[*]} ${FERRY_FLAGS[*]}" >"$MLOG"
+    start_bg mirror "$MLOG" env RUST_LOG="${FERRY_RUST_LOG:-info}" NO_COLOR=1 \
+      "$FERRY_BIN" serve --listen "$FERRY" --data-dir "$data/data" \
+      "${upstream_args[@]}" "${FERRY_FLAGS[@]}"
+  else
+    cat >"$data/config.yml" <<YML
+version: 0.1
+log: {level: info}
+storage:
+  filesystem: {rootdirectory: $data/data}
+  delete: {enabled: true}
+http: {addr: $FERRY}
+proxy: {remoteurl: "http://$UPSTREAM"}
+YML
+    : >"$MLOG"
+    start_bg mirror "$MLOG" docker-registry serve "$data/config.yml"
+  fi
+  wait_until 30 mirror http_ok "http://$FERRY/v2/" || { tail -20 "$MLOG"; return 1; }
+}
+mirror_lines() { norm_log "$MLOG" "$1"; }   # mirror_lines FROM
+
+# ---------------------------------------------------------------- containerd, dockerd
+# Two containerds: one for ctr, one behind dockerd. dockerd (20.10+) keeps the
+# manifests it pulls in its containerd's content store, and containerd skips
+# fetching any blob that store has, so sharing one would hide requests.
+CTD=$WORK/ctd
+CTDSOCK=$CTD/containerd.sock
+CT_NS=ferry-e2e
+start_containerd() {   # start_containerd NAME DIR
+  local name=$1 dir=$2
+  mkdir -p "$dir"
+  cat >"$dir/config.toml" <<TOML
+version = 2
+root = "$dir/root"
+state = "$dir/state"
+disabled_plugins = ["io.containerd.grpc.v1.cri"]
+[grpc]
+  address = "$dir/containerd.sock"
+[ttrpc]
+  address = "$dir/containerd.sock.ttrpc"
+[debug]
+  address = ""
+[plugins."io.containerd.internal.v1.opt"]
+  path = "$dir/opt"
+TOML
+  start_bg "$name" "$LOGS/$name.log" containerd --config "$dir/config.toml"
+  wait_until 30 "$name" ctr -a "$dir/containerd.sock" version \
+    || { tail -20 "$LOGS/$name.log"; die "$name did not start"; }
+}
+CT=(ctr -a "$CTDSOCK" -n "$CT_NS")
+ct() { "${CT[@]}" "$@"; }
+
+DK=$WORK/dk
+export DOCKER_CONFIG=$WORK/docker-cli   # no user credentials or CLI plugins
+start_dockerd() {
+  mkdir -p "$DK" "$DOCKER_CONFIG"
+  # docker/daemon.json with Ferry's address: registry-mirrors for Hub names.
+  jq --arg m "http://$FERRY" '."registry-mirrors" = [$m]' "$REPO/docker/daemon.json" >"$DK/daemon.json" \
+    || die "cannot read docker/daemon.json"
+  start_bg dockerd "$LOGS/dockerd.log" dockerd --config-file "$DK/daemon.json" \
+    --data-root "$DK/root" --exec-root "$DK/exec" --pidfile "$DK/docker.pid" \
+    -H "unix://$DK/docker.sock" --containerd "$DK/ctd/containerd.sock" \
+    --storage-driver=vfs --iptables=false --ip6tables=false --bridge=none
+  wait_until 60 dockerd dk version || { tail -30 "$LOGS/dockerd.log"; die "dockerd did not start"; }
+}
+DKC=(docker -H "unix://$DK/docker.sock")
+dk() { "${DKC[@]}" "$@"; }
+
+# ---------------------------------------------------------------- expected digests
+EXP=$WORK/expected.json
+x() { jq -r "$@" "$EXP"; }   # x [JQ_OPTION...] FILTER
+case $(dpkg --print-architecture 2>/dev/null || uname -m) in
+  amd64|x86_64) HOST_PLATFORM=linux/amd64 ;;
+  arm64|aarch64) HOST_PLATFORM=linux/arm64 ;;
+  *) HOST_PLATFORM= ;;
+esac
+
+# ================================================================ case helpers
+# These run inside a case's subshell (set -e): `fail` ends the case.
+fail() { echo "  FAIL: $*" >&2; exit 1; }
+ok() { echo "  ok: $*"; }
+note() { echo "  note: $*"; echo "$*" >>"$WORK/results/$CASE.notes"; }
+step() { echo "  -- $*"; }
+counts() { echo "$1" >>"$WORK/results/$CASE.counts"; }   # counts "cold=4 warm=0"
+
+run_logged() {   # run_logged NAME CMD...: run with a timeout, output to a log; on error show it
+  local out=$LOGS/$CASE-$1.log rc; shift
+  echo "\$ $*" >"$out"
+  timeout "$PULL_TIMEOUT" "$@" >>"$out" 2>&1 && return 0
+  rc=$?
+  echo "  command failed (rc=$rc): $*" >&2
+  sed 's/^/    | /' "$out" | tail -25 >&2
+  return "$rc"
+}
+
+# Pass when the mirror served (200/206) a GET for every digest given, after line FROM.
+expect_mirror_served() {   # expect_mirror_served FROM WHAT DIGEST...
+  local from=$1 what=$2 d missing=(); shift 2
+  local got; got=$(mirror_lines "$from")
+  for d in "$@"; do
+    grep -qE "^GET [^ ]*/(blobs|manifests)/$d([?][^ ]*)? (200|206)$" <<<"$got" || missing+=("$d")
+  done
+  if ((${#missing[@]})); then
+    echo "  mirror requests seen:" >&2; sed 's/^/    | /' <<<"$got" | tail -40 >&2
+    fail "$what: the mirror did not serve ${missing[*]}"
+  fi
+  ok "$what: mirror served all $# digests"
+}
+
+# Each of the digests was fetched from upstream at most once since FROM (a
+# caching proxy with an empty cache fetches each blob once per client pull).
+expect_upstream_once() {   # expect_upstream_once FROM WHAT DIGEST...
+  local from=$1 what=$2 d n bad=() max=0; shift 2
+  for d in "$@"; do
+    n=$(up_blob_gets "$from" "$d")
+    ((n <= 1)) || bad+=("${d:7:12}..:$n")
+    ((n > max)) && max=$n
+  done
+  ((${#bad[@]})) || { ok "$what: each blob fetched from upstream at most once"; return 0; }
+  [ "$MIRROR" = ferry ] && fail "$what: blobs fetched from upstream more than once: ${bad[*]}"
+  note "$what: stand-in fetched ${#bad[@]} of $# blobs more than once (up to ${max}x)"
+}
+
+expect_zero_upstream() {   # expect_zero_upstream FROM WHAT
+  local n; n=$(up_blob_gets "$1")
+  if ((n != 0)); then
+    norm_log "$UPLOG" "$1" | grep -E '/blobs/' | sed 's/^/    | upstream: /' >&2
+    fail "$2: expected 0 upstream blob GETs, saw $n"
+  fi
+  ok "$2: 0 upstream blob GETs"
+}
+
+dk_clean() {   # remove every image (and so every layer) from dockerd
+  local ids; ids=$(dk images -aq | sort -u)
+  # shellcheck disable=SC2086 # one id per word
+  [ -z "$ids" ] || dk rmi -f $ids >/dev/null
+  [ -z "$(dk images -aq)" ] || fail "docker images left after rmi"
+}
+
+# The content store must be really empty: containerd skips fetching any blob it
+# already has, in any namespace.
+ct_clean() {
+  local imgs blobs
+  imgs=$(ct images ls -q)
+  # shellcheck disable=SC2086 # one name per word
+  [ -z "$imgs" ] || ct images rm --sync $imgs >/dev/null
+  blobs=$(ct content ls -q)
+  # shellcheck disable=SC2086 # one digest per word
+  [ -z "$blobs" ] || ct content rm $blobs >/dev/null || true
+  [ -z "$(ct content ls -q)" ] || fail "containerd content left after cleanup: $(ct content ls -q | tr '\n' ' ')"
+  [ -z "$(ls "$CTD/root/io.containerd.content.v1.content/blobs/sha256" 2>/dev/null)" ] \
+    || fail "containerd blob files left after cleanup"
+}
+
+# Docker: the local image has the expected repo digest, config (= image ID) and diff_ids.
+dk_verify() {   # dk_verify REF MANIFEST_OR_INDEX_DIGEST CONFIG DIFF_IDS_JSON
+  local ref=$1 digest=$2 cfg=$3 diff_ids=$4 j
+  j=$(dk image inspect "$ref") || fail "docker image inspect $ref"
+  jq -e --arg d "$digest" '.[0].RepoDigests | any(endswith("@" + $d))' <<<"$j" >/dev/null \
+    || fail "$ref: RepoDigests $(jq -c '.[0].RepoDigests' <<<"$j") lack $digest"
+  [ "$(jq -r '.[0].Id' <<<"$j")" = "$cfg" ] || fail "$ref: image ID $(jq -r '.[0].Id' <<<"$j") != config $cfg"
+  jq -e --argjson want "$diff_ids" '.[0].RootFS.Layers == $want' <<<"$j" >/dev/null \
+    || fail "$ref: layers $(jq -c '.[0].RootFS.Layers' <<<"$j") != $diff_ids"
+  ok "$ref: digest $digest, config and $(jq length <<<"$diff_ids") layer diff_ids match"
+}
+
+# ================================================================ cases
+case_docker() {
+  local ref=$FERRY/library/test:1.0 up mm cold warm
+  dk_clean
+  step "cold: docker pull $ref"
+  up=$(lines "$UPLOG"); mm=$(lines "$MLOG")
+  run_logged pull-test-cold "${DKC[@]}" pull "$ref"
+  settle
+  dk_verify "$ref" "$(x .test.manifest)" "$(x .test.config)" "$(x -c .test.diff_ids)"
+  expect_mirror_served "$mm" "docker pull" $(x '.test.blobs[]')
+  expect_upstream_once "$up" "docker pull" $(x '.test.blobs[]')
+  cold=$(up_blob_gets "$up")
+
+  step "warm: docker rmi, docker pull $ref again"
+  dk_clean
+  up=$(lines "$UPLOG"); mm=$(lines "$MLOG")
+  run_logged pull-test-warm "${DKC[@]}" pull "$ref"
+  settle
+  dk_verify "$ref" "$(x .test.manifest)" "$(x .test.config)" "$(x -c .test.diff_ids)"
+  expect_mirror_served "$mm" "docker pull (warm)" $(x '.test.blobs[]')
+  warm=$(up_blob_gets "$up")
+  expect_zero_upstream "$up" "docker pull (warm)"
+  counts "test:1.0 cold=$cold warm=$warm"
+
+  if [ -z "$HOST_PLATFORM" ]; then note "multi-arch skipped: host platform not amd64/arm64"; return; fi
+  ref=$FERRY/library/multi:1.0
+  local p=".multi.platforms[\"$HOST_PLATFORM\"]"
+  step "cold: docker pull $ref (multi-arch index, $HOST_PLATFORM)"
+  up=$(lines "$UPLOG"); mm=$(lines "$MLOG")
+  run_logged pull-multi-cold "${DKC[@]}" pull "$ref"
+  settle
+  dk_verify "$ref" "$(x .multi.index)" "$(x "$p.config")" "$(x -c "$p.diff_ids")"
+  expect_mirror_served "$mm" "docker pull multi" "$(x .multi.index)" "$(x "$p.manifest")" $(x "$p.blobs[]")
+  cold=$(up_blob_gets "$up")
+  step "warm: docker rmi, docker pull $ref again"
+  dk_clean
+  up=$(lines "$UPLOG")
+  run_logged pull-multi-warm "${DKC[@]}" pull "$ref"
+  settle
+  dk_verify "$ref" "$(x .multi.index)" "$(x "$p.config")" "$(x -c "$p.diff_ids")"
+  warm=$(up_blob_gets "$up")
+  expect_zero_upstream "$up" "docker pull multi (warm)"
+  counts "multi:1.0 cold=$cold warm=$warm"
+  dk_clean
+
+  if [ "$MIRROR" = ferry ]; then
+    curl -sf --max-time 5 "http://$FERRY/metrics" >"$LOGS/metrics-docker.txt" || fail "GET /metrics failed"
+    grep -qE '^# (TYPE|HELP) ' "$LOGS/metrics-docker.txt" || fail "GET /metrics is not Prometheus text"
+    ok "/metrics: $(grep -vc '^#' "$LOGS/metrics-docker.txt") samples"
+  fi
+}
+
+case_dockermirror() {
+  # dockerd runs with registry-mirrors=[http://$FERRY] (docker/daemon.json).
+  # test:1.0 is a Docker Hub name: the mirror gets /v2/library/test/...; if the
+  # mirror failed dockerd would silently try Hub (unreachable here).
+  local ref=test:1.0 up mm cold warm got
+  dk_clean
+  step "cold: docker pull $ref (Docker Hub name, via registry-mirrors)"
+  up=$(lines "$UPLOG"); mm=$(lines "$MLOG")
+  run_logged pull-cold "${DKC[@]}" pull "$ref"
+  settle
+  dk_verify "$ref" "$(x .test.manifest)" "$(x .test.config)" "$(x -c .test.diff_ids)"
+  got=$(mirror_lines "$mm")
+  grep -qE '^(HEAD|GET) /v2/library/test/manifests/1\.0 200$' <<<"$got" \
+    || { sed 's/^/    | /' <<<"$got" >&2; fail "mirror log has no 200 for /v2/library/test/manifests/1.0"; }
+  ok "mirror resolved /v2/library/test/manifests/1.0"
+  grep -q 'ns=' <<<"$got" && fail "dockerd (classic store) sent ns= to the mirror"
+  expect_mirror_served "$mm" "docker pull via mirror" $(x '.test.blobs[]')
+  expect_upstream_once "$up" "docker pull via mirror" $(x '.test.blobs[]')
+  cold=$(up_blob_gets "$up")
+
+  step "warm: docker rmi, docker pull $ref again"
+  dk_clean
+  up=$(lines "$UPLOG"); mm=$(lines "$MLOG")
+  run_logged pull-warm "${DKC[@]}" pull "$ref"
+  settle
+  dk_verify "$ref" "$(x .test.manifest)" "$(x .test.config)" "$(x -c .test.diff_ids)"
+  expect_mirror_served "$mm" "docker pull via mirror (warm)" $(x '.test.blobs[]')
+  warm=$(up_blob_gets "$up")
+  expect_zero_upstream "$up" "docker pull via mirror (warm)"
+  counts "test:1.0 cold=$cold warm=$warm"
+  dk_clean
+}
+
+# hosts.toml from docker/containerd/certs.d/docker.io/hosts.toml, for $UPSTREAM.
+write_hosts_dir() {
+  local dir=$WORK/certs.d
+  mkdir -p "$dir/$UPSTREAM"
+  sed -e "s#https://registry-1.docker.io#http://$UPSTREAM#" -e "s#http://ferry.local:5000#http://$FERRY#" \
+    "$REPO/docker/containerd/certs.d/docker.io/hosts.toml" >"$dir/$UPSTREAM/hosts.toml"
+  if ! grep -q "server = \"http://$UPSTREAM\"" "$dir/$UPSTREAM/hosts.toml" \
+      || ! grep -q "host.\"http://$FERRY\"" "$dir/$UPSTREAM/hosts.toml"; then
+    fail "could not adapt docker/containerd/certs.d/docker.io/hosts.toml"
+  fi
+  echo "$dir"
+}
+ct_pull() {   # ct_pull LOGNAME REF [FLAGS...]   (hosts dir: $HOSTS_DIR)
+  local name=$1 ref=$2; shift 2
+  run_logged "$name" "${CT[@]}" images pull --hosts-dir "$HOSTS_DIR" --plain-http --snapshotter native "$@" "$ref"
+}
+# Every request containerd sent the mirror since FROM carries ?ns=NS.
+expect_ns() {   # expect_ns FROM [NS]
+  local got n bad ns=${2:-$UPSTREAM} re
+  re=$(sed -e 's/\./\\./g' -e 's/:/(%3A|:)/' <<<"$ns")
+  got=$(mirror_lines "$1")
+  n=$(grep -c . <<<"$got" || true)
+  bad=$(grep -vE "[?&]ns=$re( |&)" <<<"$got" || true)
+  ((n > 0)) || fail "no requests reached the mirror"
+  [ -z "$bad" ] || { sed 's/^/    | /' <<<"$bad" >&2; fail "requests without ns=$ns"; }
+  ok "all $n mirror requests carry ns=$ns (e.g. $(head -1 <<<"$got"))"
+}
+ct_image_target() { ct images ls | awk -v r="$1" '$1 == r {print $3}'; }
+ct_verify_multi() {
+  local ref=$UPSTREAM/library/multi:1.0 target have d missing=()
+  target=$(ct_image_target "$ref")
+  [ "$target" = "$(x .multi.index)" ] || fail "ctr image $ref target '$target' != index $(x .multi.index)"
+  have=$(ct content ls -q)
+  for d in $(x '.multi.index, (.multi.platforms[] | .manifest, .blobs[])'); do
+    grep -qx "$d" <<<"$have" || missing+=("$d")
+  done
+  ((${#missing[@]} == 0)) || fail "content missing after --all-platforms pull: ${missing[*]}"
+  ok "ctr image = index $(x .multi.index); both platforms' manifests, configs and layers present"
+}
+
+case_containerd() {
+  local ref=$UPSTREAM/library/multi:1.0 up mm cold warm
+  containerd --config "$REPO/docker/containerd/config-snippet.toml" config dump 2>/dev/null \
+    | grep -q 'config_path = "/etc/containerd/certs.d"' \
+    || fail "docker/containerd/config-snippet.toml does not set the CRI registry config_path"
+  ok "docker/containerd/config-snippet.toml: containerd $(containerd --version | awk '{print $3}') reads config_path"
+  HOSTS_DIR=$(write_hosts_dir)
+  ct_clean
+  step "cold: ctr images pull --all-platforms $ref (hosts.toml mirror $FERRY)"
+  up=$(lines "$UPLOG"); mm=$(lines "$MLOG")
+  ct_pull pull-cold "$ref" --all-platforms
+  settle
+  ct_verify_multi
+  expect_ns "$mm"
+  expect_mirror_served "$mm" "ctr pull" "$(x .multi.index)" $(x '.multi.platforms[] | .manifest, .blobs[]')
+  expect_upstream_once "$up" "ctr pull" $(x '.multi.platforms[].blobs[]')
+  cold=$(up_blob_gets "$up")
+
+  step "warm: ctr images rm + content GC, ctr images pull --all-platforms again"
+  ct_clean
+  up=$(lines "$UPLOG"); mm=$(lines "$MLOG")
+  ct_pull pull-warm "$ref" --all-platforms
+  settle
+  ct_verify_multi
+  expect_ns "$mm"
+  expect_mirror_served "$mm" "ctr pull (warm)" $(x '.multi.platforms[].blobs[]')
+  warm=$(up_blob_gets "$up")
+  expect_zero_upstream "$up" "ctr pull (warm)"
+  counts "multi:1.0 all-platforms cold=$cold warm=$warm"
+
+  step "ctr images pull --platform linux/arm64 $ref (after cleanup, from the cache)"
+  ct_clean
+  up=$(lines "$UPLOG"); mm=$(lines "$MLOG")
+  ct_pull pull-arm64 "$ref" --platform linux/arm64
+  settle
+  expect_mirror_served "$mm" "ctr pull arm64" $(x '.multi.platforms["linux/arm64"] | .manifest, .blobs[]')
+  expect_zero_upstream "$up" "ctr pull arm64"
+  ct_clean
+
+  if [ "$MIRROR" != ferry ]; then
+    note "prefix form (/v2/$UPSTREAM/..., override_path) skipped: the stand-in has no prefix routing"
+    return 0
+  fi
+  # Prefix form: a docker reference cannot hold "host:port/host:port/...", but
+  # containerd's override_path can send /v2/127.0.0.1:UPORT/library/test/... (with ns).
+  HOSTS_DIR=$WORK/certs.d-prefix
+  mkdir -p "$HOSTS_DIR/$UPSTREAM"
+  cat >"$HOSTS_DIR/$UPSTREAM/hosts.toml" <<TOML
+server = "http://$UPSTREAM"
+
+[host."http://$FERRY/v2/$UPSTREAM"]
+  capabilities = ["pull", "resolve"]
+  override_path = true
+TOML
+  ref=$UPSTREAM/library/test:1.0
+  step "cold: ctr images pull $ref via override_path (Ferry sees /v2/$UPSTREAM/library/test/...)"
+  up=$(lines "$UPLOG"); mm=$(lines "$MLOG")
+  ct_pull pull-prefix-cold "$ref"
+  settle
+  [ "$(ct_image_target "$ref")" = "$(x .test.manifest)" ] || fail "ctr image $ref is not $(x .test.manifest)"
+  local got; got=$(mirror_lines "$mm")
+  grep -qE "^HEAD /v2/127\.0\.0\.1(:|%3A)$UPORT/library/test/manifests/1\.0[?]ns=[^ ]+ 200$" <<<"$got" \
+    || { sed 's/^/    | /' <<<"$got" >&2; fail "no prefix-form HEAD manifests/1.0 answered 200"; }
+  grep -vqE "^[A-Z]+ /v2/127\.0\.0\.1(:|%3A)$UPORT/" <<<"$got" \
+    && { sed 's/^/    | /' <<<"$got" >&2; fail "requests outside the prefix form"; }
+  expect_mirror_served "$mm" "ctr pull prefix form" $(x '.test.blobs[]')
+  expect_upstream_once "$up" "ctr pull prefix form" $(x '.test.blobs[]')
+  cold=$(up_blob_gets "$up")
+  ct_clean
+  step "warm: ctr images pull $ref via override_path again"
+  up=$(lines "$UPLOG")
+  ct_pull pull-prefix-warm "$ref"
+  settle
+  [ "$(ct_image_target "$ref")" = "$(x .test.manifest)" ] || fail "ctr image $ref is not $(x .test.manifest)"
+  warm=$(up_blob_gets "$up")
+  expect_zero_upstream "$up" "ctr pull prefix form (warm)"
+  counts "test:1.0 prefix-form cold=$cold warm=$warm"
+  ct_clean
+}
+
+# registries.conf as in docker/registries.conf (host form), for $UPSTREAM.
+write_registries_conf() {   # write_registries_conf FILE MIRROR_LOC
+  cat >"$1" <<CONF
+[[registry]]
+location = "$UPSTREAM"
+insecure = true
+
+[[registry.mirror]]
+location = "$2"
+insecure = true
+CONF
+}
+sk_verify_dir() {   # sk_verify_dir DIR: manifest and blobs of test:1.0, by content
+  local dir=$1 d
+  [ "sha256:$(sha256sum <"$dir/manifest.json" | cut -d' ' -f1)" = "$(x .test.manifest)" ] \
+    || fail "$dir/manifest.json is not $(x .test.manifest)"
+  for d in $(x '.test.blobs[]'); do
+    [ -f "$dir/${d#sha256:}" ] || fail "$dir lacks blob $d"
+    [ "sha256:$(sha256sum <"$dir/${d#sha256:}" | cut -d' ' -f1)" = "$d" ] || fail "$dir: blob $d has wrong content"
+  done
+  ok "$dir: manifest $(x .test.manifest) and $(x '.test.blobs | length') blobs verified"
+}
+sk_verify_oci_multi() {   # sk_verify_oci_multi LAYOUT_DIR
+  local dir=$1 d
+  [ "$(jq -r '.manifests[0].digest' "$dir/index.json")" = "$(x .multi.index)" ] \
+    || fail "$dir/index.json does not point at index $(x .multi.index)"
+  for d in $(x '.multi.index, (.multi.platforms[] | .manifest, .blobs[])'); do
+    [ "sha256:$(sha256sum <"$dir/blobs/sha256/${d#sha256:}" | cut -d' ' -f1)" = "$d" ] \
+      || fail "$dir lacks or has a bad $d"
+  done
+  ok "$dir: index $(x .multi.index) and both platforms verified"
+}
+
+case_skopeo() {
+  local src=docker://$UPSTREAM/library/test:1.0 msrc=docker://$UPSTREAM/library/multi:1.0
+  local conf=$WORK/registries-host.conf up mm cold warm got out=$WORK/skopeo
+  mkdir -p "$out"
+  write_registries_conf "$conf" "$FERRY"
+  # skopeo 1.9 ignores CONTAINERS_REGISTRIES_CONF; --registries-conf is hidden but works.
+  local SK=(env CONTAINERS_REGISTRIES_CONF="$conf" skopeo --registries-conf "$conf" --policy "$WORK/policy.json")
+
+  step "cold: skopeo copy $src dir: (mirror location=$FERRY)"
+  up=$(lines "$UPLOG"); mm=$(lines "$MLOG")
+  run_logged copy-test-cold "${SK[@]}" copy "$src" "dir:$out/test-cold"
+  settle
+  sk_verify_dir "$out/test-cold"
+  got=$(mirror_lines "$mm")
+  grep -qE '^GET /v2/library/test/manifests/1\.0 200$' <<<"$got" \
+    || { sed 's/^/    | /' <<<"$got" >&2; fail "mirror did not serve GET /v2/library/test/manifests/1.0"; }
+  expect_mirror_served "$mm" "skopeo copy" $(x '.test.blobs[]')
+  expect_upstream_once "$up" "skopeo copy" $(x '.test.blobs[]')
+  cold=$(up_blob_gets "$up")
+  step "warm: skopeo copy $src to a fresh dir:"
+  up=$(lines "$UPLOG")
+  run_logged copy-test-warm "${SK[@]}" copy "$src" "dir:$out/test-warm"
+  settle
+  sk_verify_dir "$out/test-warm"
+  warm=$(up_blob_gets "$up")
+  expect_zero_upstream "$up" "skopeo copy (warm)"
+  counts "test:1.0 cold=$cold warm=$warm"
+
+  step "cold: skopeo copy --multi-arch all $msrc oci:"
+  up=$(lines "$UPLOG"); mm=$(lines "$MLOG")
+  run_logged copy-multi-cold "${SK[@]}" copy --multi-arch all "$msrc" "oci:$out/multi-cold:1.0"
+  settle
+  sk_verify_oci_multi "$out/multi-cold"
+  # skopeo GETs the index by tag only (no digest re-fetch, unlike docker and containerd).
+  grep -qE '^GET /v2/library/multi/manifests/1\.0 200$' <<<"$(mirror_lines "$mm")" \
+    || fail "mirror did not serve GET /v2/library/multi/manifests/1.0"
+  expect_mirror_served "$mm" "skopeo copy multi" $(x '.multi.platforms[] | .manifest, .blobs[]')
+  cold=$(up_blob_gets "$up")
+  step "warm: skopeo copy --multi-arch all $msrc to a fresh oci:"
+  up=$(lines "$UPLOG")
+  run_logged copy-multi-warm "${SK[@]}" copy --multi-arch all "$msrc" "oci:$out/multi-warm:1.0"
+  settle
+  sk_verify_oci_multi "$out/multi-warm"
+  warm=$(up_blob_gets "$up")
+  expect_zero_upstream "$up" "skopeo copy multi (warm)"
+  counts "multi:1.0 all cold=$cold warm=$warm"
+
+  # The prefix form "location = $FERRY/$UPSTREAM" is not possible here: a
+  # reference path component cannot contain ":" (skopeo: "invalid reference
+  # format"). The dockerhub case covers the prefix form with docker.io.
+}
+
+case_dockerhub() {
+  # Docker Hub names with the node examples from docker/ as shipped (only
+  # Ferry's address replaced). Ferry runs with a config whose upstream named
+  # docker.io is the local registry (mirror_args). A mirror failure would make
+  # the clients fall back to Hub: the proxy safety net stops that.
+  local ref=docker.io/library/test:1.0 src=docker://docker.io/library/test:1.0
+  local up mm cold warm got conf out=$WORK/skopeo-hub
+  HOSTS_DIR=$WORK/certs.d-hub
+  mkdir -p "$HOSTS_DIR/docker.io" "$out"
+  sed "s#http://ferry.local:5000#http://$FERRY#" "$REPO/docker/containerd/certs.d/docker.io/hosts.toml" \
+    >"$HOSTS_DIR/docker.io/hosts.toml"
+  grep -q "host.\"http://$FERRY\"" "$HOSTS_DIR/docker.io/hosts.toml" || fail "could not adapt docker.io/hosts.toml"
+  ct_clean
+
+  step "cold: ctr images pull $ref (docker/containerd/certs.d/docker.io/hosts.toml)"
+  up=$(lines "$UPLOG"); mm=$(lines "$MLOG")
+  run_logged ctr-cold "${CT[@]}" images pull --hosts-dir "$HOSTS_DIR" --snapshotter native "$ref"
+  settle
+  [ "$(ct_image_target "$ref")" = "$(x .test.manifest)" ] || fail "ctr image $ref is not $(x .test.manifest)"
+  ok "ctr image $ref = $(x .test.manifest)"
+  expect_ns "$mm" docker.io
+  got=$(mirror_lines "$mm")
+  grep -qE '^HEAD /v2/library/test/manifests/1\.0[?]ns=docker\.io 200$' <<<"$got" \
+    || { sed 's/^/    | /' <<<"$got" >&2; fail "no HEAD /v2/library/test/manifests/1.0?ns=docker.io answered 200"; }
+  expect_mirror_served "$mm" "ctr pull docker.io" $(x '.test.blobs[]')
+  expect_upstream_once "$up" "ctr pull docker.io" $(x '.test.blobs[]')
+  cold=$(up_blob_gets "$up")
+  ct_clean
+  step "warm: ctr images pull $ref again"
+  up=$(lines "$UPLOG")
+  run_logged ctr-warm "${CT[@]}" images pull --hosts-dir "$HOSTS_DIR" --snapshotter native "$ref"
+  settle
+  [ "$(ct_image_target "$ref")" = "$(x .test.manifest)" ] || fail "ctr image $ref is not $(x .test.manifest)"
+  warm=$(up_blob_gets "$up")
+  expect_zero_upstream "$up" "ctr pull docker.io (warm)"
+  counts "containerd ns=docker.io cold=$cold warm=$warm"
+  ct_clean
+
+  # docker/registries.conf with its docker.io mirror switched to the host form.
+  conf=$WORK/registries-hub-host.conf
+  sed -e "s#ferry.local:5000/docker.io#$FERRY#" -e "s#ferry.local:5000#$FERRY#g" "$REPO/docker/registries.conf" >"$conf"
+  local SK=(skopeo --registries-conf "$conf" --policy "$WORK/policy.json")
+  step "skopeo copy $src (docker/registries.conf, host form: mirror $FERRY), cache warm"
+  up=$(lines "$UPLOG"); mm=$(lines "$MLOG")
+  run_logged skopeo-host "${SK[@]}" copy "$src" "dir:$out/host"
+  settle
+  sk_verify_dir "$out/host"
+  grep -qE '^GET /v2/library/test/manifests/1\.0 200$' <<<"$(mirror_lines "$mm")" \
+    || fail "mirror did not serve GET /v2/library/test/manifests/1.0"
+  expect_mirror_served "$mm" "skopeo docker.io host form" $(x '.test.blobs[]')
+  warm=$(up_blob_gets "$up")
+  expect_zero_upstream "$up" "skopeo docker.io host form"
+
+  if [ "$MIRROR" != ferry ]; then
+    counts "skopeo host-form warm=$warm"
+    note "prefix form (location=$FERRY/docker.io) skipped: the stand-in has no prefix routing"
+    return 0
+  fi
+  conf=$WORK/registries-hub-prefix.conf
+  sed -e "s#ferry.local:5000#$FERRY#g" "$REPO/docker/registries.conf" >"$conf"
+  SK=(skopeo --registries-conf "$conf" --policy "$WORK/policy.json")
+  step "skopeo copy $src (docker/registries.conf as shipped, prefix form: mirror $FERRY/docker.io), cache warm"
+  up=$(lines "$UPLOG"); mm=$(lines "$MLOG")
+  run_logged skopeo-prefix "${SK[@]}" copy "$src" "dir:$out/prefix"
+  settle
+  sk_verify_dir "$out/prefix"
+  got=$(mirror_lines "$mm")
+  grep -qE '^GET /v2/docker\.io/library/test/manifests/1\.0 200$' <<<"$got" \
+    || { sed 's/^/    | /' <<<"$got" >&2; fail "mirror did not serve GET /v2/docker.io/library/test/manifests/1.0"; }
+  expect_mirror_served "$mm" "skopeo docker.io prefix form" $(x '.test.blobs[]')
+  grep -E '/blobs/' <<<"$got" | grep -vq '^GET /v2/docker\.io/library/test/blobs/' \
+    && fail "blob requests outside /v2/docker.io/library/test/"
+  local warm2; warm2=$(up_blob_gets "$up")
+  expect_zero_upstream "$up" "skopeo docker.io prefix form (same blobs as ns=docker.io)"
+  counts "skopeo host-form warm=$warm prefix-form warm=$warm2"
+}
+
+case_parallel() {
+  # One cold image, two clients at once: docker (host form) and containerd (ns).
+  local dref=$FERRY/library/test:1.0 cref=$UPSTREAM/library/test:1.0 up mm p1 p2 rc1 rc2 d n bad=() total
+  HOSTS_DIR=$(write_hosts_dir)
+  dk_clean
+  ct_clean
+  step "docker pull $dref & ctr images pull $cref, at once, through one cold mirror"
+  up=$(lines "$UPLOG"); mm=$(lines "$MLOG")
+  ( run_logged pull-docker "${DKC[@]}" pull "$dref" ) & p1=$!
+  ( ct_pull pull-ctr "$cref" ) & p2=$!
+  wait "$p1" && rc1=0 || rc1=$?
+  wait "$p2" && rc2=0 || rc2=$?
+  settle
+  ((rc1 == 0)) || fail "docker pull failed"
+  ((rc2 == 0)) || fail "ctr pull failed"
+  dk_verify "$dref" "$(x .test.manifest)" "$(x .test.config)" "$(x -c .test.diff_ids)"
+  [ "$(ct_image_target "$cref")" = "$(x .test.manifest)" ] \
+    || fail "ctr image $cref is not $(x .test.manifest)"
+  ok "both clients got $(x .test.manifest)"
+  for d in $(x '.test.blobs[]'); do
+    n=$(up_blob_gets "$up" "$d")
+    echo "  upstream GETs for $d: $n"
+    ((n == 1)) || bad+=("${d:7:12}..:$n")
+  done
+  total=$(up_blob_gets "$up")
+  counts "test:1.0 two clients cold=$total (blobs: $(x '.test.blobs | length'))"
+  if ((${#bad[@]})); then
+    if [ "$MIRROR" = ferry ]; then fail "expected exactly one upstream GET per blob, got ${bad[*]}"; fi
+    note "stand-in has no single-flight: ${#bad[@]} of $(x '.test.blobs | length') blobs fetched more than once, $total GETs (not enforced)"
+  else
+    ok "exactly one upstream GET per blob"
+  fi
+  dk_clean
+  ct_clean
+}
+
+# ================================================================ main
+mirror_args() {   # extra `ferry serve` arguments for a case (replacing --upstream)
+  [ "$MIRROR" = ferry ] || return 0
+  case $1 in
+    dockerhub)
+      cat >"$WORK/ferry-hub.toml" <<TOML
+# The local registry plays Docker Hub: docker.io, index.docker.io and
+# registry-1.docker.io (ns= or prefix) all route to it.
+default_upstream = "docker.io"
+
+[[upstream]]
+name = "docker.io"
+url = "http://$UPSTREAM"
+TOML
+      echo --config "$WORK/ferry-hub.toml" ;;
+  esac
+}
+
+log "mirror=$MIRROR${FERRY_SRC:+ ($FERRY_SRC)} upstream=$UPSTREAM mirror-address=$FERRY cases: ${CASES[*]}"
+log "work dir $WORK"
+echo '{"default":[{"type":"insecureAcceptAnything"}]}' >"$WORK/policy.json"   # skopeo
+start_upstream
+log "seeding upstream (test:1.0 with a ${RANDOM_MB} MB random layer, multi:1.0 amd64+arm64)"
+python3 "$HERE/seed.py" "http://$UPSTREAM" "$RANDOM_MB" >"$EXP" 2>"$LOGS/seed.log" \
+  || { cat "$LOGS/seed.log"; die "seeding failed"; }
+log "test:1.0 manifest $(x .test.manifest), layers: $(x '.test.layers | join(" ")')"
+log "multi:1.0 index $(x .multi.index), amd64 $(x '.multi.platforms["linux/amd64"].manifest'), arm64 $(x '.multi.platforms["linux/arm64"].manifest')"
+if wants_any containerd parallel; then start_containerd containerd "$CTD"; fi
+if wants_any docker dockermirror parallel; then
+  start_containerd containerd-docker "$DK/ctd"
+  start_dockerd
+fi
+
+PASSED=() FAILED=()
+for CASE in "${CASES[@]}"; do
+  log "=== case $CASE"
+  started=$SECONDS
+  # shellcheck disable=SC2046
+  if ! start_mirror "$CASE" $(mirror_args "$CASE"); then
+    echo "FAIL $CASE (mirror did not start; log: $MLOG)"; FAILED+=("$CASE"); FAILED_ANY=1; continue
+  fi
+  ( set -eE; trap 'echo "  FAIL: line $LINENO: $BASH_COMMAND" >&2' ERR; "case_$CASE" )
+  rc=$?
+  cnt=$(paste -sd ';' "$WORK/results/$CASE.counts" 2>/dev/null | sed 's/;/; /g')
+  if ((rc == 0)); then
+    PASSED+=("$CASE"); echo "PASS $CASE ($((SECONDS - started))s) upstream blob GETs: ${cnt:-n/a}"
+  else
+    FAILED+=("$CASE"); FAILED_ANY=1; echo "FAIL $CASE ($((SECONDS - started))s) upstream blob GETs: ${cnt:-n/a}; mirror log: $MLOG"
+    if [ "${KEEP:-0}" != 1 ]; then
+      echo "  last mirror log lines:"; tail -15 "$MLOG" | sed 's/^/    | /'
+    fi
+  fi
+done
+stop_bg mirror
+
+echo
+echo "== e2e summary (MIRROR=$MIRROR)"
+for c in "${CASES[@]}"; do
+  if [[ " ${PASSED[*]} " == *" $c "* ]]; then r=PASS; else r=FAIL; fi
+  printf '%-4s %-13s %s\n' "$r" "$c" "$(paste -sd ';' "$WORK/results/$c.counts" 2>/dev/null | sed 's/;/; /g')"
+  [ -f "$WORK/results/$c.notes" ] && sed 's/^/     note: /' "$WORK/results/$c.notes"
+done
+echo "e2e: ${#PASSED[@]} passed, ${#FAILED[@]} failed"
+((${#FAILED[@]} == 0))

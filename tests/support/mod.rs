@@ -1,0 +1,198 @@
+//! Test harness: a real Ferry on `127.0.0.1:0` in front of a [`FakeRegistry`].
+
+pub mod fake;
+
+pub use fake::{sha256, Auth, FakeRegistry};
+
+use ferry::clock::Clock;
+use ferry::config::{Config, Overrides, RawConfig};
+use ferry::proxy::Proxy;
+use ferry::Ferry;
+use sha2::{Digest as _, Sha256};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+pub const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+pub const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
+pub const CONTAINERD_ACCEPT: &str = "application/vnd.docker.distribution.manifest.v2+json, application/vnd.docker.distribution.manifest.list.v2+json, application/vnd.oci.image.manifest.v1+json, application/vnd.oci.image.index.v1+json, */*";
+
+/// A running Ferry.
+pub struct Proxied {
+    pub addr: SocketAddr,
+    pub proxy: Arc<Proxy>,
+    pub clock: Clock,
+    pub client: reqwest::Client,
+    pub dir: Arc<tempfile::TempDir>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    done: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Proxied {
+    /// Ferry with `upstream` as its default upstream and default policy.
+    pub async fn start(upstream: &FakeRegistry) -> Proxied {
+        Self::with_toml(upstream, "").await
+    }
+
+    /// Ferry with extra TOML configuration (the fake is added as the default
+    /// upstream unless the TOML declares upstreams itself).
+    pub async fn with_toml(upstream: &FakeRegistry, toml: &str) -> Proxied {
+        let dir = Arc::new(tempfile::tempdir().unwrap());
+        let raw = RawConfig::from_toml(toml).unwrap();
+        let declares_upstreams = !raw.upstreams.is_empty();
+        let config = Config::from_raw(
+            raw,
+            Overrides {
+                listen: Some("127.0.0.1:0".into()),
+                data_dir: Some(dir.path().to_path_buf()),
+                upstream: (!declares_upstreams).then(|| upstream.url()),
+                ..Overrides::default()
+            },
+        )
+        .unwrap();
+        Self::from_config(config, dir, Clock::manual()).await
+    }
+
+    /// Ferry with the fake as a Docker Hub–like upstream (named `docker.io`,
+    /// single-component names get `library/`).
+    pub async fn hub(upstream: &FakeRegistry) -> Proxied {
+        let toml = format!(
+            "[[upstream]]\nname = \"docker.io\"\nurl = \"{}\"\n",
+            upstream.url()
+        );
+        Self::with_toml(upstream, &toml).await
+    }
+
+    pub async fn from_config(config: Config, dir: Arc<tempfile::TempDir>, clock: Clock) -> Proxied {
+        // `TEST_LOG=debug cargo test -- --nocapture` shows Ferry's logs.
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_env("TEST_LOG"))
+            .with_test_writer()
+            .try_init();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let ferry = Ferry::open_with_clock(config, clock.clone()).unwrap();
+        let proxy = ferry.proxy().clone();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let done = tokio::spawn(async move {
+            ferry
+                .serve(listener, async move {
+                    let _ = stopped.await;
+                })
+                .await
+                .unwrap();
+        });
+        Proxied {
+            addr,
+            proxy,
+            clock,
+            client: reqwest::Client::builder()
+                .pool_max_idle_per_host(0)
+                .build()
+                .unwrap(),
+            dir,
+            stop: Some(stop),
+            done: Some(done),
+        }
+    }
+
+    /// Stops serving and waits until the store is closed.
+    pub async fn stop(mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        if let Some(d) = self.done.take() {
+            let _ = d.await;
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    pub async fn get(&self, path: &str) -> reqwest::Response {
+        self.client.get(self.url(path)).send().await.unwrap()
+    }
+
+    pub async fn head(&self, path: &str) -> reqwest::Response {
+        self.client.head(self.url(path)).send().await.unwrap()
+    }
+
+    pub async fn get_with(&self, path: &str, headers: &[(&str, &str)]) -> reqwest::Response {
+        let mut r = self.client.get(self.url(path));
+        for (k, v) in headers {
+            r = r.header(*k, *v);
+        }
+        r.send().await.unwrap()
+    }
+
+    pub async fn head_with(&self, path: &str, headers: &[(&str, &str)]) -> reqwest::Response {
+        let mut r = self.client.head(self.url(path));
+        for (k, v) in headers {
+            r = r.header(*k, *v);
+        }
+        r.send().await.unwrap()
+    }
+
+    pub fn advance(&self, by: Duration) {
+        self.clock.advance(by);
+    }
+
+    pub fn metric(&self, name_and_labels: &str) -> u64 {
+        let text = self.proxy.metrics.render(&ferry::metrics::StoreGauges {
+            bytes: 0,
+            blobs: 0,
+            max_bytes: None,
+            evictions: 0,
+            bytes_evicted: 0,
+        });
+        text.lines()
+            .find_map(|l| {
+                l.strip_prefix(name_and_labels)
+                    .and_then(|r| r.trim().parse().ok())
+            })
+            .unwrap_or(0)
+    }
+}
+
+pub fn header<'a>(r: &'a reqwest::Response, name: &str) -> Option<&'a str> {
+    r.headers().get(name).and_then(|v| v.to_str().ok())
+}
+
+/// Reads a whole body, hashing it; `Err` if the transfer aborted.
+pub async fn body_digest(mut r: reqwest::Response) -> Result<(String, usize), reqwest::Error> {
+    let mut h = Sha256::new();
+    let mut n = 0;
+    while let Some(c) = r.chunk().await? {
+        n += c.len();
+        h.update(&c);
+    }
+    Ok((format!("sha256:{}", hex::encode(h.finalize())), n))
+}
+
+/// Deterministic pseudo-random bytes (a blob's content).
+pub fn bytes_of(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+/// The JSON error code of a response body.
+pub async fn error_code(r: reqwest::Response) -> String {
+    let v: serde_json::Value =
+        serde_json::from_slice(&r.bytes().await.unwrap()).expect("error body is JSON");
+    v["errors"][0]["code"]
+        .as_str()
+        .expect("errors[0].code")
+        .to_string()
+}
+
+pub async fn json(r: reqwest::Response) -> serde_json::Value {
+    serde_json::from_slice(&r.bytes().await.unwrap()).expect("a JSON body")
+}
