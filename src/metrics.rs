@@ -47,6 +47,8 @@ pub struct Metrics {
     pub integrity_failures: AtomicU64,
     pub store_write_errors: AtomicU64,
     pub uncached_passthrough: AtomicU64,
+    /// Problems found by the last fsck run through the admin API.
+    pub fsck_findings: AtomicU64,
 }
 
 /// Values that live elsewhere (the store), read when rendering.
@@ -205,7 +207,12 @@ impl Metrics {
             header(&mut out, name, "counter", help);
             let _ = writeln!(out, "{name} {v}");
         }
-        let gauges: [(&str, &str, i64); 5] = [
+        let gauges: [(&str, &str, i64); 6] = [
+            (
+                "ferry_fsck_findings",
+                "Problems found by the last fsck through the admin API.",
+                self.fsck_findings.load(Ordering::Relaxed) as i64,
+            ),
             (
                 "ferry_inflight_fetches",
                 "Blob fetches from upstream in progress.",

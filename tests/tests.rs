@@ -9,3 +9,4 @@ mod auth;
 mod blobs;
 mod crash;
 mod freshness;
+mod storage;

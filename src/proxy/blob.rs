@@ -16,6 +16,7 @@ use crate::oci::{Digest, ErrorCode, OciError, RepoName};
 use crate::upstream::{Upstream, UpstreamError};
 use bytes::{Bytes, BytesMut};
 use ferry_storage::{BlobWriter, CommitError};
+use futures_util::StreamExt;
 use std::fs::File;
 use std::io;
 use std::os::unix::fs::FileExt;
@@ -293,11 +294,24 @@ impl Drop for WaiterGauge {
 
 struct Follower {
     rx: watch::Receiver<FetchState>,
+    start: u64,
     pos: u64,
     /// Exclusive end of the bytes this response carries, when known.
     end: Option<u64>,
+    /// Where to continue if the local disk fails mid-transfer.
+    fallback: Fallback,
+    /// Set once the response continues straight from upstream.
+    relay: Option<ByteStream>,
     done: bool,
     _gauge: WaiterGauge,
+}
+
+/// What a follower needs to continue from upstream by itself.
+pub(crate) struct Fallback {
+    pub upstream: Arc<Upstream>,
+    pub repo: RepoName,
+    pub digest: Digest,
+    pub metrics: Arc<Metrics>,
 }
 
 /// A response body streaming bytes `[start, end)` of an in-flight fetch.
@@ -305,20 +319,27 @@ pub(crate) fn follow(
     rx: watch::Receiver<FetchState>,
     start: u64,
     end: Option<u64>,
-    metrics: Arc<Metrics>,
+    fallback: Fallback,
 ) -> ByteStream {
     let f = Follower {
         rx,
+        start,
         pos: start,
         end,
+        _gauge: WaiterGauge::new(fallback.metrics.clone()),
+        fallback,
+        relay: None,
         done: false,
-        _gauge: WaiterGauge::new(metrics),
     };
     Box::pin(futures_util::stream::unfold(f, |mut f| async move {
         if f.done {
             return None;
         }
-        match f.next().await {
+        let next = match f.relay.as_mut() {
+            Some(relay) => relay.next().await.transpose(),
+            None => f.next().await,
+        };
+        match next {
             Ok(Some(bytes)) => Some((Ok(bytes), f)),
             Ok(None) => None,
             Err(e) => {
@@ -337,6 +358,9 @@ impl Follower {
             let verified = match &s.phase {
                 Phase::Failed(FetchFailure::Broken(why)) => {
                     return Err(io::Error::other(why.clone()))
+                }
+                Phase::Failed(FetchFailure::StoreUnavailable) => {
+                    return self.continue_from_upstream(&s).await
                 }
                 Phase::Failed(_) => return Err(io::Error::other("blob fetch failed")),
                 Phase::Starting => false,
@@ -380,6 +404,50 @@ impl Follower {
     }
 }
 
+impl Follower {
+    /// The disk failed under the fetch: this response goes on straight from
+    /// upstream at its own position. A whole-body response stays verified: the
+    /// bytes already sent are re-hashed from the temp file (still open here).
+    async fn continue_from_upstream(&mut self, s: &FetchState) -> io::Result<Option<Bytes>> {
+        let prefix = match (&s.file, self.start) {
+            (Some(file), 0) => {
+                let (file, upto, algorithm) =
+                    (file.clone(), self.pos, self.fallback.digest.algorithm());
+                let hasher = tokio::task::spawn_blocking(move || {
+                    let mut h = ferry_storage::Hasher::new(algorithm);
+                    let mut at = 0;
+                    while at < upto {
+                        let chunk =
+                            read_at(&file, at, (upto - at).min(READ_CHUNK as u64) as usize)?;
+                        h.update(&chunk);
+                        at += chunk.len() as u64;
+                    }
+                    Ok::<_, io::Error>(h)
+                })
+                .await
+                .map_err(io::Error::other)??;
+                Some(hasher)
+            }
+            _ => None,
+        };
+        let f = &self.fallback;
+        let (_, mut relay) = passthrough(
+            f.upstream.clone(),
+            &f.repo,
+            &f.digest,
+            self.pos,
+            self.end,
+            prefix,
+            f.metrics.clone(),
+        )
+        .await
+        .map_err(|e| io::Error::other(e.message))?;
+        let first = relay.next().await.transpose();
+        self.relay = Some(relay);
+        first
+    }
+}
+
 fn read_at(file: &File, pos: u64, len: usize) -> io::Result<Bytes> {
     let mut buf = vec![0u8; len];
     let mut filled = 0;
@@ -397,14 +465,16 @@ fn read_at(file: &File, pos: u64, len: usize) -> io::Result<Bytes> {
 }
 
 /// Streams a blob straight from upstream without caching, for when the local
-/// disk is failing. A whole-body response is hashed as it goes and its last
-/// chunk held back until it verifies; a range is relayed as upstream sends it.
+/// disk is failing. With a `hasher` (holding bytes `[0, start)`), the body is
+/// hashed as it goes and its last chunk held back until the whole blob
+/// verifies; without one (a range) it is relayed as upstream sends it.
 pub(crate) async fn passthrough(
     upstream: Arc<Upstream>,
     repo: &RepoName,
     digest: &Digest,
     start: u64,
     end: Option<u64>,
+    hasher: Option<ferry_storage::Hasher>,
     metrics: Arc<Metrics>,
 ) -> Result<(Option<u64>, ByteStream), OciError> {
     let resp = upstream
@@ -425,8 +495,7 @@ pub(crate) async fn passthrough(
         done: bool,
     }
     let relay = Relay {
-        hasher: (start == 0 && end.is_none_or(|e| Some(e) == total))
-            .then(|| ferry_storage::Hasher::new(digest.algorithm())),
+        hasher: hasher.filter(|_| end.is_none_or(|e| Some(e) == total)),
         upstream,
         resp: resp.response,
         digest: digest.clone(),

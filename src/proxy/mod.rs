@@ -402,7 +402,7 @@ impl Proxy {
         };
         let Some(total) = state.total else {
             // Upstream sent no length: stream the whole body, chunked.
-            let body = blob::follow(rx, 0, None, self.metrics.clone());
+            let body = blob::follow(rx, 0, None, self.fallback(up, repo, digest));
             return Ok(BlobAnswer {
                 total: None,
                 range: None,
@@ -410,8 +410,8 @@ impl Proxy {
             });
         };
         let (start, end) = resolve(range, total)?;
-        let body =
-            (total > 0).then(|| blob::follow(rx, start, Some(end + 1), self.metrics.clone()));
+        let body = (total > 0)
+            .then(|| blob::follow(rx, start, Some(end + 1), self.fallback(up, repo, digest)));
         Ok(BlobAnswer {
             total: Some(total),
             range: partial(range, start, end, total),
@@ -439,6 +439,15 @@ impl Proxy {
         ));
         fetches.insert(digest.clone(), f.clone());
         f
+    }
+
+    fn fallback(&self, up: &Arc<Upstream>, repo: &RepoName, digest: &Digest) -> blob::Fallback {
+        blob::Fallback {
+            upstream: up.clone(),
+            repo: repo.clone(),
+            digest: digest.clone(),
+            metrics: self.metrics.clone(),
+        }
     }
 
     /// Called by a fetch's task when it has landed (verified or failed).
@@ -493,8 +502,17 @@ impl Proxy {
                 _ => (0, None),
             },
         };
-        let (total, body) =
-            blob::passthrough(up.clone(), repo, digest, start, end, self.metrics.clone()).await?;
+        let hasher = (start == 0).then(|| ferry_storage::Hasher::new(digest.algorithm()));
+        let (total, body) = blob::passthrough(
+            up.clone(),
+            repo,
+            digest,
+            start,
+            end,
+            hasher,
+            self.metrics.clone(),
+        )
+        .await?;
         let range = match (end, total) {
             (Some(e), Some(t)) if start > 0 || e < t => Some((start, e - 1)),
             _ => None,

@@ -82,6 +82,10 @@ async fn fsck(proxy: &Arc<Proxy>, query: Option<&str>) -> Result<Response<Body>,
     let verify = query_param(query, "verify").is_some_and(|v| v == "true" || v == "1");
     let store = proxy.store.clone();
     let report = blocking(move || store.fsck(verify, false)).await?;
+    proxy.metrics.fsck_findings.store(
+        report.findings.len() as u64,
+        std::sync::atomic::Ordering::Relaxed,
+    );
     let findings: Vec<String> = report.findings.iter().map(|f| f.to_string()).collect();
     let body = serde_json::json!({
         "clean": report.clean(),

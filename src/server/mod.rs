@@ -316,15 +316,20 @@ pub fn error_response(e: &OciError, head: bool) -> Response<Body> {
     resp
 }
 
-fn metrics_response(proxy: &Proxy) -> Response<Body> {
+/// The Prometheus text of `/metrics`.
+pub fn metrics_text(proxy: &Proxy) -> String {
     let stats = proxy.store.stats();
-    let text = proxy.metrics.render(&StoreGauges {
+    proxy.metrics.render(&StoreGauges {
         bytes: proxy.store.total_bytes(),
         blobs: proxy.store.blob_count(),
         max_bytes: proxy.store.max_size(),
         evictions: stats.evictions.load(Ordering::Relaxed),
         bytes_evicted: stats.bytes_evicted.load(Ordering::Relaxed),
-    });
+    })
+}
+
+fn metrics_response(proxy: &Proxy) -> Response<Body> {
+    let text = metrics_text(proxy);
     sized(
         HeaderValue::from_static("text/plain; version=0.0.4"),
         Bytes::from(text),

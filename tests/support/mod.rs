@@ -139,13 +139,7 @@ impl Proxied {
     }
 
     pub fn metric(&self, name_and_labels: &str) -> u64 {
-        let text = self.proxy.metrics.render(&ferry::metrics::StoreGauges {
-            bytes: 0,
-            blobs: 0,
-            max_bytes: None,
-            evictions: 0,
-            bytes_evicted: 0,
-        });
+        let text = ferry::server::metrics_text(&self.proxy);
         text.lines()
             .find_map(|l| {
                 l.strip_prefix(name_and_labels)

@@ -1,0 +1,332 @@
+//! Issue 4 through the proxy: the size budget under pulls, disk failures, purge
+//! (admin API and CLI), fsck's exit code, and configuration errors.
+
+use crate::support::*;
+use std::process::Command;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+const MIB: usize = 1024 * 1024;
+
+#[tokio::test]
+async fn eviction_keeps_the_store_under_budget_while_pulls_run() {
+    let up = FakeRegistry::start().await;
+    let blobs: Vec<String> = (0..20)
+        .map(|i| up.add_blob(bytes_of(MIB, 200 + i)))
+        .collect();
+    let (m, _) = up.add_image("library/app", "1", &[b"small"]);
+    let toml = format!(
+        "[cache]\nmax_size = \"5MiB\"\nhigh_watermark = 0.9\nlow_watermark = 0.6\n[[upstream]]\nname = \"up\"\nurl = \"{}\"\n",
+        up.url()
+    );
+    let p = Proxied::with_toml(&up, &toml).await;
+    p.get(&format!("/v2/library/app/manifests/{m}")).await;
+    for (i, d) in blobs.iter().enumerate() {
+        let r = p.get(&format!("/v2/library/app/blobs/{d}")).await;
+        assert_eq!(body_digest(r).await.unwrap().0, *d);
+        // Eviction runs off the request path; give it a moment to land.
+        for _ in 0..100 {
+            if p.proxy.store.total_bytes() <= 5 * MIB as u64 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(
+            p.proxy.store.total_bytes() <= 5 * MIB as u64,
+            "over budget after pull {i}"
+        );
+    }
+    assert!(p.metric("ferry_evictions_total") >= 15);
+    assert!(p.metric("ferry_evicted_bytes_total") >= 15 * MIB as u64);
+    assert!(p.metric("ferry_store_blobs") <= 5);
+    // The manifest survives eviction of blobs; an evicted blob comes back on demand.
+    assert!(p.proxy.store.has_manifest(&m.parse().unwrap()).unwrap());
+    let before = up.count("GET", |r| r.is_blob());
+    let r = p.get(&format!("/v2/library/app/blobs/{}", blobs[0])).await;
+    assert_eq!(body_digest(r).await.unwrap().0, blobs[0]);
+    assert_eq!(up.count("GET", |r| r.is_blob()), before + 1);
+    let text = p.get("/metrics").await.text().await.unwrap();
+    assert!(text.contains("ferry_store_max_bytes 5242880"), "{text}");
+    assert!(p.proxy.store.fsck(true, false).unwrap().clean());
+}
+
+#[tokio::test]
+async fn a_failing_disk_degrades_to_uncached_streaming_and_recovers() {
+    let up = FakeRegistry::start().await;
+    let a = up.add_blob(bytes_of(MIB, 300));
+    let b = up.add_blob(bytes_of(MIB, 301));
+    let p = Proxied::start(&up).await;
+    p.proxy
+        .store
+        .faults()
+        .fail_writes
+        .store(true, Ordering::SeqCst);
+    // The fetch fails to write: this client is served from upstream, uncached.
+    for _ in 0..3 {
+        let r = p.get(&format!("/v2/library/app/blobs/{a}")).await;
+        assert_eq!(r.status(), 200);
+        assert_eq!(body_digest(r).await.unwrap(), (a.clone(), MIB));
+    }
+    let r = p
+        .get_with(
+            &format!("/v2/library/app/blobs/{b}"),
+            &[("range", "bytes=1000-1999")],
+        )
+        .await;
+    assert_eq!(r.status(), 206);
+    assert_eq!(
+        &r.bytes().await.unwrap()[..],
+        &bytes_of(MIB, 301)[1000..2000]
+    );
+    assert!(p
+        .proxy
+        .store
+        .blob_size(&a.parse().unwrap())
+        .unwrap()
+        .is_none());
+    assert_eq!(
+        p.metric("ferry_store_write_errors_total"),
+        1,
+        "degraded mode stops retrying the disk"
+    );
+    assert!(p.metric("ferry_uncached_passthrough_total") >= 3);
+    assert!(p.proxy.store.fsck(true, false).unwrap().clean());
+    assert_eq!(
+        std::fs::read_dir(p.dir.path().join("tmp")).unwrap().count(),
+        0
+    );
+
+    // The disk is back: after the retry window, caching resumes.
+    p.proxy
+        .store
+        .faults()
+        .fail_writes
+        .store(false, Ordering::SeqCst);
+    p.advance(Duration::from_secs(31));
+    body_digest(p.get(&format!("/v2/library/app/blobs/{a}")).await)
+        .await
+        .unwrap();
+    assert!(p
+        .proxy
+        .store
+        .blob_size(&a.parse().unwrap())
+        .unwrap()
+        .is_some());
+}
+
+#[tokio::test]
+async fn a_failing_commit_still_serves_the_verified_bytes() {
+    let up = FakeRegistry::start().await;
+    let a = up.add_blob(bytes_of(MIB, 302));
+    let p = Proxied::start(&up).await;
+    p.proxy
+        .store
+        .faults()
+        .fail_commits
+        .store(true, Ordering::SeqCst);
+    let r = p.get(&format!("/v2/library/app/blobs/{a}")).await;
+    assert_eq!(body_digest(r).await.unwrap(), (a.clone(), MIB));
+    assert!(p
+        .proxy
+        .store
+        .blob_size(&a.parse().unwrap())
+        .unwrap()
+        .is_none());
+    assert!(p.proxy.store.fsck(true, false).unwrap().clean());
+}
+
+async fn with_admin(up: &FakeRegistry) -> (Proxied, String) {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let toml = format!(
+        "admin_listen = \"127.0.0.1:{port}\"\n[[upstream]]\nname = \"docker.io\"\nurl = \"{}\"\n",
+        up.url()
+    );
+    let p = Proxied::with_toml(up, &toml).await;
+    let admin = format!("http://127.0.0.1:{port}");
+    for _ in 0..100 {
+        if reqwest::get(format!("{admin}/healthz")).await.is_ok() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    (p, admin)
+}
+
+#[tokio::test]
+async fn purge_through_the_admin_api_and_the_cli() {
+    let up = FakeRegistry::start().await;
+    let (m, layers) = up.add_image("library/app", "1", &[&bytes_of(1000, 1)]);
+    up.add_image("library/app", "2", &[b"x"]);
+    let (p, admin) = with_admin(&up).await;
+    p.get("/v2/app/manifests/1").await;
+    p.head("/v2/app/manifests/2").await;
+    body_digest(p.get(&format!("/v2/app/blobs/{}", layers[0])).await)
+        .await
+        .unwrap();
+    let before = up.total();
+
+    // A bad blob is cleared online: the next pull fetches it again.
+    let c = reqwest::Client::new();
+    let r = c
+        .post(format!("{admin}/admin/purge?digest={}", layers[0]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(json(r).await["removed"], 1);
+    body_digest(p.get(&format!("/v2/app/blobs/{}", layers[0])).await)
+        .await
+        .unwrap();
+    assert_eq!(up.total(), before + 1);
+
+    // One tag: resolved afresh even inside its TTL.
+    let r = c
+        .post(format!(
+            "{admin}/admin/purge?upstream=docker.io&repository=app&tag=1"
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(json(r).await["removed"], 1);
+    p.head("/v2/app/manifests/1").await;
+    p.head("/v2/app/manifests/2").await;
+    assert_eq!(
+        up.total(),
+        before + 2,
+        "tag 1 asked upstream again, tag 2 still cached"
+    );
+
+    // The whole repository, through the CLI.
+    // Async: the Ferry answering it runs on this test's runtime.
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_ferry"))
+        .args([
+            "purge",
+            "--admin",
+            &admin,
+            "--upstream",
+            "docker.io",
+            "--repository",
+            "library/app",
+        ])
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("\"removed\":2"));
+    // A purged manifest by digest goes too.
+    let r = c
+        .post(format!("{admin}/admin/purge?digest={m}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(json(r).await["removed"], 1);
+    assert!(!p.proxy.store.has_manifest(&m.parse().unwrap()).unwrap());
+
+    let r = c
+        .get(format!("{admin}/admin/fsck?verify=true"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(json(r).await["clean"], true);
+    assert_eq!(p.metric("ferry_fsck_findings"), 0);
+    let hex = &layers[0]["sha256:".len()..];
+    std::fs::write(
+        p.dir.path().join("blobs/sha256").join(&hex[..2]).join(hex),
+        b"tampered",
+    )
+    .unwrap();
+    let r = c.get(format!("{admin}/admin/fsck")).send().await.unwrap();
+    assert_eq!(json(r).await["clean"], false);
+    assert_eq!(p.metric("ferry_fsck_findings"), 1);
+    // The admin API is not on the client port.
+    assert_eq!(
+        p.client
+            .post(p.url("/admin/purge?digest=x"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        404
+    );
+}
+
+#[tokio::test]
+async fn fsck_cli_exit_code_says_whether_the_store_is_clean() {
+    let up = FakeRegistry::start().await;
+    let d = up.add_blob(bytes_of(5000, 9));
+    let p = Proxied::start(&up).await;
+    body_digest(p.get(&format!("/v2/library/app/blobs/{d}")).await)
+        .await
+        .unwrap();
+    let dir = p.dir.clone();
+    p.stop().await;
+    let fsck = |extra: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_ferry"))
+            .args(["fsck", "--data-dir"])
+            .arg(dir.path())
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    assert_eq!(fsck(&["--verify"]).status.code(), Some(0));
+    let hex = &d["sha256:".len()..];
+    std::fs::write(
+        dir.path().join("blobs/sha256").join(&hex[..2]).join(hex),
+        vec![0u8; 5000],
+    )
+    .unwrap();
+    assert_eq!(
+        fsck(&[]).status.code(),
+        Some(0),
+        "same size: only --verify sees it"
+    );
+    let out = fsck(&["--verify"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("do not hash"));
+    assert_eq!(fsck(&["--verify", "--repair"]).status.code(), Some(1));
+    assert_eq!(fsck(&["--verify"]).status.code(), Some(0), "repaired");
+}
+
+#[test]
+fn bad_configuration_exits_before_binding() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("bad.toml");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    std::fs::write(
+        &cfg,
+        format!("listen = \"127.0.0.1:{port}\"\n[freshness]\ntag_ttl = \"soonish\"\n"),
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_ferry"))
+        .args(["serve", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("tag_ttl") && err.contains("bad.toml"), "{err}");
+    let out = Command::new(env!("CARGO_BIN_EXE_ferry"))
+        .args([
+            "config",
+            "check",
+            "--upstream",
+            "http://127.0.0.1:5001",
+            "--tag-ttl",
+            "60",
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("127.0.0.1:5001 (default)"));
+}
