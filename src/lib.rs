@@ -35,6 +35,7 @@ use metrics::Metrics;
 use proxy::Proxy;
 use server::App;
 use std::future::Future;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
@@ -137,6 +138,13 @@ impl Ferry {
         let stop = stop_rx.clone();
         accept_loop(listener, stop, move |req| server::handle(app.clone(), req)).await;
         maintenance.abort();
+        // A fetch whose clients are served may still be making its blob durable.
+        for _ in 0..1000 {
+            if self.proxy.metrics.inflight_fetches.load(Ordering::Relaxed) == 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
         let store = self.proxy.store.clone();
         let _ = tokio::task::spawn_blocking(move || store.flush_access_times()).await;
         Ok(())

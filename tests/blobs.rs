@@ -1,6 +1,7 @@
 //! Blobs: cold and warm GET/HEAD, integrity, redirects, ranges (PROTOCOL.md B and R cases).
 
 use crate::support::*;
+use std::sync::atomic::Ordering;
 
 #[tokio::test]
 async fn b1_b2_cold_then_warm_blob() {
@@ -153,6 +154,7 @@ async fn dropped_transfer_resumes_with_range() {
         .unwrap();
     assert!(offset > 0 && offset <= 300_000, "{resumes:?}");
     assert_eq!(p.metric("ferry_fetch_resumes_total"), 1);
+    p.settled().await;
     assert!(p
         .proxy
         .store
@@ -296,10 +298,44 @@ async fn chunked_upstream_blob_is_streamed_and_verified() {
     let p = Proxied::start(&up).await;
     let r = p.get(&format!("/v2/library/alpine/blobs/{d}")).await;
     assert_eq!(body_digest(r).await.unwrap(), (d.clone(), 500_000));
+    p.settled().await;
     let r = p.get(&format!("/v2/library/alpine/blobs/{d}")).await;
     assert_eq!(
         header(&r, "content-length"),
         Some("500000"),
         "served from the store"
     );
+}
+
+#[tokio::test]
+async fn verified_bytes_reach_clients_before_the_blob_is_durable() {
+    let up = FakeRegistry::start().await;
+    let d = up.add_blob(bytes_of(300_000, 15));
+    up.faults(|f| f.chunked_blobs = true);
+    let p = Proxied::start(&up).await;
+    let hold = &p.proxy.store.faults().hold_persists;
+    hold.store(true, Ordering::SeqCst);
+    let path = format!("/v2/library/app/blobs/{d}");
+    // The whole body arrives although the blob cannot be persisted yet.
+    assert_eq!(body_digest(p.get(&path).await).await.unwrap().0, d);
+    assert!(p
+        .proxy
+        .store
+        .blob_size(&d.parse().unwrap())
+        .unwrap()
+        .is_none());
+    // A request meanwhile joins the fetch, now with a known length: no second GET.
+    let r = p.get(&path).await;
+    assert_eq!(header(&r, "content-length"), Some("300000"));
+    assert_eq!(body_digest(r).await.unwrap().0, d);
+    assert_eq!(up.count("GET", |r| r.is_blob()), 1);
+    hold.store(false, Ordering::SeqCst);
+    p.settled().await;
+    assert_eq!(
+        p.proxy.store.blob_size(&d.parse().unwrap()).unwrap(),
+        Some(300_000)
+    );
+    body_digest(p.get(&path).await).await.unwrap();
+    assert_eq!(up.count("GET", |r| r.is_blob()), 1);
+    assert_eq!(p.metric("ferry_cache_hits_total{kind=\"blob\"}"), 1);
 }

@@ -373,6 +373,7 @@ async fn a_client_leaving_does_not_cancel_the_fetch_for_the_others() {
     gate.release();
     assert_eq!(follower.await.unwrap(), (d.clone(), 4 * MIB));
     assert_eq!(up.count("GET", |r| r.is_blob()), 1);
+    p.settled().await;
     assert!(p
         .proxy
         .store
@@ -461,6 +462,7 @@ async fn blob_metrics_count_hits_misses_bytes_and_waiters() {
     let p = Proxied::start(&up).await;
     let path = format!("/v2/library/app/blobs/{d}");
     body_digest(p.get(&path).await).await.unwrap();
+    p.settled().await;
     body_digest(p.get(&path).await).await.unwrap();
     assert_eq!(p.metric("ferry_cache_misses_total{kind=\"blob\"}"), 1);
     assert_eq!(p.metric("ferry_cache_hits_total{kind=\"blob\"}"), 1);

@@ -24,6 +24,7 @@ async fn eviction_keeps_the_store_under_budget_while_pulls_run() {
     for (i, d) in blobs.iter().enumerate() {
         let r = p.get(&format!("/v2/library/app/blobs/{d}")).await;
         assert_eq!(body_digest(r).await.unwrap().0, *d);
+        p.settled().await;
         // Eviction runs off the request path; give it a moment to land.
         for _ in 0..100 {
             if p.proxy.store.total_bytes() <= 5 * MIB as u64 {
@@ -47,6 +48,7 @@ async fn eviction_keeps_the_store_under_budget_while_pulls_run() {
     assert_eq!(up.count("GET", |r| r.is_blob()), before + 1);
     let text = p.get("/metrics").await.text().await.unwrap();
     assert!(text.contains("ferry_store_max_bytes 5242880"), "{text}");
+    p.settled().await;
     assert!(p.proxy.store.fsck(true, false).unwrap().clean());
 }
 
@@ -106,6 +108,7 @@ async fn a_failing_disk_degrades_to_uncached_streaming_and_recovers() {
     body_digest(p.get(&format!("/v2/library/app/blobs/{a}")).await)
         .await
         .unwrap();
+    p.settled().await;
     assert!(p
         .proxy
         .store
@@ -126,6 +129,7 @@ async fn a_failing_commit_still_serves_the_verified_bytes() {
         .store(true, Ordering::SeqCst);
     let r = p.get(&format!("/v2/library/app/blobs/{a}")).await;
     assert_eq!(body_digest(r).await.unwrap(), (a.clone(), MIB));
+    p.settled().await;
     assert!(p
         .proxy
         .store
@@ -167,6 +171,7 @@ async fn purge_through_the_admin_api_and_the_cli() {
     body_digest(p.get(&format!("/v2/app/blobs/{}", layers[0])).await)
         .await
         .unwrap();
+    p.settled().await;
     let before = up.total();
 
     // A bad blob is cleared online: the next pull fetches it again.
@@ -180,6 +185,7 @@ async fn purge_through_the_admin_api_and_the_cli() {
     body_digest(p.get(&format!("/v2/app/blobs/{}", layers[0])).await)
         .await
         .unwrap();
+    p.settled().await;
     assert_eq!(up.total(), before + 1);
 
     // One tag: resolved afresh even inside its TTL.

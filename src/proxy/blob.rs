@@ -14,18 +14,21 @@ use super::{map_upstream_error, ByteStream, Proxy};
 use crate::metrics::Metrics;
 use crate::oci::{Digest, ErrorCode, OciError, RepoName};
 use crate::upstream::{Upstream, UpstreamError};
-use bytes::{Bytes, BytesMut};
-use ferry_storage::{BlobWriter, CommitError};
+use bytes::Bytes;
+use ferry_storage::BlobWriter;
 use futures_util::StreamExt;
 use std::fs::File;
 use std::io;
 use std::os::unix::fs::FileExt;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 
 /// Bytes gathered from upstream before each write to the temp file.
 const WRITE_BATCH: usize = 256 * 1024;
+/// Batches queued for the writer thread: bounds the memory a fetch holds when the
+/// disk is slower than the network.
+const PIPELINE_BATCHES: usize = 8;
 /// Largest chunk a client response reads at once.
 pub(crate) const READ_CHUNK: usize = 256 * 1024;
 /// How many times a dropped upstream transfer is resumed with `Range`.
@@ -61,6 +64,17 @@ pub(crate) struct FetchState {
     /// Bytes in the temp file so far.
     pub written: u64,
     pub file: Option<Arc<File>>,
+}
+
+impl FetchState {
+    /// The blob's size: from upstream's `Content-Length`, or once verified,
+    /// from the bytes themselves.
+    pub fn size(&self) -> Option<u64> {
+        match self.phase {
+            Phase::Verified => Some(self.written),
+            _ => self.total,
+        }
+    }
 }
 
 /// A fetch in flight; followers subscribe to its progress.
@@ -151,16 +165,10 @@ async fn download(
         s.file = Some(writer.reader());
     });
 
-    let mut sink = Sink {
-        writer: Some(writer),
-        pending: BytesMut::with_capacity(WRITE_BATCH),
-        written: 0,
-        proxy,
-        tx,
-    };
+    let mut sink = Sink::start(writer, tx.clone());
+    let mut received = 0u64;
     let mut resumes = 0;
     loop {
-        let received = sink.written + sink.pending.len() as u64;
         let step = upstream.next_chunk(&mut resp.response).await;
         let dropped = match step {
             Ok(Some(chunk)) => {
@@ -168,7 +176,8 @@ async fn download(
                     .metrics
                     .bytes_fetched
                     .fetch_add(chunk.len() as u64, Ordering::Relaxed);
-                if total.is_some_and(|t| received + chunk.len() as u64 > t) {
+                received += chunk.len() as u64;
+                if total.is_some_and(|t| received > t) {
                     proxy
                         .metrics
                         .integrity_failures
@@ -177,17 +186,13 @@ async fn download(
                         "upstream sent more bytes than its Content-Length".into(),
                     ));
                 }
-                sink.pending.extend_from_slice(&chunk);
-                if sink.pending.len() >= WRITE_BATCH {
-                    sink.flush().await?;
-                }
+                sink.push(chunk, proxy).await?;
                 continue;
             }
             Ok(None) if total.is_none_or(|t| received == t) => break,
             Ok(None) => "upstream closed the body early".to_string(),
             Err(e) => e.to_string(),
         };
-        sink.flush().await?;
         if resumes == MAX_RESUMES {
             return Err(FetchFailure::Broken(format!(
                 "{dropped}; gave up after {MAX_RESUMES} resumes"
@@ -195,9 +200,9 @@ async fn download(
         }
         resumes += 1;
         proxy.metrics.fetch_resumes.fetch_add(1, Ordering::Relaxed);
-        tracing::info!(%digest, offset = sink.written, "resuming blob transfer: {dropped}");
+        tracing::info!(%digest, offset = received, "resuming blob transfer: {dropped}");
         resp = upstream
-            .get_blob(repo, digest, sink.written)
+            .get_blob(repo, digest, received)
             .await
             .map_err(|e| FetchFailure::Broken(format!("resume failed: {e}")))?;
         if resp.total.is_some() && total.is_some() && resp.total != total {
@@ -206,74 +211,135 @@ async fn download(
             ));
         }
     }
-    sink.flush().await?;
-    sink.commit(total, digest).await
+    let writer = sink.finish(proxy).await?;
+    commit(writer, total, digest, proxy, tx).await
 }
 
-/// The writing side of a fetch: batches upstream chunks into the temp file and
-/// publishes how far it got.
-struct Sink<'a> {
-    writer: Option<BlobWriter>,
-    pending: BytesMut,
-    written: u64,
-    proxy: &'a Arc<Proxy>,
-    tx: &'a watch::Sender<FetchState>,
+/// The writing side of a fetch. Upstream chunks are gathered into batches and
+/// handed to a blocking thread that appends them to the temp file (hashing as
+/// it goes) and publishes how far it got, so the network read of the next batch
+/// overlaps the write and hash of the previous one.
+struct Sink {
+    pending: Vec<Bytes>,
+    pending_len: usize,
+    batches: mpsc::Sender<Vec<Bytes>>,
+    thread: tokio::task::JoinHandle<io::Result<BlobWriter>>,
 }
 
-impl Sink<'_> {
-    async fn flush(&mut self) -> Result<(), FetchFailure> {
-        if self.pending.is_empty() {
+impl Sink {
+    fn start(mut writer: BlobWriter, tx: watch::Sender<FetchState>) -> Sink {
+        let (batches, mut rx) = mpsc::channel::<Vec<Bytes>>(PIPELINE_BATCHES);
+        let thread = tokio::task::spawn_blocking(move || {
+            while let Some(batch) = rx.blocking_recv() {
+                writer.write_all(&batch)?;
+                let written = writer.written();
+                tx.send_modify(|s| s.written = written);
+            }
+            Ok(writer)
+        });
+        Sink {
+            pending: Vec::new(),
+            pending_len: 0,
+            batches,
+            thread,
+        }
+    }
+
+    async fn push(&mut self, chunk: Bytes, proxy: &Proxy) -> Result<(), FetchFailure> {
+        self.pending_len += chunk.len();
+        self.pending.push(chunk);
+        if self.pending_len < WRITE_BATCH {
             return Ok(());
         }
-        let Some(mut writer) = self.writer.take() else {
-            return Err(FetchFailure::StoreUnavailable);
-        };
-        let batch = self.pending.split().freeze();
-        let n = batch.len() as u64;
-        let (writer, result) = tokio::task::spawn_blocking(move || {
-            let r = writer.write(&batch);
-            (writer, r)
-        })
-        .await
-        .map_err(|_| FetchFailure::StoreUnavailable)?;
-        if let Err(e) = result {
-            self.proxy.store_failed(&e.to_string());
-            return Err(FetchFailure::StoreUnavailable);
+        self.pending_len = 0;
+        let batch = std::mem::take(&mut self.pending);
+        if self.batches.send(batch).await.is_ok() {
+            return Ok(());
         }
-        self.writer = Some(writer);
-        self.written += n;
-        let written = self.written;
-        self.tx.send_modify(|s| s.written = written);
-        Ok(())
+        // The thread stopped: it hit a write error. Collect it.
+        let Sink {
+            batches, thread, ..
+        } = std::mem::replace(self, Sink::closed());
+        drop(batches);
+        Err(Sink::join(thread, proxy)
+            .await
+            .err()
+            .unwrap_or(FetchFailure::StoreUnavailable))
     }
 
-    async fn commit(mut self, total: Option<u64>, digest: &Digest) -> Result<(), FetchFailure> {
-        let writer = self.writer.take().ok_or(FetchFailure::StoreUnavailable)?;
-        let outcome = tokio::task::spawn_blocking(move || writer.commit(total))
-            .await
-            .map_err(|_| FetchFailure::StoreUnavailable)?;
-        match outcome {
-            Ok(_) => {
-                self.proxy.store_recovered();
-                self.proxy.after_commit();
-                Ok(())
+    /// Writes what is left and returns the writer once every byte is in the file.
+    async fn finish(mut self, proxy: &Proxy) -> Result<BlobWriter, FetchFailure> {
+        if !self.pending.is_empty() {
+            let batch = std::mem::take(&mut self.pending);
+            // A failed send means the thread already stopped; its error comes from join.
+            let _ = self.batches.send(batch).await;
+        }
+        drop(self.batches);
+        Sink::join(self.thread, proxy).await
+    }
+
+    async fn join(
+        thread: tokio::task::JoinHandle<io::Result<BlobWriter>>,
+        proxy: &Proxy,
+    ) -> Result<BlobWriter, FetchFailure> {
+        match thread.await {
+            Ok(Ok(writer)) => Ok(writer),
+            Ok(Err(e)) => {
+                proxy.store_failed(&e.to_string());
+                Err(FetchFailure::StoreUnavailable)
             }
-            Err(e @ (CommitError::DigestMismatch { .. } | CommitError::SizeMismatch { .. })) => {
-                self.proxy
-                    .metrics
-                    .integrity_failures
-                    .fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(%digest, "upstream blob rejected: {e}");
-                Err(FetchFailure::Broken(e.to_string()))
-            }
-            // The bytes verified (commit checks before it touches the disk):
-            // serve them, uncached.
-            Err(CommitError::Store(e)) => {
-                self.proxy.store_failed(&e.to_string());
-                Ok(())
-            }
+            Err(_) => Err(FetchFailure::StoreUnavailable),
         }
     }
+
+    /// A sink whose thread is gone; only used to take a failed one apart.
+    fn closed() -> Sink {
+        let (batches, _) = mpsc::channel(1);
+        Sink {
+            pending: Vec::new(),
+            pending_len: 0,
+            batches,
+            thread: tokio::task::spawn_blocking(|| Err(io::Error::other("sink closed"))),
+        }
+    }
+}
+
+/// Verifies the written bytes, releases them to every follower, then makes them
+/// durable. Followers get their last byte as soon as the digest checks out; the
+/// fetch stays registered until the blob is persisted, so a request arriving
+/// meanwhile joins it instead of fetching again.
+async fn commit(
+    writer: BlobWriter,
+    total: Option<u64>,
+    digest: &Digest,
+    proxy: &Arc<Proxy>,
+    tx: &watch::Sender<FetchState>,
+) -> Result<(), FetchFailure> {
+    let verified = tokio::task::spawn_blocking(move || writer.verify(total))
+        .await
+        .map_err(|_| FetchFailure::StoreUnavailable)?;
+    let verified = match verified {
+        Ok(v) => v,
+        Err(e) => {
+            proxy
+                .metrics
+                .integrity_failures
+                .fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(%digest, "upstream blob rejected: {e}");
+            return Err(FetchFailure::Broken(e.to_string()));
+        }
+    };
+    tx.send_modify(|s| s.phase = Phase::Verified);
+    match tokio::task::spawn_blocking(move || verified.persist()).await {
+        Ok(Ok(_)) => {
+            proxy.store_recovered();
+            proxy.after_commit();
+        }
+        // The bytes verified and are already released: they are served, uncached.
+        Ok(Err(e)) => proxy.store_failed(&e.to_string()),
+        Err(_) => proxy.store_failed("persist task panicked"),
+    }
+    Ok(())
 }
 
 /// Counts a response streaming from a fetch, for `/metrics`.

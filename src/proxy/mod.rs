@@ -362,23 +362,8 @@ impl Proxy {
         range: RangeRequest,
         head: bool,
     ) -> Result<BlobAnswer, OciError> {
-        match self.store.open_blob(digest) {
-            Ok(Some(file)) => {
-                self.metrics.hit(Kind::Blob);
-                let size = file.size;
-                let (start, end) = resolve(range, size)?;
-                let range = partial(range, start, end, size);
-                let body = (!head && size > 0).then(|| file_stream(file, start, end + 1));
-                return Ok(BlobAnswer {
-                    total: Some(size),
-                    range,
-                    body,
-                });
-            }
-            Ok(None) => {}
-            Err(e) => {
-                tracing::warn!(%digest, error = %e, "store read failed; fetching from upstream")
-            }
+        if let Some(answer) = self.stored_blob(digest, range, head) {
+            return answer;
         }
         self.metrics.miss(Kind::Blob);
         if head {
@@ -387,7 +372,13 @@ impl Proxy {
         if self.store_degraded() {
             return self.passthrough_blob(up, repo, digest, range).await;
         }
-        let fetch = self.blob_fetch(up, repo, digest);
+        let Some(fetch) = self.blob_fetch(up, repo, digest) else {
+            // A fetch landed between the store lookup and now.
+            return match self.stored_blob(digest, range, head) {
+                Some(answer) => answer,
+                None => self.passthrough_blob(up, repo, digest, range).await,
+            };
+        };
         let (rx, state) = match fetch.started().await {
             Ok(s) => s,
             Err(FetchFailure::Upstream(e)) => return Err(e),
@@ -400,7 +391,7 @@ impl Proxy {
                 )
             }
         };
-        let Some(total) = state.total else {
+        let Some(total) = state.size() else {
             // Upstream sent no length: stream the whole body, chunked.
             let body = blob::follow(rx, 0, None, self.fallback(up, repo, digest));
             return Ok(BlobAnswer {
@@ -419,17 +410,48 @@ impl Proxy {
         })
     }
 
-    /// Joins the fetch of `digest` in flight, or starts one.
+    /// A blob answered from the store, or `None` when it is not there.
+    fn stored_blob(
+        &self,
+        digest: &Digest,
+        range: RangeRequest,
+        head: bool,
+    ) -> Option<Result<BlobAnswer, OciError>> {
+        match self.store.open_blob(digest) {
+            Ok(Some(file)) => {
+                self.metrics.hit(Kind::Blob);
+                let size = file.size;
+                Some(resolve(range, size).map(|(start, end)| BlobAnswer {
+                    total: Some(size),
+                    range: partial(range, start, end, size),
+                    body: (!head && size > 0).then(|| file_stream(file, start, end + 1)),
+                }))
+            }
+            Ok(None) => None,
+            Err(e) => {
+                tracing::warn!(%digest, error = %e, "store read failed; fetching from upstream");
+                None
+            }
+        }
+    }
+
+    /// Joins the fetch of `digest` in flight, or starts one; `None` when the
+    /// blob is in the store after all (a fetch landed after the caller looked).
     fn blob_fetch(
         self: &Arc<Self>,
         up: &Arc<Upstream>,
         repo: &RepoName,
         digest: &Digest,
-    ) -> Arc<BlobFetch> {
+    ) -> Option<Arc<BlobFetch>> {
         let mut fetches = lock(&self.blob_fetches);
         if let Some(f) = fetches.get(digest) {
             self.metrics.coalesced.fetch_add(1, Ordering::Relaxed);
-            return f.clone();
+            return Some(f.clone());
+        }
+        // A fetch removes itself only after its blob is indexed, so under this
+        // lock "no fetch and not indexed" means nobody is fetching it.
+        if matches!(self.store.blob_size(digest), Ok(Some(_))) {
+            return None;
         }
         let f = Arc::new(blob::start(
             self.clone(),
@@ -438,7 +460,7 @@ impl Proxy {
             digest.clone(),
         ));
         fetches.insert(digest.clone(), f.clone());
-        f
+        Some(f)
     }
 
     fn fallback(&self, up: &Arc<Upstream>, repo: &RepoName, digest: &Digest) -> blob::Fallback {
@@ -464,7 +486,7 @@ impl Proxy {
         let in_flight = lock(&self.blob_fetches).get(digest).cloned();
         if let Some(f) = in_flight {
             if let Ok((_, state)) = f.started().await {
-                if let Some(total) = state.total {
+                if let Some(total) = state.size() {
                     return Ok(BlobAnswer {
                         total: Some(total),
                         range: None,

@@ -29,7 +29,7 @@ mod writer;
 pub use digest::{Algorithm, Digest, DigestError, Hasher};
 pub use fsck::{FsckFinding, FsckReport};
 pub use index::{StoredManifest, TagKey, TagRecord};
-pub use writer::{BlobWriter, CommitError};
+pub use writer::{BlobWriter, CommitError, VerifiedBlob};
 
 use index::{BlobMeta, Index};
 use std::collections::HashMap;
@@ -85,6 +85,8 @@ pub struct Faults {
     pub fail_writes: AtomicBool,
     /// Every commit fails after the file is written, before it is renamed.
     pub fail_commits: AtomicBool,
+    /// Verified blobs wait before being made durable while this is set.
+    pub hold_persists: AtomicBool,
 }
 
 /// Counters for `/metrics`.

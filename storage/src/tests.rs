@@ -310,3 +310,47 @@ fn purge_digest_removes_blob_manifest_and_tags() {
     assert!(s.tag(&key).unwrap().is_none());
     assert!(s.fsck(true, false).unwrap().clean());
 }
+
+#[test]
+fn vectored_writes_keep_order_across_empty_and_many_buffers() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = store(dir.path());
+    // More buffers than one writev takes, with empty ones at the edges and between.
+    let mut bufs: Vec<Vec<u8>> = vec![Vec::new()];
+    for i in 0..1500u32 {
+        bufs.push(i.to_be_bytes().repeat((i % 7) as usize));
+        if i % 100 == 0 {
+            bufs.push(Vec::new());
+        }
+    }
+    bufs.push(Vec::new());
+    let whole: Vec<u8> = bufs.concat();
+    let digest = Digest::sha256_of(&whole);
+    let mut w = s.begin_blob(&digest).unwrap();
+    w.write_all(&bufs[..700]).unwrap();
+    w.write_all(&bufs[700..]).unwrap();
+    assert_eq!(w.written(), whole.len() as u64);
+    w.commit(Some(whole.len() as u64)).unwrap();
+    assert_eq!(read_all(&s, &digest), whole);
+}
+
+#[test]
+fn verified_blob_is_invisible_until_persisted_and_gone_if_dropped() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = store(dir.path());
+    let digest = Digest::sha256_of(b"abc");
+    let mut w = s.begin_blob(&digest).unwrap();
+    w.write(b"abc").unwrap();
+    let v = w.verify(Some(3)).unwrap();
+    assert_eq!(v.size(), 3);
+    assert_eq!(s.blob_size(&digest).unwrap(), None);
+    drop(v);
+    assert_eq!(tmp_entries(dir.path()), 0);
+    assert_eq!(s.blob_size(&digest).unwrap(), None);
+
+    let mut w = s.begin_blob(&digest).unwrap();
+    w.write(b"abc").unwrap();
+    w.verify(None).unwrap().persist().unwrap();
+    assert_eq!(read_all(&s, &digest), b"abc");
+    assert_eq!(tmp_entries(dir.path()), 0);
+}

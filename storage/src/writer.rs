@@ -2,10 +2,13 @@
 
 use crate::{blob_path, sync_dir, Digest, Hasher, Store, StoreError};
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write};
+use std::io::{self, IoSlice, Write};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+
+/// Buffers per `writev`; Linux takes at most 1024.
+const MAX_IOVECS: usize = 512;
 
 static TEMP_SEQ: AtomicU64 = AtomicU64::new(0);
 
@@ -89,9 +92,65 @@ impl BlobWriter {
         Ok(())
     }
 
+    /// Appends several buffers with as few system calls as the kernel allows,
+    /// hashing them in order; saves gathering them into one buffer first.
+    pub fn write_all<B: AsRef<[u8]>>(&mut self, bufs: &[B]) -> io::Result<()> {
+        if self.store.inner.faults.fail_writes.load(Ordering::Relaxed) {
+            return Err(io::Error::new(
+                io::ErrorKind::StorageFull,
+                "injected write failure",
+            ));
+        }
+        // Skip past what earlier writev calls took: `first` whole buffers and
+        // `offset` bytes of the next one.
+        let (mut first, mut offset) = (0, 0);
+        loop {
+            while first < bufs.len() && bufs[first].as_ref().len() == offset {
+                first += 1;
+                offset = 0;
+            }
+            if first == bufs.len() {
+                break;
+            }
+            let slices: Vec<IoSlice<'_>> = std::iter::once(&bufs[first].as_ref()[offset..])
+                .chain(bufs[first + 1..].iter().map(AsRef::as_ref))
+                .take(MAX_IOVECS)
+                .map(IoSlice::new)
+                .collect();
+            let mut n = match self.file.write_vectored(&slices) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            };
+            while n > 0 {
+                let left = bufs[first].as_ref().len() - offset;
+                let took = n.min(left);
+                offset += took;
+                n -= took;
+                if offset == bufs[first].as_ref().len() {
+                    first += 1;
+                    offset = 0;
+                }
+            }
+        }
+        for b in bufs {
+            self.hasher.update(b.as_ref());
+            self.written += b.as_ref().len() as u64;
+        }
+        Ok(())
+    }
+
     /// Verifies the digest (and `expected_size` if known), fsyncs, renames the file
     /// under its digest's name and records it in the index.
-    pub fn commit(mut self, expected_size: Option<u64>) -> Result<u64, CommitError> {
+    pub fn commit(self, expected_size: Option<u64>) -> Result<u64, CommitError> {
+        Ok(self.verify(expected_size)?.persist()?)
+    }
+
+    /// Checks the bytes written against the digest (and `expected_size` if known)
+    /// without touching the disk. The bytes are known good from here on, so they
+    /// may be released to clients while [`VerifiedBlob::persist`] makes them durable.
+    pub fn verify(mut self, expected_size: Option<u64>) -> Result<VerifiedBlob, CommitError> {
         let actual =
             std::mem::replace(&mut self.hasher, Hasher::new(self.digest.algorithm())).finish();
         if actual != self.digest {
@@ -106,19 +165,39 @@ impl BlobWriter {
                 actual: self.written,
             });
         }
-        if self.store.inner.faults.fail_commits.load(Ordering::Relaxed) {
-            return Err(StoreError::Io(io::Error::other("injected commit failure")).into());
+        Ok(VerifiedBlob(self))
+    }
+}
+
+/// A temp file whose bytes hash to its digest, not yet durable or indexed.
+/// Dropping it without [`persist`](Self::persist) deletes the temp file.
+pub struct VerifiedBlob(BlobWriter);
+
+impl VerifiedBlob {
+    pub fn size(&self) -> u64 {
+        self.0.written
+    }
+
+    /// Fsyncs the file, renames it under its digest's name, syncs the directory
+    /// and records the blob in the index, in that order: the index never names a
+    /// file that a crash could leave partial.
+    pub fn persist(mut self) -> Result<u64, StoreError> {
+        let w = &mut self.0;
+        while w.store.inner.faults.hold_persists.load(Ordering::Relaxed) {
+            std::thread::sleep(std::time::Duration::from_millis(1));
         }
-        self.file.sync_all().map_err(StoreError::Io)?;
-        let dest = blob_path(&self.store.inner.blobs_dir, &self.digest);
+        if w.store.inner.faults.fail_commits.load(Ordering::Relaxed) {
+            return Err(StoreError::Io(io::Error::other("injected commit failure")));
+        }
+        w.file.sync_all()?;
+        let dest = blob_path(&w.store.inner.blobs_dir, &w.digest);
         let parent = dest.parent().expect("blob paths have a parent");
-        fs::create_dir_all(parent).map_err(StoreError::Io)?;
-        fs::rename(&self.temp, &dest).map_err(StoreError::Io)?;
-        self.done = true;
-        sync_dir(parent).map_err(StoreError::Io)?;
-        self.store
-            .index_committed_blob(&self.digest, self.written)?;
-        Ok(self.written)
+        fs::create_dir_all(parent)?;
+        fs::rename(&w.temp, &dest)?;
+        w.done = true;
+        sync_dir(parent)?;
+        w.store.index_committed_blob(&w.digest, w.written)?;
+        Ok(w.written)
     }
 }
 
