@@ -29,6 +29,8 @@ const WRITE_BATCH: usize = 256 * 1024;
 /// Batches queued for the writer thread: bounds the memory a fetch holds when the
 /// disk is slower than the network.
 const PIPELINE_BATCHES: usize = 8;
+/// Written bytes a fetch keeps in memory for followers that keep up.
+const RECENT_BYTES: u64 = 2 * 1024 * 1024;
 /// Largest chunk a client response reads at once.
 pub(crate) const READ_CHUNK: usize = 256 * 1024;
 /// How many times a dropped upstream transfer is resumed with `Range`.
@@ -64,6 +66,39 @@ pub(crate) struct FetchState {
     /// Bytes in the temp file so far.
     pub written: u64,
     pub file: Option<Arc<File>>,
+    /// The most recently written bytes, still in memory: a follower keeping up
+    /// with the transfer takes them from here instead of reading the file.
+    pub recent: Arc<RecentBytes>,
+}
+
+/// The newest written chunks with their offsets, oldest first, about
+/// [`RECENT_BYTES`] in all.
+#[derive(Debug, Default)]
+pub(crate) struct RecentBytes(Vec<(u64, Bytes)>);
+
+impl RecentBytes {
+    /// Up to `len` bytes at `pos`, if that offset is still held.
+    fn slice(&self, pos: u64, len: usize) -> Option<Bytes> {
+        let i = self
+            .0
+            .partition_point(|(off, b)| off + b.len() as u64 <= pos);
+        let (off, bytes) = self.0.get(i).filter(|(off, _)| *off <= pos)?;
+        let from = (pos - off) as usize;
+        Some(bytes.slice(from..bytes.len().min(from + len)))
+    }
+
+    /// `self` followed by `batch` (written at `offset`), trimmed to the newest
+    /// [`RECENT_BYTES`].
+    fn after(&self, mut offset: u64, batch: &[Bytes]) -> RecentBytes {
+        let mut chunks = self.0.clone();
+        for b in batch.iter().filter(|b| !b.is_empty()) {
+            chunks.push((offset, b.clone()));
+            offset += b.len() as u64;
+        }
+        let newest = chunks.last().map_or(0, |(off, b)| off + b.len() as u64);
+        chunks.retain(|(off, b)| off + b.len() as u64 + RECENT_BYTES > newest);
+        RecentBytes(chunks)
+    }
 }
 
 impl FetchState {
@@ -111,6 +146,7 @@ pub(crate) fn start(
         total: None,
         written: 0,
         file: None,
+        recent: Arc::default(),
     });
     tokio::spawn(async move {
         proxy
@@ -231,9 +267,13 @@ impl Sink {
         let (batches, mut rx) = mpsc::channel::<Vec<Bytes>>(PIPELINE_BATCHES);
         let thread = tokio::task::spawn_blocking(move || {
             while let Some(batch) = rx.blocking_recv() {
+                let offset = writer.written();
                 writer.write_all(&batch)?;
                 let written = writer.written();
-                tx.send_modify(|s| s.written = written);
+                tx.send_modify(|s| {
+                    s.recent = Arc::new(s.recent.after(offset, &batch));
+                    s.written = written;
+                });
             }
             Ok(writer)
         });
@@ -442,10 +482,14 @@ impl Follower {
                 (false, None) => s.written,
             };
             if self.pos < avail {
+                let len = (avail - self.pos).min(READ_CHUNK as u64) as usize;
+                if let Some(bytes) = s.recent.slice(self.pos, len) {
+                    self.pos += bytes.len() as u64;
+                    return Ok(Some(bytes));
+                }
                 let Some(file) = s.file.clone() else {
                     return Err(io::Error::other("fetch has no file"));
                 };
-                let len = (avail - self.pos).min(READ_CHUNK as u64) as usize;
                 let pos = self.pos;
                 let bytes = tokio::task::spawn_blocking(move || read_at(&file, pos, len))
                     .await
@@ -622,4 +666,25 @@ pub(crate) async fn passthrough(
         }
     });
     Ok((total, Box::pin(stream)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn recent_bytes_serve_held_offsets_and_forget_old_ones() {
+        let chunk = |n: usize, v: u8| Bytes::from(vec![v; n]);
+        let r = RecentBytes::default().after(0, &[chunk(10, 1), Bytes::new(), chunk(5, 2)]);
+        assert_eq!(&r.slice(0, 100).unwrap()[..], &[1; 10]);
+        assert_eq!(&r.slice(8, 100).unwrap()[..], &[1, 1]);
+        assert_eq!(&r.slice(10, 3).unwrap()[..], &[2, 2, 2]);
+        assert!(r.slice(15, 1).is_none(), "not written yet");
+        // A megabyte chunk pushes the first ones out once over RECENT_BYTES.
+        let big = RECENT_BYTES as usize;
+        let r = r.after(15, &[chunk(big, 3)]);
+        assert!(r.slice(0, 1).is_none(), "dropped from memory");
+        assert_eq!(r.slice(15, 4).unwrap()[..], [3; 4]);
+        assert_eq!(r.slice(15 + big as u64 - 1, 9).unwrap().len(), 1);
+    }
 }
