@@ -333,6 +333,13 @@ median() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{ a[NR] = $1 } END { prin
 
 vmhwm_mib() { awk '/^VmHWM:/ { printf "%.1f", $2 / 1024 }' "/proc/$1/status" 2>/dev/null || echo "n/a"; }
 
+# rss_note PHASE: each proxy's peak RSS so far, so the table's peak can be traced to a phase
+rss_note() {
+  local t line="peak RSS after $1:"
+  for t in "${PROXIES[@]}"; do line+=" $t $(vmhwm_mib "${PIDOF[$t]}") MiB"; done
+  note "$line"
+}
+
 # ================================================================== main
 mkdir -p "$OUT/logs"
 [[ -d "$OUT" ]] || die "cannot create $OUT"
@@ -487,12 +494,14 @@ curl -sS -f --max-time 10 -I "${BASE[nginx]}/v2/bench/app/manifests/1.0" -o /dev
 log "warm tag HEAD: ab -k -i -n $HEAD_N -c $HEAD_C (capped at ${HEAD_SECS}s)"
 for t in nginx "${PROXIES[@]}"; do ab_head "$t" "${BASE[$t]}/v2/bench/app/manifests/1.0"; done
 for t in "${PROXIES[@]}"; do up_per_heads "$t" "${BASE[$t]}/v2/bench/app/manifests/1.0"; done
+rss_note "warm HEADs"
 
 # ---- 2. warm blob GET throughput
 log "warm blob GET: wrk -t $GET_THREADS -c $GET_CONNS -d ${GET_SECS}s"
 for t in nginx "${PROXIES[@]}"; do wrk_get "$t" "${BASE[$t]}/v2/bench/app/blobs/sha256:$APP_HEX"; done
 log "warm blob GET: blobget.py, $GET_CONNS connections, ${GET_SECS}s, 1 MiB reads"
 for t in nginx "${PROXIES[@]}"; do pyget "$t" "${BASE[$t]}/v2/bench/app/blobs/sha256:$APP_HEX"; done
+rss_note "warm GETs"
 
 # the order of proxies alternates between repetitions, so neither always goes first
 order() { # order REP: PROXIES, reversed on odd REP
@@ -513,6 +522,7 @@ for t in "${PROXIES[@]}"; do
   note "$t herd, per repetition: upstream GETs${HERD_GETS[$t]}; wall s${HERD_WALL[$t]}"
   [[ -z "${HERD_HEADS_NOTE[$t]:-}" ]] || note "$t herd: also upstream blob HEADs per repetition:${HERD_HEADS_NOTE[$t]}"
 done
+rss_note "cold herds"
 
 # ---- 4. cold single pull: proxy time / direct-from-upstream time, each blob cold for each proxy
 log "cold single pull: $REPS fresh blobs, direct from upstream then through each proxy"

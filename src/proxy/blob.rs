@@ -266,6 +266,7 @@ impl Sink {
     fn start(mut writer: BlobWriter, tx: watch::Sender<FetchState>) -> Sink {
         let (batches, mut rx) = mpsc::channel::<Vec<Bytes>>(PIPELINE_BATCHES);
         let thread = tokio::task::spawn_blocking(move || {
+            writer.hash_in_background()?;
             while let Some(batch) = rx.blocking_recv() {
                 let offset = writer.written();
                 writer.write_all(&batch)?;

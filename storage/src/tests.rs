@@ -1,4 +1,5 @@
 use super::*;
+use bytes::Bytes;
 use std::io::Read;
 
 fn store(dir: &Path) -> Store {
@@ -313,25 +314,52 @@ fn purge_digest_removes_blob_manifest_and_tags() {
 
 #[test]
 fn vectored_writes_keep_order_across_empty_and_many_buffers() {
-    let dir = tempfile::tempdir().unwrap();
-    let s = store(dir.path());
     // More buffers than one writev takes, with empty ones at the edges and between.
-    let mut bufs: Vec<Vec<u8>> = vec![Vec::new()];
+    let mut bufs: Vec<Bytes> = vec![Bytes::new()];
     for i in 0..1500u32 {
-        bufs.push(i.to_be_bytes().repeat((i % 7) as usize));
+        bufs.push(i.to_be_bytes().repeat((i % 7) as usize).into());
         if i % 100 == 0 {
-            bufs.push(Vec::new());
+            bufs.push(Bytes::new());
         }
     }
-    bufs.push(Vec::new());
+    bufs.push(Bytes::new());
     let whole: Vec<u8> = bufs.concat();
     let digest = Digest::sha256_of(&whole);
+    for background in [false, true] {
+        let dir = tempfile::tempdir().unwrap();
+        let s = store(dir.path());
+        let mut w = s.begin_blob(&digest).unwrap();
+        if background {
+            w.hash_in_background().unwrap();
+        }
+        w.write_all(&bufs[..700]).unwrap();
+        w.write(b"").unwrap();
+        w.write_all(&bufs[700..]).unwrap();
+        assert_eq!(w.written(), whole.len() as u64);
+        w.commit(Some(whole.len() as u64)).unwrap();
+        assert_eq!(read_all(&s, &digest), whole);
+    }
+}
+
+#[test]
+fn background_hashing_rejects_wrong_bytes() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = store(dir.path());
+    let digest = Digest::sha256_of(b"right");
     let mut w = s.begin_blob(&digest).unwrap();
-    w.write_all(&bufs[..700]).unwrap();
-    w.write_all(&bufs[700..]).unwrap();
-    assert_eq!(w.written(), whole.len() as u64);
-    w.commit(Some(whole.len() as u64)).unwrap();
-    assert_eq!(read_all(&s, &digest), whole);
+    w.hash_in_background().unwrap();
+    w.write_all(&[Bytes::from_static(b"wro"), Bytes::from_static(b"ng")])
+        .unwrap();
+    assert!(
+        w.hash_in_background().is_err(),
+        "only before the first write"
+    );
+    assert!(matches!(
+        w.commit(None),
+        Err(CommitError::DigestMismatch { .. })
+    ));
+    assert_eq!(s.blob_size(&digest).unwrap(), None);
+    assert_eq!(tmp_entries(dir.path()), 0);
 }
 
 #[test]

@@ -1,11 +1,15 @@
 //! Writing a blob: a temp file hashed as it grows, committed only if it verifies.
 
 use crate::{blob_path, sync_dir, Digest, Hasher, Store, StoreError};
+use bytes::Bytes;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, IoSlice, Write};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+
+/// Batches queued for a background hash thread.
+const HASH_QUEUE: usize = 8;
 
 /// Buffers per `writev`; Linux takes at most 1024.
 const MAX_IOVECS: usize = 512;
@@ -32,7 +36,7 @@ pub struct BlobWriter {
     file: File,
     /// A second handle on the same file for readers streaming the bytes as they land.
     shared: Arc<File>,
-    hasher: Hasher,
+    hashing: Hashing,
     written: u64,
     done: bool,
 }
@@ -52,7 +56,7 @@ impl BlobWriter {
             .open(&temp)?;
         let shared = Arc::new(file.try_clone()?);
         Ok(BlobWriter {
-            hasher: Hasher::new(digest.algorithm()),
+            hashing: Hashing::Inline(Hasher::new(digest.algorithm())),
             store,
             digest,
             temp,
@@ -78,6 +82,29 @@ impl BlobWriter {
         self.shared.clone()
     }
 
+    /// Hashes on a thread of its own from here on, so the hash of one batch
+    /// overlaps the write of the next: a blob streamed from the network is then
+    /// limited by the slower of the two, not their sum. Only before any write.
+    pub fn hash_in_background(&mut self) -> io::Result<()> {
+        if self.written > 0 {
+            return Err(io::Error::other("hash_in_background after a write"));
+        }
+        let mut hasher = Hasher::new(self.digest.algorithm());
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<Bytes>>(HASH_QUEUE);
+        let thread = std::thread::Builder::new()
+            .name("ferry-hash".into())
+            .spawn(move || {
+                for batch in rx {
+                    for b in &batch {
+                        hasher.update(b);
+                    }
+                }
+                hasher
+            })?;
+        self.hashing = Hashing::Thread { tx, thread };
+        Ok(())
+    }
+
     /// Appends bytes, hashing them.
     pub fn write(&mut self, bytes: &[u8]) -> io::Result<()> {
         if self.store.inner.faults.fail_writes.load(Ordering::Relaxed) {
@@ -87,14 +114,14 @@ impl BlobWriter {
             ));
         }
         self.file.write_all(bytes)?;
-        self.hasher.update(bytes);
+        self.hashing.update_slice(bytes);
         self.written += bytes.len() as u64;
         Ok(())
     }
 
     /// Appends several buffers with as few system calls as the kernel allows,
     /// hashing them in order; saves gathering them into one buffer first.
-    pub fn write_all<B: AsRef<[u8]>>(&mut self, bufs: &[B]) -> io::Result<()> {
+    pub fn write_all(&mut self, bufs: &[Bytes]) -> io::Result<()> {
         if self.store.inner.faults.fail_writes.load(Ordering::Relaxed) {
             return Err(io::Error::new(
                 io::ErrorKind::StorageFull,
@@ -105,14 +132,14 @@ impl BlobWriter {
         // `offset` bytes of the next one.
         let (mut first, mut offset) = (0, 0);
         loop {
-            while first < bufs.len() && bufs[first].as_ref().len() == offset {
+            while first < bufs.len() && bufs[first].len() == offset {
                 first += 1;
                 offset = 0;
             }
             if first == bufs.len() {
                 break;
             }
-            let slices: Vec<IoSlice<'_>> = std::iter::once(&bufs[first].as_ref()[offset..])
+            let slices: Vec<IoSlice<'_>> = std::iter::once(&bufs[first][offset..])
                 .chain(bufs[first + 1..].iter().map(AsRef::as_ref))
                 .take(MAX_IOVECS)
                 .map(IoSlice::new)
@@ -124,20 +151,18 @@ impl BlobWriter {
                 Err(e) => return Err(e),
             };
             while n > 0 {
-                let left = bufs[first].as_ref().len() - offset;
+                let left = bufs[first].len() - offset;
                 let took = n.min(left);
                 offset += took;
                 n -= took;
-                if offset == bufs[first].as_ref().len() {
+                if offset == bufs[first].len() {
                     first += 1;
                     offset = 0;
                 }
             }
         }
-        for b in bufs {
-            self.hasher.update(b.as_ref());
-            self.written += b.as_ref().len() as u64;
-        }
+        self.hashing.update(bufs);
+        self.written += bufs.iter().map(|b| b.len() as u64).sum::<u64>();
         Ok(())
     }
 
@@ -151,8 +176,9 @@ impl BlobWriter {
     /// without touching the disk. The bytes are known good from here on, so they
     /// may be released to clients while [`VerifiedBlob::persist`] makes them durable.
     pub fn verify(mut self, expected_size: Option<u64>) -> Result<VerifiedBlob, CommitError> {
-        let actual =
-            std::mem::replace(&mut self.hasher, Hasher::new(self.digest.algorithm())).finish();
+        let actual = std::mem::replace(&mut self.hashing, Hashing::Done)
+            .finish()
+            .map_err(StoreError::Io)?;
         if actual != self.digest {
             return Err(CommitError::DigestMismatch {
                 expected: self.digest.clone(),
@@ -205,6 +231,50 @@ impl Drop for BlobWriter {
     fn drop(&mut self) {
         if !self.done {
             let _ = fs::remove_file(&self.temp);
+        }
+    }
+}
+
+/// Where a writer's bytes are hashed.
+enum Hashing {
+    Inline(Hasher),
+    /// A thread fed batches in write order; joined for the digest.
+    Thread {
+        tx: std::sync::mpsc::SyncSender<Vec<Bytes>>,
+        thread: std::thread::JoinHandle<Hasher>,
+    },
+    /// Finished: the digest was taken.
+    Done,
+}
+
+impl Hashing {
+    fn update(&mut self, bufs: &[Bytes]) {
+        match self {
+            Hashing::Inline(h) => bufs.iter().for_each(|b| h.update(b)),
+            // A send fails only if the thread died; `finish` reports that.
+            Hashing::Thread { tx, .. } => drop(tx.send(bufs.to_vec())),
+            Hashing::Done => {}
+        }
+    }
+
+    fn update_slice(&mut self, bytes: &[u8]) {
+        match self {
+            Hashing::Inline(h) => h.update(bytes),
+            _ => self.update(&[Bytes::copy_from_slice(bytes)]),
+        }
+    }
+
+    fn finish(self) -> io::Result<Digest> {
+        match self {
+            Hashing::Inline(h) => Ok(h.finish()),
+            Hashing::Thread { tx, thread } => {
+                drop(tx);
+                thread
+                    .join()
+                    .map(Hasher::finish)
+                    .map_err(|_| io::Error::other("hash thread panicked"))
+            }
+            Hashing::Done => Err(io::Error::other("digest already taken")),
         }
     }
 }
