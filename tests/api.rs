@@ -155,6 +155,52 @@ async fn m6_index_served_byte_exact_with_its_type() {
 }
 
 #[tokio::test]
+async fn m5_m7_accept_in_several_lines_or_with_a_wildcard() {
+    let up = FakeRegistry::start().await;
+    let (m1, _) = up.add_image("library/multi", "amd64", &[b"a"]);
+    let index = format!(
+        r#"{{"schemaVersion":2,"mediaType":"{OCI_INDEX}","manifests":[{{"mediaType":"{OCI_MANIFEST}","digest":"{m1}","size":1,"platform":{{"architecture":"amd64","os":"linux"}}}}]}}"#
+    );
+    let d = up.add_manifest("library/multi", Some("1.0"), OCI_INDEX, index);
+    let p = Proxied::start(&up).await;
+    // M5: one Accept header per type, the index type not first.
+    let r = p
+        .client
+        .get(p.url("/v2/library/multi/manifests/1.0"))
+        .header("accept", OCI_MANIFEST)
+        .header(
+            "accept",
+            "application/vnd.docker.distribution.manifest.list.v2+json",
+        )
+        .header("accept", OCI_INDEX)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(header(&r, "content-type"), Some(OCI_INDEX));
+    assert_eq!(sha256(&r.bytes().await.unwrap()), d);
+    // M7: containerd fetching a platform manifest by digest.
+    let r = p
+        .get_with(
+            &format!("/v2/library/multi/manifests/{m1}"),
+            &[("accept", &format!("{OCI_MANIFEST}, */*"))],
+        )
+        .await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(header(&r, "content-type"), Some(OCI_MANIFEST));
+    assert_eq!(sha256(&r.bytes().await.unwrap()), m1);
+    // Upstream was asked with the full list both times, never the client's.
+    assert!(up.requests().iter().filter(|r| r.is_manifest()).all(|r| r
+        .headers
+        .get_all("accept")
+        .iter()
+        .count()
+        == 1
+        && r.headers["accept"].to_str().unwrap().contains(OCI_INDEX)
+        && !r.headers["accept"].to_str().unwrap().contains("*/*")));
+}
+
+#[tokio::test]
 async fn m8_missing_tag_is_manifest_unknown() {
     let up = FakeRegistry::start().await;
     up.add_image("library/alpine", "latest", &[b"l"]);

@@ -179,3 +179,70 @@ async fn a6_ferry_itself_never_answers_401() {
         assert!(r.headers().get("www-authenticate").is_none());
     }
 }
+
+#[tokio::test]
+async fn a5_a_redirect_target_with_its_own_realm_gets_its_own_token() {
+    let up = FakeRegistry::start().await;
+    up.set_auth(Auth::Bearer {
+        expires_in: Some(300),
+        basic: Some(("user".into(), "secret".into())),
+        access_token_only: false,
+        quay_style: false,
+    });
+    let (_, layers) = up.add_image("library/app", "1", &[b"layer one", b"layer two"]);
+    up.redirect_blobs_to_cdn(true);
+    up.require_cdn_auth(true);
+    let toml = format!(
+        "[[upstream]]\nname = \"up\"\nurl = \"{}\"\nusername = \"user\"\npassword = \"secret\"\n",
+        up.url()
+    );
+    let p = Proxied::with_toml(&up, &toml).await;
+    for d in &layers {
+        let r = p.get(&format!("/v2/library/app/blobs/{d}")).await;
+        assert_eq!(r.status(), 200);
+        assert_eq!(body_digest(r).await.unwrap().0, *d);
+    }
+    let reqs = up.requests();
+    let token_requests: Vec<_> = reqs.iter().filter(|r| r.host == fake::Host::Auth).collect();
+    let cdn_token_requests: Vec<_> = token_requests
+        .iter()
+        .filter(|r| r.path == "/cdn-token")
+        .collect();
+    assert_eq!(cdn_token_requests.len(), 1, "one CDN token, reused");
+    assert!(
+        cdn_token_requests[0]
+            .query
+            .as_deref()
+            .unwrap_or("")
+            .contains("service=fake-cdn"),
+        "{:?}",
+        cdn_token_requests[0].query
+    );
+    assert!(
+        !cdn_token_requests[0].headers.contains_key("authorization"),
+        "the upstream's credentials went to the CDN's realm"
+    );
+    assert_eq!(token_requests.len(), 2, "one registry token, one CDN token");
+    let cdn: Vec<_> = reqs.iter().filter(|r| r.host == fake::Host::Cdn).collect();
+    // The first CDN request goes without credentials and learns the challenge;
+    // the second blob's goes straight with the CDN token.
+    assert_eq!(
+        cdn.len(),
+        3,
+        "{:?}",
+        cdn.iter().map(|r| &r.headers).collect::<Vec<_>>()
+    );
+    let registry_tokens: Vec<String> = reqs
+        .iter()
+        .filter(|r| r.host == fake::Host::Registry)
+        .filter_map(|r| r.headers.get("authorization"))
+        .map(|v| v.to_str().unwrap().to_string())
+        .collect();
+    assert!(!registry_tokens.is_empty());
+    assert!(
+        cdn.iter()
+            .filter_map(|r| r.headers.get("authorization"))
+            .all(|v| !registry_tokens.contains(&v.to_str().unwrap().to_string())),
+        "a registry token was sent to the CDN"
+    );
+}

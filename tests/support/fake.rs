@@ -133,6 +133,10 @@ struct State {
     tokens: Mutex<HashMap<String, String>>,
     redirect_blobs: AtomicBool,
     redirect_manifests: AtomicBool,
+    /// The CDN host demands a Bearer token of its own (service `fake-cdn`).
+    cdn_auth: AtomicBool,
+    /// Tokens issued for the CDN's service.
+    cdn_tokens: Mutex<std::collections::HashSet<String>>,
     /// Blob bodies fully sent (for "first byte before upstream completes").
     blob_bodies_completed: AtomicUsize,
     addrs: Mutex<HashMap<&'static str, SocketAddr>>,
@@ -164,6 +168,8 @@ impl FakeRegistry {
             tokens: Mutex::default(),
             redirect_blobs: AtomicBool::new(false),
             redirect_manifests: AtomicBool::new(false),
+            cdn_auth: AtomicBool::new(false),
+            cdn_tokens: Mutex::default(),
             blob_bodies_completed: AtomicUsize::new(0),
             addrs: Mutex::default(),
             up,
@@ -289,6 +295,12 @@ impl FakeRegistry {
 
     pub fn redirect_blobs_to_cdn(&self, on: bool) {
         self.state.redirect_blobs.store(on, Ordering::SeqCst);
+    }
+
+    /// The CDN answers 401 with its own Bearer realm until given a CDN token
+    /// (registry.k8s.io redirecting to Artifact Registry).
+    pub fn require_cdn_auth(&self, on: bool) {
+        self.state.cdn_auth.store(on, Ordering::SeqCst);
     }
 
     pub fn redirect_manifests_to_cdn(&self, on: bool) {
@@ -449,6 +461,24 @@ async fn handle(state: Arc<State>, host: Host, req: Request<Incoming>) -> Respon
             return r;
         }
     }
+    if host == Host::Cdn && state.cdn_auth.load(Ordering::SeqCst) {
+        let token = req
+            .headers()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "));
+        if !token.is_some_and(|t| state.cdn_tokens.lock().unwrap().contains(t)) {
+            let auth_addr = state.addrs.lock().unwrap()["auth"];
+            let mut r = error(401, "UNAUTHORIZED");
+            r.headers_mut().insert(
+                "www-authenticate",
+                format!(r#"Bearer realm="http://{auth_addr}/cdn-token",service="fake-cdn",scope="repository:{repo}:pull""#)
+                    .parse()
+                    .unwrap(),
+            );
+            return r;
+        }
+    }
     match kind {
         "manifests" => manifest(&state, &faults, req.method(), &repo, &last),
         "blobs" => blob(&state, &faults, req.method(), req.headers(), &last),
@@ -544,7 +574,8 @@ fn token(state: &State, req: &Request<Incoming>, query: Option<&str>) -> Respons
     else {
         return error(404, "NO_TOKEN_SERVER");
     };
-    if let Some((u, p)) = creds {
+    // The CDN's realm is anonymous; the registry's may demand credentials.
+    if let Some((u, p)) = creds.filter(|_| req.uri().path() != "/cdn-token") {
         let given = req
             .headers()
             .get("authorization")
@@ -559,7 +590,11 @@ fn token(state: &State, req: &Request<Incoming>, query: Option<&str>) -> Respons
         .unwrap_or_default();
     let n = state.tokens_issued.fetch_add(1, Ordering::SeqCst);
     let tok = format!("tok-{n}");
-    state.tokens.lock().unwrap().insert(tok.clone(), scope);
+    if req.uri().path() == "/cdn-token" {
+        state.cdn_tokens.lock().unwrap().insert(tok.clone());
+    } else {
+        state.tokens.lock().unwrap().insert(tok.clone(), scope);
+    }
     let mut body = serde_json::json!({});
     if access_token_only {
         body["access_token"] = tok.into();
