@@ -88,12 +88,7 @@ async fn b5_corrupt_bytes_abort_the_response_and_cache_nothing() {
             "a clean 200 with wrong bytes"
         );
     }
-    assert!(p
-        .proxy
-        .store
-        .blob_size(&d.parse().unwrap())
-        .unwrap()
-        .is_none());
+    assert!(p.stored_size(&d).is_none());
     up.faults(|f| f.wrong_bytes = false);
     let r = p.get(&path).await;
     assert_eq!(r.status(), 200);
@@ -115,12 +110,7 @@ async fn b5_truncated_transfer_that_cannot_resume_aborts() {
     if r.status() == 200 {
         assert!(body_digest(r).await.is_err());
     }
-    assert!(p
-        .proxy
-        .store
-        .blob_size(&d.parse().unwrap())
-        .unwrap()
-        .is_none());
+    assert!(p.stored_size(&d).is_none());
     assert_eq!(
         up.count("GET", |r| r.is_blob() && r.headers.contains_key("range")),
         1,
@@ -155,12 +145,7 @@ async fn dropped_transfer_resumes_with_range() {
     assert!(offset > 0 && offset <= 300_000, "{resumes:?}");
     assert_eq!(p.metric("ferry_fetch_resumes_total"), 1);
     p.settled().await;
-    assert!(p
-        .proxy
-        .store
-        .blob_size(&d.parse().unwrap())
-        .unwrap()
-        .is_some());
+    assert!(p.stored_size(&d).is_some());
 }
 
 #[tokio::test]
@@ -318,12 +303,7 @@ async fn verified_bytes_reach_clients_before_the_blob_is_durable() {
     let path = format!("/v2/library/app/blobs/{d}");
     // The whole body arrives although the blob cannot be persisted yet.
     assert_eq!(body_digest(p.get(&path).await).await.unwrap().0, d);
-    assert!(p
-        .proxy
-        .store
-        .blob_size(&d.parse().unwrap())
-        .unwrap()
-        .is_none());
+    assert!(p.stored_size(&d).is_none());
     // A request meanwhile joins the fetch, now with a known length: no second GET.
     let r = p.get(&path).await;
     assert_eq!(header(&r, "content-length"), Some("300000"));
@@ -331,10 +311,7 @@ async fn verified_bytes_reach_clients_before_the_blob_is_durable() {
     assert_eq!(up.count("GET", |r| r.is_blob()), 1);
     hold.store(false, Ordering::SeqCst);
     p.settled().await;
-    assert_eq!(
-        p.proxy.store.blob_size(&d.parse().unwrap()).unwrap(),
-        Some(300_000)
-    );
+    assert_eq!(p.stored_size(&d), Some(300_000));
     body_digest(p.get(&path).await).await.unwrap();
     assert_eq!(up.count("GET", |r| r.is_blob()), 1);
     assert_eq!(p.metric("ferry_cache_hits_total{kind=\"blob\"}"), 1);

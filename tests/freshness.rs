@@ -374,12 +374,7 @@ async fn a_client_leaving_does_not_cancel_the_fetch_for_the_others() {
     assert_eq!(follower.await.unwrap(), (d.clone(), 4 * MIB));
     assert_eq!(up.count("GET", |r| r.is_blob()), 1);
     p.settled().await;
-    assert!(p
-        .proxy
-        .store
-        .blob_size(&d.parse().unwrap())
-        .unwrap()
-        .is_some());
+    assert!(p.stored_size(&d).is_some());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -407,12 +402,7 @@ async fn corrupt_bytes_under_concurrency_reach_no_client_as_a_clean_200() {
         results.iter().all(Option::is_none),
         "someone got a complete 200: {results:?}"
     );
-    assert!(p
-        .proxy
-        .store
-        .blob_size(&d.parse().unwrap())
-        .unwrap()
-        .is_none());
+    assert!(p.stored_size(&d).is_none());
     assert_eq!(up.count("GET", |r| r.is_blob()), 1);
     up.faults(|f| f.wrong_bytes = false);
     let r = p.get(&path).await;

@@ -80,12 +80,7 @@ async fn a_failing_disk_degrades_to_uncached_streaming_and_recovers() {
         &r.bytes().await.unwrap()[..],
         &bytes_of(MIB, 301)[1000..2000]
     );
-    assert!(p
-        .proxy
-        .store
-        .blob_size(&a.parse().unwrap())
-        .unwrap()
-        .is_none());
+    assert!(p.stored_size(&a).is_none());
     assert_eq!(
         p.metric("ferry_store_write_errors_total"),
         1,
@@ -109,12 +104,7 @@ async fn a_failing_disk_degrades_to_uncached_streaming_and_recovers() {
         .await
         .unwrap();
     p.settled().await;
-    assert!(p
-        .proxy
-        .store
-        .blob_size(&a.parse().unwrap())
-        .unwrap()
-        .is_some());
+    assert!(p.stored_size(&a).is_some());
 }
 
 #[tokio::test]
@@ -130,12 +120,7 @@ async fn a_failing_commit_still_serves_the_verified_bytes() {
     let r = p.get(&format!("/v2/library/app/blobs/{a}")).await;
     assert_eq!(body_digest(r).await.unwrap(), (a.clone(), MIB));
     p.settled().await;
-    assert!(p
-        .proxy
-        .store
-        .blob_size(&a.parse().unwrap())
-        .unwrap()
-        .is_none());
+    assert!(p.stored_size(&a).is_none());
     assert!(p.proxy.store.fsck(true, false).unwrap().clean());
 }
 

@@ -135,6 +135,14 @@ impl Proxied {
         r.send().await.unwrap()
     }
 
+    /// The size of a blob in Ferry's store, `None` when it is not cached.
+    pub fn stored_size(&self, digest: &str) -> Option<u64> {
+        self.proxy
+            .store
+            .blob_size(&digest.parse().unwrap())
+            .unwrap()
+    }
+
     /// Waits until no blob fetch is in flight: a fetch releases the last byte
     /// to clients once it verifies, then persists, so the store catches up just
     /// after a response ends.
