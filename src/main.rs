@@ -42,6 +42,8 @@ enum Command {
     },
     /// Remove a digest, a tag or a repository's tags from the cache.
     Purge(PurgeArgs),
+    /// Cache an image (every platform, every layer) through a running Ferry.
+    Prefetch(PrefetchArgs),
 }
 
 #[derive(Subcommand)]
@@ -69,12 +71,28 @@ struct ServeArgs {
     /// Size budget for cached blobs, e.g. 10GiB [default: unbounded].
     #[arg(long)]
     max_cache_size: Option<String>,
-    /// Address for the admin API (purge, fsck) [default: off].
+    /// Address for the admin API (purge, prefetch, fsck) [default: off].
     #[arg(long)]
     admin_listen: Option<String>,
     /// Log one line per request.
     #[arg(long)]
     access_log: bool,
+}
+
+#[derive(Args)]
+struct PrefetchArgs {
+    /// A running Ferry's admin API, e.g. http://127.0.0.1:5001.
+    #[arg(long)]
+    admin: String,
+    /// Upstream name or alias (e.g. docker.io).
+    #[arg(long)]
+    upstream: String,
+    /// Repository as named upstream (e.g. library/alpine).
+    #[arg(long)]
+    repository: String,
+    /// A tag or a digest.
+    #[arg(long, default_value = "latest")]
+    reference: String,
 }
 
 #[derive(Args)]
@@ -163,6 +181,7 @@ fn run(command: Command) -> Result<ExitCode> {
             repair,
         } => fsck(data_dir, verify, repair),
         Command::Purge(args) => purge(args),
+        Command::Prefetch(args) => prefetch(args),
     }
 }
 
@@ -283,25 +302,7 @@ fn purge(args: PurgeArgs) -> Result<ExitCode> {
         _ => bail!("give --digest, or --upstream and --repository [--tag]"),
     }
     if let Some(admin) = &args.admin {
-        let url = format!(
-            "{}/admin/purge?{}",
-            admin.trim_end_matches('/'),
-            query.finish()
-        );
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?;
-        let (status, body) = runtime.block_on(async {
-            let resp = reqwest::Client::new().post(&url).send().await?;
-            let status = resp.status();
-            Ok::<_, reqwest::Error>((status, resp.text().await?))
-        })?;
-        println!("{body}");
-        return Ok(if status.is_success() {
-            ExitCode::SUCCESS
-        } else {
-            ExitCode::from(1)
-        });
+        return admin_post(admin, "purge", &query.finish());
     }
     let Some(data_dir) = args.data_dir.clone() else {
         bail!("give --admin URL (Ferry running) or --data-dir DIR (Ferry stopped)");
@@ -323,6 +324,35 @@ fn purge(args: PurgeArgs) -> Result<ExitCode> {
     };
     println!("{{\"removed\":{removed}}}");
     Ok(ExitCode::SUCCESS)
+}
+
+/// POSTs to a running Ferry's admin API, prints the JSON answer, and exits
+/// non-zero unless it succeeded.
+fn admin_post(admin: &str, endpoint: &str, query: &str) -> Result<ExitCode> {
+    let url = format!("{}/admin/{endpoint}?{query}", admin.trim_end_matches('/'));
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let (status, body) = runtime.block_on(async {
+        let resp = reqwest::Client::new().post(&url).send().await?;
+        let status = resp.status();
+        Ok::<_, reqwest::Error>((status, resp.text().await?))
+    })?;
+    println!("{body}");
+    Ok(if status.is_success() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+fn prefetch(args: PrefetchArgs) -> Result<ExitCode> {
+    let query = url::form_urlencoded::Serializer::new(String::new())
+        .append_pair("upstream", &args.upstream)
+        .append_pair("repository", &args.repository)
+        .append_pair("reference", &args.reference)
+        .finish();
+    admin_post(&args.admin, "prefetch", &query)
 }
 
 /// The stored upstream name and repository for an offline tag purge: resolved

@@ -321,3 +321,73 @@ fn bad_configuration_exits_before_binding() {
     assert!(out.status.success());
     assert!(String::from_utf8_lossy(&out.stdout).contains("127.0.0.1:5001 (default)"));
 }
+
+#[tokio::test]
+async fn prefetch_caches_every_platform_so_pulls_cost_nothing_upstream() {
+    let up = FakeRegistry::start().await;
+    let shared: &[u8] = b"base layer both platforms share";
+    let (amd, amd_layers) = up.add_image("library/multi", "amd64", &[shared, b"amd64 app"]);
+    let (arm, arm_layers) = up.add_image("library/multi", "arm64", &[shared, b"arm64 app"]);
+    let index = format!(
+        r#"{{"schemaVersion":2,"mediaType":"{OCI_INDEX}","manifests":[{{"mediaType":"{OCI_MANIFEST}","digest":"{amd}","size":1}},{{"mediaType":"{OCI_MANIFEST}","digest":"{arm}","size":1}}]}}"#
+    );
+    let idx = up.add_manifest("library/multi", Some("1.0"), OCI_INDEX, index);
+    let (p, admin) = with_admin(&up).await;
+    let prefetch = |reference: &str| {
+        tokio::process::Command::new(env!("CARGO_BIN_EXE_ferry"))
+            .args(["prefetch", "--admin", &admin, "--upstream", "docker.io"])
+            .args(["--repository", "multi", "--reference", reference])
+            .output()
+    };
+    let out = prefetch("1.0").await.unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    // 2 configs + 3 distinct layers.
+    assert_eq!(report["digest"], idx);
+    assert_eq!(report["manifests"], 3);
+    assert_eq!(report["blobs"], 5);
+    assert_eq!(report["blobs_fetched"], 5);
+    assert_eq!(
+        up.count("GET", |r| r.is_blob()),
+        5,
+        "one GET per distinct blob"
+    );
+    p.settled().await;
+
+    // Every platform pulls without a single upstream request inside the TTL.
+    up.clear_requests();
+    assert_eq!(p.head("/v2/multi/manifests/1.0").await.status(), 200);
+    for (m, layers) in [(&amd, &amd_layers), (&arm, &arm_layers)] {
+        let r = p.get(&format!("/v2/multi/manifests/{m}")).await;
+        assert_eq!(r.status(), 200);
+        for l in layers {
+            let r = p.get(&format!("/v2/multi/blobs/{l}")).await;
+            assert_eq!(body_digest(r).await.unwrap().0, *l);
+        }
+    }
+    assert_eq!(up.total(), 0);
+
+    // Again, by digest: everything is there already.
+    let out = prefetch(&idx).await.unwrap();
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["blobs_cached"], 5);
+    assert_eq!(report["blobs_fetched"], 0);
+    assert_eq!(up.count("GET", |r| r.is_blob()), 0);
+
+    // A tag upstream does not have: the OCI error, and a failing exit code.
+    let out = prefetch("nope").await.unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("MANIFEST_UNKNOWN"));
+    let r = reqwest::Client::new()
+        .post(format!(
+            "{admin}/admin/prefetch?upstream=docker.io&repository=multi&reference=sha256:zz"
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+}

@@ -1,5 +1,7 @@
 //! Manifest media types and the `Accept` list Ferry always sends upstream.
 
+use super::Digest;
+
 pub const DOCKER_MANIFEST_V2: &str = "application/vnd.docker.distribution.manifest.v2+json";
 pub const DOCKER_MANIFEST_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
 pub const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
@@ -50,6 +52,46 @@ pub fn manifest_media_type(content_type: Option<&str>, body: &[u8]) -> Option<St
     }
 }
 
+/// What a manifest points at, for prefetching: the child manifests of an index
+/// (or Docker list), and the config and layers of an image manifest. Layers
+/// with `urls` (non-distributable, e.g. Windows base layers) are left out: the
+/// registry does not serve them. Unparseable bodies reference nothing.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct References {
+    pub manifests: Vec<Digest>,
+    pub blobs: Vec<Digest>,
+}
+
+pub fn references(body: &[u8]) -> References {
+    #[derive(serde::Deserialize)]
+    struct Descriptor {
+        digest: String,
+        #[serde(default)]
+        urls: Vec<String>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Probe {
+        #[serde(default)]
+        manifests: Vec<Descriptor>,
+        config: Option<Descriptor>,
+        #[serde(default)]
+        layers: Vec<Descriptor>,
+    }
+    let Ok(probe) = serde_json::from_slice::<Probe>(body) else {
+        return References::default();
+    };
+    let digests = |ds: Vec<Descriptor>| -> Vec<Digest> {
+        ds.into_iter()
+            .filter(|d| d.urls.is_empty())
+            .filter_map(|d| d.digest.parse().ok())
+            .collect()
+    };
+    References {
+        manifests: digests(probe.manifests),
+        blobs: digests(probe.config.into_iter().chain(probe.layers).collect()),
+    }
+}
+
 /// Schema1 manifests are refused: their digest covers a JWS payload, not the
 /// body, and containerd 2.x no longer accepts them.
 pub fn is_schema1(media_type: &str) -> bool {
@@ -83,5 +125,25 @@ mod tests {
             Some(OCI_MANIFEST.to_string())
         );
         assert_eq!(manifest_media_type(None, b"not json"), None);
+    }
+
+    #[test]
+    fn index_children_and_image_blobs_without_foreign_layers() {
+        let a = format!("sha256:{}", "a".repeat(64));
+        let b = format!("sha256:{}", "b".repeat(64));
+        let c = format!("sha256:{}", "c".repeat(64));
+        let index = format!(
+            r#"{{"schemaVersion":2,"manifests":[{{"digest":"{a}","size":1}},{{"digest":"not-a-digest"}}]}}"#
+        );
+        let r = references(index.as_bytes());
+        assert_eq!(r.manifests, vec![a.parse().unwrap()]);
+        assert!(r.blobs.is_empty());
+        let image = format!(
+            r#"{{"schemaVersion":2,"config":{{"digest":"{a}"}},"layers":[{{"digest":"{b}"}},{{"digest":"{c}","urls":["https://x"]}}]}}"#
+        );
+        let r = references(image.as_bytes());
+        assert!(r.manifests.is_empty());
+        assert_eq!(r.blobs, vec![a.parse().unwrap(), b.parse().unwrap()]);
+        assert_eq!(references(b"not json"), References::default());
     }
 }

@@ -12,6 +12,7 @@
 
 mod blob;
 mod flight;
+mod prefetch;
 
 pub use flight::SingleFlight;
 
@@ -25,6 +26,7 @@ use bytes::Bytes;
 use ferry_storage::{Store, StoredManifest, TagKey, TagRecord};
 use futures_util::Stream;
 use http::StatusCode;
+pub use prefetch::PrefetchReport;
 use std::collections::HashMap;
 use std::io;
 use std::pin::Pin;

@@ -5,11 +5,15 @@
 //! - `POST /admin/purge?digest=sha256:…` drops a blob or manifest and the tags pointing at it;
 //! - `POST /admin/purge?upstream=docker.io&repository=library/alpine[&tag=latest]`
 //!   drops one tag, or every tag of a repository (they are resolved afresh next time);
+//! - `POST /admin/prefetch?upstream=docker.io&repository=library/alpine&reference=3.20`
+//!   caches an image (a tag or a digest; every platform of an index) and answers
+//!   when it is all in, with counts of manifests and blobs fetched;
 //! - `GET /admin/fsck[?verify=true]` checks the store (report only; repair runs offline).
 
 use super::{error_response, sized, text, Body};
-use crate::oci::{route::query_param, Digest, ErrorCode, OciError, RepoName};
+use crate::oci::{route::query_param, Digest, ErrorCode, OciError, Reference, RepoName};
 use crate::proxy::Proxy;
+use crate::upstream::Upstream;
 use bytes::Bytes;
 use http::header::HeaderValue;
 use http::{Method, Request, Response, StatusCode};
@@ -24,6 +28,7 @@ pub async fn handle(
     let query = req.uri().query();
     let resp = match (req.method(), req.uri().path()) {
         (&Method::POST, "/admin/purge") => purge(&proxy, query).await,
+        (&Method::POST, "/admin/prefetch") => prefetch(&proxy, query).await,
         (&Method::GET, "/admin/fsck") => fsck(&proxy, query).await,
         (&Method::GET, "/healthz") => Ok(text(StatusCode::OK, "ok\n")),
         _ => Err(
@@ -48,21 +53,7 @@ async fn purge(proxy: &Arc<Proxy>, query: Option<&str>) -> Result<Response<Body>
         tracing::info!(%d, removed = n, "purged digest");
         n
     } else {
-        let upstream = query_param(query, "upstream")
-            .ok_or_else(|| bad("give digest=, or upstream= and repository="))?;
-        let repo = query_param(query, "repository")
-            .ok_or_else(|| bad("repository= is required with upstream="))?;
-        let up = proxy
-            .router
-            .by_name(&upstream)
-            .ok_or_else(|| bad(format!("no upstream named {upstream:?}")))?;
-        let repo = RepoName::parse(&repo)
-            .ok_or_else(|| OciError::new(ErrorCode::NameInvalid, "invalid repository"))?;
-        let repo = if up.config.library_prefix {
-            repo.with_library_prefix()
-        } else {
-            repo
-        };
+        let (up, repo) = upstream_repository(proxy, query)?;
         let tag = query_param(query, "tag");
         let name = up.name().to_string();
         let (r, t) = (repo.to_string(), tag.clone());
@@ -71,6 +62,51 @@ async fn purge(proxy: &Arc<Proxy>, query: Option<&str>) -> Result<Response<Body>
         n
     };
     let body = serde_json::json!({ "removed": removed }).to_string();
+    Ok(sized(
+        HeaderValue::from_static("application/json"),
+        Bytes::from(body),
+        false,
+    ))
+}
+
+/// The `upstream=` and `repository=` parameters, resolved as a pull would
+/// resolve them (aliases, Docker Hub's `library/`).
+fn upstream_repository(
+    proxy: &Proxy,
+    query: Option<&str>,
+) -> Result<(Arc<Upstream>, RepoName), OciError> {
+    let upstream = query_param(query, "upstream")
+        .ok_or_else(|| bad("upstream= and repository= are required (or digest= to purge)"))?;
+    let repo = query_param(query, "repository")
+        .ok_or_else(|| bad("repository= is required with upstream="))?;
+    let up = proxy
+        .router
+        .by_name(&upstream)
+        .ok_or_else(|| bad(format!("no upstream named {upstream:?}")))?;
+    let repo = RepoName::parse(&repo)
+        .ok_or_else(|| OciError::new(ErrorCode::NameInvalid, "invalid repository"))?;
+    let repo = if up.config.library_prefix {
+        repo.with_library_prefix()
+    } else {
+        repo
+    };
+    Ok((up.clone(), repo))
+}
+
+/// Caches an image and everything it references; answers when it is all in.
+async fn prefetch(proxy: &Arc<Proxy>, query: Option<&str>) -> Result<Response<Body>, OciError> {
+    let (up, repo) = upstream_repository(proxy, query)?;
+    let reference = query_param(query, "reference").unwrap_or_else(|| "latest".into());
+    let reference = Reference::parse(&reference).map_err(|_| {
+        OciError::new(
+            ErrorCode::ManifestInvalid,
+            format!("{reference:?} is neither a tag nor a digest"),
+        )
+    })?;
+    let report = proxy.prefetch(&up, &repo, &reference).await?;
+    tracing::info!(upstream = up.name(), %repo, ?report, "prefetched");
+    let body = serde_json::to_string(&report)
+        .map_err(|e| OciError::new(ErrorCode::Unknown, e.to_string()))?;
     Ok(sized(
         HeaderValue::from_static("application/json"),
         Bytes::from(body),
