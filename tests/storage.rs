@@ -391,3 +391,26 @@ async fn prefetch_caches_every_platform_so_pulls_cost_nothing_upstream() {
         .unwrap();
     assert_eq!(r.status(), 400);
 }
+
+#[tokio::test]
+async fn a_digest_purge_waits_for_the_fetch_in_flight_so_it_sticks() {
+    let up = FakeRegistry::start().await;
+    let d = up.add_blob(bytes_of(200_000, 31));
+    let (p, admin) = with_admin(&up).await;
+    let hold = &p.proxy.store.faults().hold_persists;
+    hold.store(true, Ordering::SeqCst);
+    let path = format!("/v2/library/app/blobs/{d}");
+    // Served in full; the commit is held back.
+    assert_eq!(body_digest(p.get(&path).await).await.unwrap().0, d);
+    let purge = tokio::spawn({
+        let url = format!("{admin}/admin/purge?digest={d}");
+        async move { json(reqwest::Client::new().post(url).send().await.unwrap()).await }
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(!purge.is_finished(), "purged before the fetch landed");
+    hold.store(false, Ordering::SeqCst);
+    assert_eq!(purge.await.unwrap()["removed"], 1);
+    assert_eq!(p.stored_size(&d), None);
+    body_digest(p.get(&path).await).await.unwrap();
+    assert_eq!(up.count("GET", |r| r.is_blob()), 2);
+}

@@ -474,6 +474,14 @@ impl Proxy {
         }
     }
 
+    /// Waits until no fetch of `digest` is in flight, so what it commits can be
+    /// purged. Fetches end on their own (upstream transfers have idle timeouts).
+    pub async fn fetch_settled(&self, digest: &Digest) {
+        while lock(&self.blob_fetches).contains_key(digest) {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
+
     /// Called by a fetch's task when it has landed (verified or failed).
     fn finish_fetch(&self, digest: &Digest) {
         lock(&self.blob_fetches).remove(digest);

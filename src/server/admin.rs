@@ -49,6 +49,8 @@ async fn purge(proxy: &Arc<Proxy>, query: Option<&str>) -> Result<Response<Body>
         let digest: Digest = d
             .parse()
             .map_err(|e| OciError::new(ErrorCode::DigestInvalid, format!("{e}")))?;
+        // A fetch in flight would commit the blob right after the purge.
+        proxy.fetch_settled(&digest).await;
         let n = blocking(move || store.purge_digest(&digest).map(usize::from)).await?;
         tracing::info!(%d, removed = n, "purged digest");
         n
