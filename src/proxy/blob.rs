@@ -492,9 +492,12 @@ impl Follower {
                     return Err(io::Error::other("fetch has no file"));
                 };
                 let pos = self.pos;
-                let bytes = tokio::task::spawn_blocking(move || read_at(&file, pos, len))
-                    .await
-                    .map_err(io::Error::other)??;
+                let bytes = match super::read_if_cached(&file, pos, len as u64) {
+                    Some(bytes) => bytes,
+                    None => tokio::task::spawn_blocking(move || read_at(&file, pos, len))
+                        .await
+                        .map_err(io::Error::other)??,
+                };
                 self.pos += bytes.len() as u64;
                 return Ok(Some(bytes));
             }
