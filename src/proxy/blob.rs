@@ -286,6 +286,8 @@ impl Sink {
         }
     }
 
+    /// Queues a chunk; a full batch goes to the thread. After an error the
+    /// sink is spent (its thread is joined): drop it.
     async fn push(&mut self, chunk: Bytes, proxy: &Proxy) -> Result<(), FetchFailure> {
         self.pending_len += chunk.len();
         self.pending.push(chunk);
@@ -298,29 +300,30 @@ impl Sink {
             return Ok(());
         }
         // The thread stopped: it hit a write error. Collect it.
-        let Sink {
-            batches, thread, ..
-        } = std::mem::replace(self, Sink::closed());
-        drop(batches);
-        Err(Sink::join(thread, proxy)
+        Err(Sink::join(&mut self.thread, proxy)
             .await
             .err()
             .unwrap_or(FetchFailure::StoreUnavailable))
     }
 
     /// Writes what is left and returns the writer once every byte is in the file.
-    async fn finish(mut self, proxy: &Proxy) -> Result<BlobWriter, FetchFailure> {
-        if !self.pending.is_empty() {
-            let batch = std::mem::take(&mut self.pending);
+    async fn finish(self, proxy: &Proxy) -> Result<BlobWriter, FetchFailure> {
+        let Sink {
+            pending,
+            batches,
+            mut thread,
+            ..
+        } = self;
+        if !pending.is_empty() {
             // A failed send means the thread already stopped; its error comes from join.
-            let _ = self.batches.send(batch).await;
+            let _ = batches.send(pending).await;
         }
-        drop(self.batches);
-        Sink::join(self.thread, proxy).await
+        drop(batches);
+        Sink::join(&mut thread, proxy).await
     }
 
     async fn join(
-        thread: tokio::task::JoinHandle<io::Result<BlobWriter>>,
+        thread: &mut tokio::task::JoinHandle<io::Result<BlobWriter>>,
         proxy: &Proxy,
     ) -> Result<BlobWriter, FetchFailure> {
         match thread.await {
@@ -330,17 +333,6 @@ impl Sink {
                 Err(FetchFailure::StoreUnavailable)
             }
             Err(_) => Err(FetchFailure::StoreUnavailable),
-        }
-    }
-
-    /// A sink whose thread is gone; only used to take a failed one apart.
-    fn closed() -> Sink {
-        let (batches, _) = mpsc::channel(1);
-        Sink {
-            pending: Vec::new(),
-            pending_len: 0,
-            batches,
-            thread: tokio::task::spawn_blocking(|| Err(io::Error::other("sink closed"))),
         }
     }
 }
