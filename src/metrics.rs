@@ -14,6 +14,7 @@ pub enum Kind {
     Tag,
     Manifest,
     Blob,
+    TagList,
 }
 
 impl Kind {
@@ -22,6 +23,7 @@ impl Kind {
             Kind::Tag => "tag",
             Kind::Manifest => "manifest",
             Kind::Blob => "blob",
+            Kind::TagList => "tag_list",
         }
     }
 }
@@ -34,8 +36,8 @@ pub struct Metrics {
     upstream: Mutex<BTreeMap<(String, &'static str, String), u64>>,
     /// upstream → last `ratelimit-remaining` seen.
     ratelimit_remaining: Mutex<BTreeMap<String, u64>>,
-    hits: [AtomicU64; 3],
-    misses: [AtomicU64; 3],
+    hits: [AtomicU64; 4],
+    misses: [AtomicU64; 4],
     pub bytes_served: AtomicU64,
     pub bytes_fetched: AtomicU64,
     pub stale_answers: AtomicU64,
@@ -114,7 +116,7 @@ impl Metrics {
             "counter",
             "Lookups that needed upstream, by kind.",
         );
-        for kind in [Kind::Tag, Kind::Manifest, Kind::Blob] {
+        for kind in [Kind::Tag, Kind::Manifest, Kind::Blob, Kind::TagList] {
             let i = kind as usize;
             let _ = writeln!(
                 out,

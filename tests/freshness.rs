@@ -460,3 +460,67 @@ async fn blob_metrics_count_hits_misses_bytes_and_waiters() {
     assert!(p.metric("ferry_bytes_fetched_total") >= 100_000);
     assert_eq!(p.metric("ferry_inflight_waiters"), 0);
 }
+
+#[tokio::test]
+async fn tag_lists_are_cached_for_the_ttl_and_served_stale_in_an_outage() {
+    let up = FakeRegistry::start().await;
+    let (m, _) = up.add_image("library/app", "1", &[b"x"]);
+    up.add_tag_names("library/app", &["2", "3"], &m);
+    let p = Proxied::start(&up).await;
+    let lists = || up.count("GET", |r| r.path.ends_with("/tags/list"));
+    let tags = |path: &'static str| {
+        let p = &p;
+        async move {
+            let r = p.get(path).await;
+            assert_eq!(r.status(), 200, "{path}");
+            json(r).await["tags"].clone()
+        }
+    };
+    assert_eq!(
+        tags("/v2/library/app/tags/list").await,
+        serde_json::json!(["1", "2", "3"])
+    );
+    assert_eq!(
+        tags("/v2/library/app/tags/list").await,
+        serde_json::json!(["1", "2", "3"])
+    );
+    assert_eq!(lists(), 1, "inside the TTL");
+    assert_eq!(p.metric("ferry_cache_hits_total{kind=\"tag_list\"}"), 1);
+    // Another page is another query.
+    assert_eq!(
+        tags("/v2/library/app/tags/list?n=2").await,
+        serde_json::json!(["1", "2"])
+    );
+    assert_eq!(lists(), 2);
+
+    // A new tag upstream shows once the TTL has passed.
+    up.add_tag_names("library/app", &["4"], &m);
+    p.advance(Duration::from_secs(31));
+    assert_eq!(
+        tags("/v2/library/app/tags/list").await,
+        serde_json::json!(["1", "2", "3", "4"])
+    );
+    assert_eq!(lists(), 3);
+
+    // Upstream down: the last answer, counted as stale; nothing cached: an error.
+    up.set_down(true);
+    p.advance(Duration::from_secs(31));
+    let stale_before = p.metric("ferry_stale_answers_total");
+    assert_eq!(
+        tags("/v2/library/app/tags/list").await,
+        serde_json::json!(["1", "2", "3", "4"])
+    );
+    assert_eq!(p.metric("ferry_stale_answers_total"), stale_before + 1);
+    assert!(p
+        .get("/v2/library/other/tags/list")
+        .await
+        .status()
+        .is_server_error());
+    // Past stale_if_error (24 h by default), the outage shows.
+    p.advance(Duration::from_secs(25 * 3600));
+    assert!(p
+        .get("/v2/library/app/tags/list")
+        .await
+        .status()
+        .is_server_error());
+}

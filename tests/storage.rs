@@ -190,8 +190,12 @@ async fn purge_through_the_admin_api_and_the_cli() {
         "tag 1 asked upstream again, tag 2 still cached"
     );
 
-    // The whole repository, through the CLI.
+    // The whole repository, through the CLI; its cached tag list goes too.
     // Async: the Ferry answering it runs on this test's runtime.
+    let tag_lists = || up.count("GET", |r| r.path.ends_with("/tags/list"));
+    assert_eq!(p.get("/v2/app/tags/list").await.status(), 200);
+    assert_eq!(p.get("/v2/app/tags/list").await.status(), 200);
+    assert_eq!(tag_lists(), 1);
     let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_ferry"))
         .args([
             "purge",
@@ -211,6 +215,12 @@ async fn purge_through_the_admin_api_and_the_cli() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(String::from_utf8_lossy(&out.stdout).contains("\"removed\":2"));
+    assert_eq!(p.get("/v2/app/tags/list").await.status(), 200);
+    assert_eq!(
+        tag_lists(),
+        2,
+        "the purged repository's tag list is asked afresh"
+    );
     // A purged manifest by digest goes too.
     let r = c
         .post(format!("{admin}/admin/purge?digest={m}"))

@@ -49,6 +49,20 @@ pub struct ManifestMeta {
     pub size: u64,
 }
 
+/// One upstream tag-list answer: its body and `Link` header, as fetched.
+#[derive(Clone)]
+struct UpstreamList {
+    body: Bytes,
+    link: Option<String>,
+    fetched_at_ms: u64,
+}
+
+/// (upstream, repository, `n`, `last`): one tag-list query.
+type ListKey = (String, String, Option<usize>, Option<String>);
+
+/// Tag-list answers kept in memory at most.
+const MAX_TAG_LISTS: usize = 1024;
+
 /// A blob response: full size, the range served, and the body (none for `HEAD`).
 pub struct BlobAnswer {
     pub total: Option<u64>,
@@ -65,6 +79,8 @@ pub struct Proxy {
     pub clock: Clock,
     tag_flights: SingleFlight<TagKey, Result<ManifestMeta, OciError>>,
     manifest_flights: SingleFlight<Digest, Result<StoredManifest, OciError>>,
+    list_flights: SingleFlight<ListKey, Result<UpstreamList, OciError>>,
+    tag_lists: Mutex<HashMap<ListKey, UpstreamList>>,
     blob_fetches: Mutex<HashMap<Digest, Arc<BlobFetch>>>,
     /// Tags upstream said do not exist, until (unix ms).
     negative: Mutex<HashMap<TagKey, u64>>,
@@ -81,6 +97,8 @@ impl Proxy {
             clock,
             tag_flights: SingleFlight::default(),
             manifest_flights: SingleFlight::default(),
+            list_flights: SingleFlight::default(),
+            tag_lists: Mutex::default(),
             blob_fetches: Mutex::new(HashMap::new()),
             negative: Mutex::new(HashMap::new()),
             store_degraded_until: AtomicU64::new(0),
@@ -598,7 +616,7 @@ impl Proxy {
 
     /// A page of tags, with `name` and `Link` rewritten to the client's view.
     pub async fn tags_list(
-        &self,
+        self: &Arc<Self>,
         up: &Arc<Upstream>,
         repo: &RepoName,
         client_name: &RepoName,
@@ -613,10 +631,7 @@ impl Proxy {
             let body = serde_json::json!({ "name": client_name.as_str(), "tags": [] });
             return Ok((Bytes::from(body.to_string()), None));
         }
-        let (body, link) = up
-            .tags_list(repo, page.n, page.last.as_deref())
-            .await
-            .map_err(|e| map_upstream_error(e, ErrorCode::NameUnknown))?;
+        let UpstreamList { body, link, .. } = self.upstream_tag_list(up, repo, page).await?;
         let list: TagList = serde_json::from_slice(&body).map_err(|_| {
             OciError::new(ErrorCode::Unknown, "upstream sent an unreadable tag list")
                 .with_status(StatusCode::BAD_GATEWAY)
@@ -651,6 +666,100 @@ impl Proxy {
         });
         let body = serde_json::json!({ "name": client_name.as_str(), "tags": tags });
         Ok((Bytes::from(body.to_string()), link))
+    }
+
+    /// Upstream's answer to one tag-list query, from memory inside the
+    /// repository's `tag_ttl`, else asked once (single-flight) and kept; while
+    /// upstream fails, the last answer is served for up to `stale_if_error`.
+    /// Image-update bots (Flux, Renovate) poll tag lists; this keeps them off
+    /// the upstream's rate limit and working through an outage.
+    async fn upstream_tag_list(
+        self: &Arc<Self>,
+        up: &Arc<Upstream>,
+        repo: &RepoName,
+        page: &TagsPage,
+    ) -> Result<UpstreamList, OciError> {
+        let key: ListKey = (
+            up.name().to_string(),
+            repo.to_string(),
+            page.n,
+            page.last.clone(),
+        );
+        // Repository-wide rules apply; tag patterns have no tag to match here.
+        let policy = up.config.policy.for_tag(repo.as_str(), "");
+        let cached = lock(&self.tag_lists).get(&key).cloned();
+        if let Some(c) = cached.as_ref().filter(|c| {
+            self.clock.now_ms()
+                < c.fetched_at_ms
+                    .saturating_add(policy.tag_ttl.as_millis() as u64)
+        }) {
+            self.metrics.hit(Kind::TagList);
+            return Ok(c.clone());
+        }
+        self.metrics.miss(Kind::TagList);
+        let this = self.clone();
+        let (up2, repo2, page2, key2) = (up.clone(), repo.clone(), page.clone(), key.clone());
+        let (result, joined) = self
+            .list_flights
+            .run(key, move || async move {
+                let fresh = up2
+                    .tags_list(&repo2, page2.n, page2.last.as_deref())
+                    .await;
+                let now = this.clock.now_ms();
+                match fresh {
+                    Ok((body, link)) => {
+                        let list = UpstreamList {
+                            body,
+                            link,
+                            fetched_at_ms: now,
+                        };
+                        this.keep_tag_list(key2, list.clone());
+                        Ok(list)
+                    }
+                    Err(e) if e.is_outage() => match cached {
+                        Some(c)
+                            if now
+                                < c.fetched_at_ms
+                                    .saturating_add(policy.tag_ttl.as_millis() as u64)
+                                    .saturating_add(policy.stale_if_error.as_millis() as u64) =>
+                        {
+                            this.metrics.stale_answers.fetch_add(1, Ordering::Relaxed);
+                            tracing::info!(upstream = up2.name(), repo = %repo2, error = %e, "serving stale tag list");
+                            Ok(c)
+                        }
+                        _ => Err(map_upstream_error(e, ErrorCode::NameUnknown)),
+                    },
+                    Err(e) => {
+                        lock(&this.tag_lists).remove(&key2);
+                        Err(map_upstream_error(e, ErrorCode::NameUnknown))
+                    }
+                }
+            })
+            .await;
+        if joined {
+            self.metrics.coalesced.fetch_add(1, Ordering::Relaxed);
+        }
+        result.unwrap_or_else(|| Err(internal("tag list fetch ended unexpectedly")))
+    }
+
+    /// Drops the tag lists kept for a repository (after a purge).
+    pub fn forget_tag_lists(&self, upstream: &str, repo: &str) {
+        lock(&self.tag_lists).retain(|(u, r, ..), _| !(u == upstream && r == repo));
+    }
+
+    /// Keeps a tag list, dropping the oldest one when the cache is full.
+    fn keep_tag_list(&self, key: ListKey, list: UpstreamList) {
+        let mut lists = lock(&self.tag_lists);
+        if lists.len() >= MAX_TAG_LISTS && !lists.contains_key(&key) {
+            let oldest = lists
+                .iter()
+                .min_by_key(|(_, l)| l.fetched_at_ms)
+                .map(|(k, _)| k.clone());
+            if let Some(k) = oldest {
+                lists.remove(&k);
+            }
+        }
+        lists.insert(key, list);
     }
 
     /// The referrers index for `digest`: upstream's referrers API, else the
