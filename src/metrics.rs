@@ -15,6 +15,7 @@ pub enum Kind {
     Manifest,
     Blob,
     TagList,
+    Referrers,
 }
 
 impl Kind {
@@ -24,6 +25,7 @@ impl Kind {
             Kind::Manifest => "manifest",
             Kind::Blob => "blob",
             Kind::TagList => "tag_list",
+            Kind::Referrers => "referrers",
         }
     }
 }
@@ -36,8 +38,8 @@ pub struct Metrics {
     upstream: Mutex<BTreeMap<(String, &'static str, String), u64>>,
     /// upstream → last `ratelimit-remaining` seen.
     ratelimit_remaining: Mutex<BTreeMap<String, u64>>,
-    hits: [AtomicU64; 4],
-    misses: [AtomicU64; 4],
+    hits: [AtomicU64; 5],
+    misses: [AtomicU64; 5],
     pub bytes_served: AtomicU64,
     pub bytes_fetched: AtomicU64,
     pub stale_answers: AtomicU64,
@@ -116,7 +118,13 @@ impl Metrics {
             "counter",
             "Lookups that needed upstream, by kind.",
         );
-        for kind in [Kind::Tag, Kind::Manifest, Kind::Blob, Kind::TagList] {
+        for kind in [
+            Kind::Tag,
+            Kind::Manifest,
+            Kind::Blob,
+            Kind::TagList,
+            Kind::Referrers,
+        ] {
             let i = kind as usize;
             let _ = writeln!(
                 out,

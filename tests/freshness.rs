@@ -524,3 +524,46 @@ async fn tag_lists_are_cached_for_the_ttl_and_served_stale_in_an_outage() {
         .status()
         .is_server_error());
 }
+
+#[tokio::test]
+async fn referrers_are_cached_for_the_ttl_and_served_stale_in_an_outage() {
+    let up = FakeRegistry::start().await;
+    let subject = sha256(b"image");
+    let sig = sha256(b"signature");
+    up.add_referrers(
+        &subject,
+        format!(
+            r#"{{"schemaVersion":2,"mediaType":"{OCI_INDEX}","manifests":[{{"mediaType":"{OCI_MANIFEST}","digest":"{sig}","size":9,"artifactType":"application/vnd.dev.cosign"}}]}}"#
+        ),
+    );
+    let p = Proxied::start(&up).await;
+    let path = format!("/v2/library/app/referrers/{subject}");
+    let asked = || up.count("GET", |r| r.path.contains("/referrers/"));
+    let digests = |r: serde_json::Value| {
+        r["manifests"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|d| d["digest"].as_str().unwrap().to_string())
+            .collect::<Vec<_>>()
+    };
+    // An admission controller verifying signatures on every pod start.
+    for _ in 0..5 {
+        let r = p.get(&path).await;
+        assert_eq!(r.status(), 200);
+        assert_eq!(digests(json(r).await), vec![sig.clone()]);
+    }
+    assert_eq!(asked(), 1);
+    assert_eq!(p.metric("ferry_cache_hits_total{kind=\"referrers\"}"), 4);
+    // Past the TTL with upstream down: the last answer.
+    up.set_down(true);
+    p.advance(Duration::from_secs(31));
+    let r = p.get(&path).await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(digests(json(r).await), vec![sig.clone()]);
+    assert_eq!(p.metric("ferry_stale_answers_total"), 1);
+    // Nothing kept for this subject: the outage shows.
+    let other = sha256(b"other");
+    let r = p.get(&format!("/v2/library/app/referrers/{other}")).await;
+    assert!(r.status().is_server_error());
+}

@@ -10,6 +10,7 @@
 //! - manifests and blobs by digest never talk to upstream once stored;
 //! - at most one upstream transfer per blob digest is in flight.
 
+mod answers;
 mod blob;
 mod flight;
 mod prefetch;
@@ -21,6 +22,7 @@ use crate::metrics::{Kind, Metrics};
 use crate::oci::media::{self, MAX_MANIFEST_BYTES};
 use crate::oci::{Digest, ErrorCode, OciError, RangeAnswer, RangeRequest, RepoName, Tag, TagsPage};
 use crate::upstream::{Router, Upstream, UpstreamError};
+use answers::Answers;
 use blob::{BlobFetch, FetchFailure};
 use bytes::Bytes;
 use ferry_storage::{Store, StoredManifest, TagKey, TagRecord};
@@ -49,20 +51,6 @@ pub struct ManifestMeta {
     pub size: u64,
 }
 
-/// One upstream tag-list answer: its body and `Link` header, as fetched.
-#[derive(Clone)]
-struct UpstreamList {
-    body: Bytes,
-    link: Option<String>,
-    fetched_at_ms: u64,
-}
-
-/// (upstream, repository, `n`, `last`): one tag-list query.
-type ListKey = (String, String, Option<usize>, Option<String>);
-
-/// Tag-list answers kept in memory at most.
-const MAX_TAG_LISTS: usize = 1024;
-
 /// A blob response: full size, the range served, and the body (none for `HEAD`).
 pub struct BlobAnswer {
     pub total: Option<u64>,
@@ -79,8 +67,12 @@ pub struct Proxy {
     pub clock: Clock,
     tag_flights: SingleFlight<TagKey, Result<ManifestMeta, OciError>>,
     manifest_flights: SingleFlight<Digest, Result<StoredManifest, OciError>>,
-    list_flights: SingleFlight<ListKey, Result<UpstreamList, OciError>>,
-    tag_lists: Mutex<HashMap<ListKey, UpstreamList>>,
+    /// Tag lists by (upstream, repository, `n`, `last`): body and `Link`.
+    tag_lists:
+        Arc<Answers<(String, String, Option<usize>, Option<String>), (Bytes, Option<String>)>>,
+    /// Referrers indexes by (upstream, repository, subject, `artifactType`):
+    /// body and whether the filter was applied.
+    referrers: Arc<Answers<(String, String, Digest, Option<String>), (Bytes, bool)>>,
     blob_fetches: Mutex<HashMap<Digest, Arc<BlobFetch>>>,
     /// Tags upstream said do not exist, until (unix ms).
     negative: Mutex<HashMap<TagKey, u64>>,
@@ -97,8 +89,8 @@ impl Proxy {
             clock,
             tag_flights: SingleFlight::default(),
             manifest_flights: SingleFlight::default(),
-            list_flights: SingleFlight::default(),
-            tag_lists: Mutex::default(),
+            tag_lists: Arc::new(Answers::new(Kind::TagList, ErrorCode::NameUnknown)),
+            referrers: Arc::new(Answers::new(Kind::Referrers, ErrorCode::ManifestUnknown)),
             blob_fetches: Mutex::new(HashMap::new()),
             negative: Mutex::new(HashMap::new()),
             store_degraded_until: AtomicU64::new(0),
@@ -631,7 +623,25 @@ impl Proxy {
             let body = serde_json::json!({ "name": client_name.as_str(), "tags": [] });
             return Ok((Bytes::from(body.to_string()), None));
         }
-        let UpstreamList { body, link, .. } = self.upstream_tag_list(up, repo, page).await?;
+        // Repository-wide rules apply; tag patterns have no tag to match here.
+        let policy = up.config.policy.for_tag(repo.as_str(), "");
+        let key = (
+            up.name().to_string(),
+            repo.to_string(),
+            page.n,
+            page.last.clone(),
+        );
+        let (up2, repo2, page2) = (up.clone(), repo.clone(), page.clone());
+        let (body, link) = self
+            .tag_lists
+            .get(
+                key,
+                policy,
+                &self.clock,
+                &self.metrics,
+                move || async move { up2.tags_list(&repo2, page2.n, page2.last.as_deref()).await },
+            )
+            .await?;
         let list: TagList = serde_json::from_slice(&body).map_err(|_| {
             OciError::new(ErrorCode::Unknown, "upstream sent an unreadable tag list")
                 .with_status(StatusCode::BAD_GATEWAY)
@@ -668,98 +678,12 @@ impl Proxy {
         Ok((Bytes::from(body.to_string()), link))
     }
 
-    /// Upstream's answer to one tag-list query, from memory inside the
-    /// repository's `tag_ttl`, else asked once (single-flight) and kept; while
-    /// upstream fails, the last answer is served for up to `stale_if_error`.
-    /// Image-update bots (Flux, Renovate) poll tag lists; this keeps them off
-    /// the upstream's rate limit and working through an outage.
-    async fn upstream_tag_list(
-        self: &Arc<Self>,
-        up: &Arc<Upstream>,
-        repo: &RepoName,
-        page: &TagsPage,
-    ) -> Result<UpstreamList, OciError> {
-        let key: ListKey = (
-            up.name().to_string(),
-            repo.to_string(),
-            page.n,
-            page.last.clone(),
-        );
-        // Repository-wide rules apply; tag patterns have no tag to match here.
-        let policy = up.config.policy.for_tag(repo.as_str(), "");
-        let cached = lock(&self.tag_lists).get(&key).cloned();
-        if let Some(c) = cached.as_ref().filter(|c| {
-            self.clock.now_ms()
-                < c.fetched_at_ms
-                    .saturating_add(policy.tag_ttl.as_millis() as u64)
-        }) {
-            self.metrics.hit(Kind::TagList);
-            return Ok(c.clone());
-        }
-        self.metrics.miss(Kind::TagList);
-        let this = self.clone();
-        let (up2, repo2, page2, key2) = (up.clone(), repo.clone(), page.clone(), key.clone());
-        let (result, joined) = self
-            .list_flights
-            .run(key, move || async move {
-                let fresh = up2
-                    .tags_list(&repo2, page2.n, page2.last.as_deref())
-                    .await;
-                let now = this.clock.now_ms();
-                match fresh {
-                    Ok((body, link)) => {
-                        let list = UpstreamList {
-                            body,
-                            link,
-                            fetched_at_ms: now,
-                        };
-                        this.keep_tag_list(key2, list.clone());
-                        Ok(list)
-                    }
-                    Err(e) if e.is_outage() => match cached {
-                        Some(c)
-                            if now
-                                < c.fetched_at_ms
-                                    .saturating_add(policy.tag_ttl.as_millis() as u64)
-                                    .saturating_add(policy.stale_if_error.as_millis() as u64) =>
-                        {
-                            this.metrics.stale_answers.fetch_add(1, Ordering::Relaxed);
-                            tracing::info!(upstream = up2.name(), repo = %repo2, error = %e, "serving stale tag list");
-                            Ok(c)
-                        }
-                        _ => Err(map_upstream_error(e, ErrorCode::NameUnknown)),
-                    },
-                    Err(e) => {
-                        lock(&this.tag_lists).remove(&key2);
-                        Err(map_upstream_error(e, ErrorCode::NameUnknown))
-                    }
-                }
-            })
-            .await;
-        if joined {
-            self.metrics.coalesced.fetch_add(1, Ordering::Relaxed);
-        }
-        result.unwrap_or_else(|| Err(internal("tag list fetch ended unexpectedly")))
-    }
-
-    /// Drops the tag lists kept for a repository (after a purge).
-    pub fn forget_tag_lists(&self, upstream: &str, repo: &str) {
-        lock(&self.tag_lists).retain(|(u, r, ..), _| !(u == upstream && r == repo));
-    }
-
-    /// Keeps a tag list, dropping the oldest one when the cache is full.
-    fn keep_tag_list(&self, key: ListKey, list: UpstreamList) {
-        let mut lists = lock(&self.tag_lists);
-        if lists.len() >= MAX_TAG_LISTS && !lists.contains_key(&key) {
-            let oldest = lists
-                .iter()
-                .min_by_key(|(_, l)| l.fetched_at_ms)
-                .map(|(k, _)| k.clone());
-            if let Some(k) = oldest {
-                lists.remove(&k);
-            }
-        }
-        lists.insert(key, list);
+    /// Drops the tag lists and referrers kept for a repository (after a purge).
+    pub fn forget_repository_answers(&self, upstream: &str, repo: &str) {
+        self.tag_lists
+            .forget(|(u, r, ..)| u == upstream && r == repo);
+        self.referrers
+            .forget(|(u, r, ..)| u == upstream && r == repo);
     }
 
     /// The referrers index for `digest`: upstream's referrers API, else the
@@ -772,39 +696,24 @@ impl Proxy {
         digest: &Digest,
         artifact_type: Option<&str>,
     ) -> Result<(Bytes, bool), OciError> {
-        let to_oci = |e| map_upstream_error(e, ErrorCode::ManifestUnknown);
-        let (descriptors, filtered) = match up
-            .referrers(repo, digest, artifact_type)
+        let policy = up.config.policy.for_tag(repo.as_str(), "");
+        let key = (
+            up.name().to_string(),
+            repo.to_string(),
+            digest.clone(),
+            artifact_type.map(str::to_owned),
+        );
+        let (up2, repo2, digest2, t2) = (
+            up.clone(),
+            repo.clone(),
+            digest.clone(),
+            artifact_type.map(str::to_owned),
+        );
+        self.referrers
+            .get(key, policy, &self.clock, &self.metrics, move || {
+                fetch_referrers(up2, repo2, digest2, t2)
+            })
             .await
-            .map_err(to_oci)?
-        {
-            Some((body, filtered)) => (descriptors_of(&body), filtered),
-            None => {
-                let fallback = format!(
-                    "{}-{}",
-                    digest.algorithm().as_str(),
-                    &digest.hex()[..digest.hex().len().min(64)]
-                );
-                match up.get_manifest(repo, &fallback).await {
-                    Ok(m) => (descriptors_of(&m.body), false),
-                    Err(UpstreamError::NotFound) => (Vec::new(), false),
-                    Err(e) => return Err(to_oci(e)),
-                }
-            }
-        };
-        let descriptors: Vec<serde_json::Value> = match artifact_type {
-            Some(t) if !filtered => descriptors
-                .into_iter()
-                .filter(|d| d.get("artifactType").and_then(|v| v.as_str()) == Some(t))
-                .collect(),
-            _ => descriptors,
-        };
-        let body = serde_json::json!({
-            "schemaVersion": 2,
-            "mediaType": media::OCI_INDEX,
-            "manifests": descriptors,
-        });
-        Ok((Bytes::from(body.to_string()), artifact_type.is_some()))
     }
 }
 
@@ -831,6 +740,46 @@ fn meta_of(r: &TagRecord) -> ManifestMeta {
         media_type: r.media_type.clone(),
         size: r.size,
     }
+}
+
+/// The referrers index for `digest` from upstream: its referrers API, else the
+/// `sha256-<hex>` fallback tag, else an empty index. Returns the body and
+/// whether an `artifactType` filter was applied.
+async fn fetch_referrers(
+    up: Arc<Upstream>,
+    repo: RepoName,
+    digest: Digest,
+    artifact_type: Option<String>,
+) -> Result<(Bytes, bool), UpstreamError> {
+    let artifact_type = artifact_type.as_deref();
+    let (descriptors, filtered) = match up.referrers(&repo, &digest, artifact_type).await? {
+        Some((body, filtered)) => (descriptors_of(&body), filtered),
+        None => {
+            let fallback = format!(
+                "{}-{}",
+                digest.algorithm().as_str(),
+                &digest.hex()[..digest.hex().len().min(64)]
+            );
+            match up.get_manifest(&repo, &fallback).await {
+                Ok(m) => (descriptors_of(&m.body), false),
+                Err(UpstreamError::NotFound) => (Vec::new(), false),
+                Err(e) => return Err(e),
+            }
+        }
+    };
+    let descriptors: Vec<serde_json::Value> = match artifact_type {
+        Some(t) if !filtered => descriptors
+            .into_iter()
+            .filter(|d| d.get("artifactType").and_then(|v| v.as_str()) == Some(t))
+            .collect(),
+        _ => descriptors,
+    };
+    let body = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": media::OCI_INDEX,
+        "manifests": descriptors,
+    });
+    Ok((Bytes::from(body.to_string()), artifact_type.is_some()))
 }
 
 fn stale_deadline(r: &TagRecord, policy: &crate::config::Freshness) -> u64 {

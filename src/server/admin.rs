@@ -59,7 +59,7 @@ async fn purge(proxy: &Arc<Proxy>, query: Option<&str>) -> Result<Response<Body>
         let tag = query_param(query, "tag");
         let name = up.name().to_string();
         let (r, t) = (repo.to_string(), tag.clone());
-        proxy.forget_tag_lists(&name, &r);
+        proxy.forget_repository_answers(&name, &r);
         let n = blocking(move || store.purge_tags(&name, &r, t.as_deref())).await?;
         tracing::info!(upstream = up.name(), %repo, ?tag, removed = n, "purged tags");
         n
