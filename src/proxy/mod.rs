@@ -51,6 +51,13 @@ pub struct ManifestMeta {
     pub size: u64,
 }
 
+/// Tag lists by (upstream, repository, `n`, `last`): body and `Link` header.
+type TagLists = Answers<(String, String, Option<usize>, Option<String>), (Bytes, Option<String>)>;
+
+/// Referrers indexes by (upstream, repository, subject, `artifactType`): body
+/// and whether the filter was applied.
+type Referrers = Answers<(String, String, Digest, Option<String>), (Bytes, bool)>;
+
 /// A blob response: full size, the range served, and the body (none for `HEAD`).
 pub struct BlobAnswer {
     pub total: Option<u64>,
@@ -67,12 +74,8 @@ pub struct Proxy {
     pub clock: Clock,
     tag_flights: SingleFlight<TagKey, Result<ManifestMeta, OciError>>,
     manifest_flights: SingleFlight<Digest, Result<StoredManifest, OciError>>,
-    /// Tag lists by (upstream, repository, `n`, `last`): body and `Link`.
-    tag_lists:
-        Arc<Answers<(String, String, Option<usize>, Option<String>), (Bytes, Option<String>)>>,
-    /// Referrers indexes by (upstream, repository, subject, `artifactType`):
-    /// body and whether the filter was applied.
-    referrers: Arc<Answers<(String, String, Digest, Option<String>), (Bytes, bool)>>,
+    tag_lists: Arc<TagLists>,
+    referrers: Arc<Referrers>,
     blob_fetches: Mutex<HashMap<Digest, Arc<BlobFetch>>>,
     /// Tags upstream said do not exist, until (unix ms).
     negative: Mutex<HashMap<TagKey, u64>>,
