@@ -5,7 +5,9 @@
 //! `cargo bench --bench hot_paths`; CI only compiles them.
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
+use ferry::config::{Config, Overrides, RawConfig};
 use ferry::oci::PullRequest;
+use ferry::Ferry;
 use ferry_storage::{Algorithm, Digest, Hasher, Store, StoreOptions, TagKey, TagRecord};
 use http::Method;
 use std::hint::black_box;
@@ -91,6 +93,94 @@ fn store_lookups(c: &mut Criterion) {
     g.finish();
 }
 
+/// Manifest serving through the whole server over loopback (HTTP/1.1
+/// keep-alive, one client): a tag `HEAD` inside its TTL and a manifest `GET` by
+/// digest. The upstream is a closed port: any upstream request would fail.
+fn serving(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let config = Config::from_raw(
+        RawConfig::default(),
+        Overrides {
+            upstream: Some("http://127.0.0.1:9".into()),
+            data_dir: Some(dir.path().into()),
+            listen: Some("127.0.0.1:0".into()),
+            tag_ttl: Some(86_400),
+            ..Overrides::default()
+        },
+    )
+    .unwrap();
+    let ferry = Ferry::open(config).unwrap();
+    let proxy = ferry.proxy().clone();
+    let upstream = proxy.router.upstreams()[0].name().to_string();
+    let media_type = "application/vnd.oci.image.manifest.v1+json";
+    let manifest = format!(
+        r#"{{"schemaVersion":2,"mediaType":"{media_type}","config":{{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"sha256:{}","size":1}},"layers":[]}}"#,
+        "a".repeat(64)
+    );
+    let digest = Digest::sha256_of(manifest.as_bytes());
+    proxy
+        .store
+        .put_manifest(&digest, media_type, manifest.as_bytes())
+        .unwrap();
+    proxy
+        .store
+        .put_tag(
+            &TagKey::new(&upstream, "bench/app", "1.0"),
+            &TagRecord {
+                digest: digest.clone(),
+                media_type: media_type.into(),
+                size: manifest.len() as u64,
+                checked_at_ms: proxy.clock.now_ms(),
+            },
+        )
+        .unwrap();
+    let listener = rt
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = rt.spawn(ferry.serve(listener, async {
+        let _ = stopped.await;
+    }));
+    let client = reqwest::Client::new();
+    let head = format!("http://{addr}/v2/bench/app/manifests/1.0");
+    let get = format!("http://{addr}/v2/bench/app/manifests/{digest}");
+    let status = |r: reqwest::Response| r.status().as_u16();
+    assert_eq!(
+        rt.block_on(client.head(&head).send()).map(status).unwrap(),
+        200
+    );
+    assert_eq!(
+        rt.block_on(client.get(&get).send()).map(status).unwrap(),
+        200
+    );
+
+    let mut g = c.benchmark_group("serve");
+    g.bench_function("warm_tag_head", |b| {
+        b.iter(|| rt.block_on(client.head(&head).send()).map(status).unwrap())
+    });
+    g.bench_function("manifest_get_by_digest", |b| {
+        b.iter(|| {
+            rt.block_on(async { client.get(&get).send().await?.bytes().await })
+                .unwrap()
+                .len()
+        })
+    });
+    g.finish();
+    assert_eq!(
+        proxy.metrics.upstream_total(),
+        0,
+        "warm answers never ask upstream"
+    );
+    let _ = stop.send(());
+    rt.block_on(server).unwrap().unwrap();
+}
+
 /// Start-up with 100,000 cached blobs: the store opens without reading blob
 /// files (one pass over the small index for the size total).
 fn startup(c: &mut Criterion) {
@@ -125,5 +215,12 @@ fn startup(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, route_parsing, hashing, store_lookups, startup);
+criterion_group!(
+    benches,
+    route_parsing,
+    hashing,
+    store_lookups,
+    serving,
+    startup
+);
 criterion_main!(benches);
