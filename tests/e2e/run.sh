@@ -16,6 +16,8 @@
 #                 upstream with a config file
 #   parallel      docker and containerd pull one cold image at once: one upstream
 #                 GET per blob
+#   prefetch      `ferry prefetch` (admin API) caches multi:1.0, then skopeo copies
+#                 every platform with zero upstream blob GETs (Ferry only)
 # Every client case pulls twice (the second after emptying the client's store)
 # and the second pull must cost zero upstream blob GETs. Each case gets a fresh
 # mirror (empty data dir) on the same port.
@@ -40,7 +42,7 @@ set -uo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO=$(cd "$HERE/../.." && pwd)
-ALL_CASES=(docker dockermirror containerd skopeo dockerhub parallel)
+ALL_CASES=(docker dockermirror containerd skopeo dockerhub parallel prefetch)
 MIRROR=${MIRROR:-ferry}
 RANDOM_MB=${E2E_RANDOM_MB:-4}
 PULL_TIMEOUT=180
@@ -118,6 +120,7 @@ pick_port() {   # pick_port [EXCLUDED...]
 UPORT=$(pick_port) || die "no free port in 15000-15999"
 FPORT=$(pick_port "$UPORT") || die "no free port in 15000-15999"
 DEADPORT=$(pick_port "$UPORT" "$FPORT") || die "no free port in 15000-15999"
+APORT=$(pick_port "$UPORT" "$FPORT" "$DEADPORT") || die "no free port in 15000-15999"
 UPSTREAM=127.0.0.1:$UPORT
 FERRY=127.0.0.1:$FPORT
 
@@ -798,6 +801,34 @@ case_parallel() {
   ct_clean
 }
 
+case_prefetch() {
+  if [ "$MIRROR" != ferry ]; then note "prefetch is Ferry's admin API; skipped"; return 0; fi
+  local msrc=docker://$UPSTREAM/library/multi:1.0 conf=$WORK/registries-host.conf
+  local out=$WORK/prefetch up report want fetched warm
+  mkdir -p "$out"
+  step "ferry prefetch --admin http://127.0.0.1:$APORT --upstream $UPSTREAM --repository library/multi --reference 1.0"
+  up=$(lines "$UPLOG")
+  report=$("$FERRY_BIN" prefetch --admin "http://127.0.0.1:$APORT" --upstream "$UPSTREAM" \
+    --repository library/multi --reference 1.0) || fail "prefetch failed: $report"
+  echo "    $report"
+  settle
+  [ "$(jq -r .digest <<<"$report")" = "$(x .multi.index)" ] || fail "prefetch resolved another digest"
+  want=$(x '[.multi.platforms[] | .blobs[]] | unique | length')
+  fetched=$(jq -r .blobs_fetched <<<"$report")
+  [ "$fetched" = "$want" ] || fail "prefetch fetched $fetched blobs, the image has $want"
+  expect_upstream_once "$up" "prefetch" $(x '.multi.platforms[] | .blobs[]')
+  step "skopeo copy --multi-arch all $msrc oci: after the prefetch"
+  write_registries_conf "$conf" "$FERRY"
+  up=$(lines "$UPLOG")
+  run_logged copy-multi env CONTAINERS_REGISTRIES_CONF="$conf" skopeo --registries-conf "$conf" \
+    --policy "$WORK/policy.json" copy --multi-arch all "$msrc" "oci:$out/multi:1.0"
+  settle
+  sk_verify_oci_multi "$out/multi"
+  warm=$(up_blob_gets "$up")
+  expect_zero_upstream "$up" "skopeo copy after prefetch"
+  counts "multi:1.0 prefetched=$fetched pull=$warm"
+}
+
 # ================================================================ main
 mirror_args() {   # extra `ferry serve` arguments for a case (replacing --upstream)
   [ "$MIRROR" = ferry ] || return 0
@@ -813,6 +844,7 @@ name = "docker.io"
 url = "http://$UPSTREAM"
 TOML
       echo --config "$WORK/ferry-hub.toml" ;;
+    prefetch) echo --upstream "http://$UPSTREAM" --admin-listen "127.0.0.1:$APORT" ;;
   esac
 }
 
