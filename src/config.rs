@@ -26,6 +26,48 @@ fn err<T>(msg: impl Into<String>) -> Result<T, ConfigError> {
     Err(ConfigError(msg.into()))
 }
 
+/// A password given inline or through an environment variable (not both).
+fn secret(
+    ctx: &str,
+    password: &Option<String>,
+    password_env: &Option<String>,
+) -> Result<Option<String>, ConfigError> {
+    match (password, password_env) {
+        (Some(_), Some(_)) => err(format!("{ctx}: set password or password_env, not both")),
+        (Some(p), None) => Ok(Some(p.clone())),
+        (None, Some(var)) => std::env::var(var).map(Some).or_else(|_| {
+            err(format!(
+                "{ctx}: password_env names {var:?}, which is not set"
+            ))
+        }),
+        (None, None) => Ok(None),
+    }
+}
+
+fn client_auth(clients: &[RawClient]) -> Result<Option<ClientAuth>, ConfigError> {
+    if clients.is_empty() {
+        return Ok(None);
+    }
+    let mut users = Vec::with_capacity(clients.len());
+    for (i, c) in clients.iter().enumerate() {
+        let ctx = format!("client[{i}] ({:?})", c.username);
+        if c.username.is_empty() || c.username.contains(':') {
+            return err(format!("{ctx}: username must be non-empty and without ':'"));
+        }
+        if users.iter().any(|(u, _)| *u == c.username) {
+            return err(format!("{ctx}: username given twice"));
+        }
+        let Some(password) = secret(&ctx, &c.password, &c.password_env)? else {
+            return err(format!("{ctx}: set password or password_env"));
+        };
+        if password.is_empty() {
+            return err(format!("{ctx}: empty password"));
+        }
+        users.push((c.username.clone(), password_digest(&password)));
+    }
+    Ok(Some(ClientAuth { users }))
+}
+
 // ---------------------------------------------------------------- phase one
 
 /// The file as written. Every field has its default here, in one place.
@@ -51,6 +93,18 @@ pub struct RawConfig {
     pub timeouts: RawTimeouts,
     #[serde(default, rename = "upstream")]
     pub upstreams: Vec<RawUpstream>,
+    /// When any is set, clients must authenticate (HTTP Basic) as one of them.
+    #[serde(default, rename = "client")]
+    pub clients: Vec<RawClient>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawClient {
+    pub username: String,
+    pub password: Option<String>,
+    /// Read the password from this environment variable instead.
+    pub password_env: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -161,6 +215,58 @@ pub struct Config {
     pub timeouts: Timeouts,
     /// Log one line per request (target `ferry::access`).
     pub access_log: bool,
+    /// Who may pull; `None`: anyone who can reach the listener.
+    pub client_auth: Option<ClientAuth>,
+}
+
+/// Client credentials for the pull API (HTTP Basic). Only SHA-256 digests of
+/// the passwords are kept, and they are compared in constant time.
+#[derive(Clone)]
+pub struct ClientAuth {
+    users: Vec<(String, [u8; 32])>,
+}
+
+impl fmt::Debug for ClientAuth {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let names: Vec<&str> = self.users.iter().map(|(u, _)| u.as_str()).collect();
+        write!(f, "ClientAuth({names:?}, <redacted>)")
+    }
+}
+
+impl ClientAuth {
+    /// Whether an `Authorization` header value names a configured user with
+    /// the right password.
+    pub fn allows(&self, authorization: Option<&str>) -> bool {
+        use base64::Engine as _;
+        let Some((scheme, b64)) = authorization.and_then(|v| v.trim().split_once(' ')) else {
+            return false;
+        };
+        if !scheme.eq_ignore_ascii_case("basic") {
+            return false;
+        }
+        let Ok(decoded) = base64::engine::general_purpose::STANDARD.decode(b64.trim()) else {
+            return false;
+        };
+        let Some((user, password)) = std::str::from_utf8(&decoded)
+            .ok()
+            .and_then(|s| s.split_once(':'))
+        else {
+            return false;
+        };
+        let given = password_digest(password);
+        self.users
+            .iter()
+            .any(|(u, want)| u == user && constant_time_eq(&given, want))
+    }
+}
+
+fn password_digest(password: &str) -> [u8; 32] {
+    use sha2::Digest as _;
+    sha2::Sha256::digest(password.as_bytes()).into()
+}
+
+fn constant_time_eq(a: &[u8; 32], b: &[u8; 32]) -> bool {
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 #[derive(Debug, Clone)]
@@ -385,6 +491,7 @@ impl Config {
             cache,
             timeouts,
             access_log: raw.access_log || o.access_log,
+            client_auth: client_auth(&raw.clients)?,
         })
     }
 
@@ -454,16 +561,7 @@ fn upstream(
             immutable: r.immutable,
         });
     }
-    let password = match (&u.password, &u.password_env) {
-        (Some(_), Some(_)) => return err(format!("{ctx}: set password or password_env, not both")),
-        (Some(p), None) => Some(p.clone()),
-        (None, Some(var)) => Some(std::env::var(var).or_else(|_| {
-            err(format!(
-                "{ctx}: password_env names {var:?}, which is not set"
-            ))
-        })?),
-        (None, None) => None,
-    };
+    let password = secret(&ctx, &u.password, &u.password_env)?;
     let credentials = match (&u.username, password) {
         (Some(username), Some(password)) => Some(Credentials {
             username: username.clone(),
@@ -623,6 +721,48 @@ mod tests {
 
     fn load(toml: &str) -> Result<Config, ConfigError> {
         Config::from_raw(RawConfig::from_toml(toml)?, Overrides::default())
+    }
+
+    #[test]
+    fn client_auth_checks_basic_credentials() {
+        use base64::Engine as _;
+        let basic = |s: &str| {
+            format!(
+                "Basic {}",
+                base64::engine::general_purpose::STANDARD.encode(s)
+            )
+        };
+        assert!(load("").unwrap().client_auth.is_none());
+        let c = load(
+            "[[client]]\nusername = \"node\"\npassword = \"s3:cret\"\n[[client]]\nusername = \"ci\"\npassword = \"other\"\n",
+        )
+        .unwrap();
+        let auth = c.client_auth.expect("auth on");
+        assert!(
+            auth.allows(Some(&basic("node:s3:cret"))),
+            "':' in a password"
+        );
+        assert!(auth.allows(Some(&basic("ci:other"))));
+        assert!(auth.allows(Some(&format!("basic  {}", &basic("ci:other")[6..]))));
+        assert!(
+            !auth.allows(Some(&basic("node:other"))),
+            "another user's password"
+        );
+        assert!(!auth.allows(Some(&basic("node:s3:cre"))));
+        assert!(!auth.allows(Some(&basic("nobody:s3:cret"))));
+        assert!(!auth.allows(Some("Bearer abc")));
+        assert!(!auth.allows(Some("Basic !!!")));
+        assert!(!auth.allows(None));
+        assert!(!format!("{auth:?}").contains("s3"), "Debug shows no secret");
+        for bad in [
+            "[[client]]\nusername = \"a:b\"\npassword = \"x\"\n",
+            "[[client]]\nusername = \"a\"\n",
+            "[[client]]\nusername = \"a\"\npassword = \"\"\n",
+            "[[client]]\nusername = \"a\"\npassword = \"x\"\n[[client]]\nusername = \"a\"\npassword = \"y\"\n",
+            "[[client]]\nusername = \"a\"\npassword_env = \"FERRY_TEST_UNSET_VAR\"\n",
+        ] {
+            assert!(load(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

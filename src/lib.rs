@@ -114,6 +114,7 @@ impl Ferry {
         let app = Arc::new(App {
             proxy: self.proxy.clone(),
             access_log: self.config.access_log,
+            client_auth: self.config.client_auth.clone(),
         });
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         tokio::spawn(async move {

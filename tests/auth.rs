@@ -181,6 +181,57 @@ async fn a6_ferry_itself_never_answers_401() {
 }
 
 #[tokio::test]
+async fn a6_with_client_auth_on_only_authenticated_clients_pull() {
+    let up = FakeRegistry::start().await;
+    let (m, layers) = up.add_image("library/app", "1", &[b"layer"]);
+    let toml = format!(
+        "[[client]]\nusername = \"node\"\npassword = \"s3cret\"\n[[upstream]]\nname = \"up\"\nurl = \"{}\"\n",
+        up.url()
+    );
+    let p = Proxied::with_toml(&up, &toml).await;
+    let manifest = "/v2/library/app/manifests/1";
+    let blob = format!("/v2/library/app/blobs/{}", layers[0]);
+    // No credentials, or wrong ones: 401 with a Basic challenge, nothing asked upstream.
+    for path in ["/v2/", manifest, &blob, "/v2/library/app/tags/list"] {
+        let r = p.get(path).await;
+        assert_eq!(r.status(), 401, "{path}");
+        assert_eq!(
+            header(&r, "www-authenticate"),
+            Some("Basic realm=\"ferry\"")
+        );
+        assert_eq!(error_code(r).await, "UNAUTHORIZED");
+    }
+    let r = p.head(manifest).await;
+    assert_eq!(r.status(), 401);
+    assert!(r.bytes().await.unwrap().is_empty(), "HEAD has no body");
+    let wrong = p
+        .client
+        .get(p.url(manifest))
+        .basic_auth("node", Some("guess"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(wrong.status(), 401);
+    assert_eq!(up.total(), 0);
+    // The right ones: the pull API as usual.
+    let get = |path: String| {
+        p.client
+            .get(p.url(&path))
+            .basic_auth("node", Some("s3cret"))
+            .send()
+    };
+    assert_eq!(get("/v2/".into()).await.unwrap().status(), 200);
+    let r = get(manifest.into()).await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(header(&r, "docker-content-digest"), Some(m.as_str()));
+    let r = get(blob.clone()).await.unwrap();
+    assert_eq!(body_digest(r).await.unwrap().0, layers[0]);
+    // Operations endpoints stay open for scrapers and probes.
+    assert_eq!(p.get("/metrics").await.status(), 200);
+    assert_eq!(p.get("/healthz").await.status(), 200);
+}
+
+#[tokio::test]
 async fn a5_a_redirect_target_with_its_own_realm_gets_its_own_token() {
     let up = FakeRegistry::start().await;
     up.set_auth(Auth::Bearer {

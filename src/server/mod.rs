@@ -37,6 +37,8 @@ const JSON: HeaderValue = HeaderValue::from_static("application/json");
 pub struct App {
     pub proxy: Arc<Proxy>,
     pub access_log: bool,
+    /// When set, the pull API answers only authenticated clients.
+    pub client_auth: Option<crate::config::ClientAuth>,
 }
 
 /// Handles one request; never fails (errors become OCI error responses).
@@ -70,6 +72,15 @@ async fn dispatch(app: &App, req: &Request<Incoming>) -> (&'static str, Response
             Err(e) => return ("invalid", error_response(&e, req.method() == Method::HEAD)),
         };
         let label = route_label(&parsed.route);
+        if let Some(auth) = &app.client_auth {
+            let given = req
+                .headers()
+                .get(header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok());
+            if !auth.allows(given) {
+                return (label, unauthorized(parsed.head));
+            }
+        }
         let resp = match pull(app, req.headers(), &parsed).await {
             Ok(r) => r,
             Err(e) => error_response(&e, parsed.head),
@@ -297,6 +308,21 @@ fn insert_digest(h: &mut HeaderMap, digest: &Digest) {
 }
 
 /// An OCI error response (`HEAD` gets the headers without the body).
+/// 401 with a Basic challenge: docker, containerd and podman then send the
+/// credentials they were given for this host.
+fn unauthorized(head: bool) -> Response<Body> {
+    let e = OciError::new(
+        crate::oci::ErrorCode::Unauthorized,
+        "authentication required",
+    );
+    let mut resp = error_response(&e, head);
+    resp.headers_mut().insert(
+        header::WWW_AUTHENTICATE,
+        HeaderValue::from_static("Basic realm=\"ferry\""),
+    );
+    resp
+}
+
 pub fn error_response(e: &OciError, head: bool) -> Response<Body> {
     let body = Bytes::from(e.body());
     let mut resp = sized(JSON, body, head);

@@ -18,6 +18,8 @@
 #                 GET per blob
 #   prefetch      `ferry prefetch` (admin API) caches multi:1.0, then skopeo copies
 #                 every platform with zero upstream blob GETs (Ferry only)
+#   clientauth    Ferry with [[client]] credentials: docker pull fails before and
+#                 works after `docker login`; ctr pulls with --user (Ferry only)
 # Every client case pulls twice (the second after emptying the client's store)
 # and the second pull must cost zero upstream blob GETs. Each case gets a fresh
 # mirror (empty data dir) on the same port.
@@ -42,7 +44,7 @@ set -uo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO=$(cd "$HERE/../.." && pwd)
-ALL_CASES=(docker dockermirror containerd skopeo dockerhub parallel prefetch)
+ALL_CASES=(docker dockermirror containerd skopeo dockerhub parallel prefetch clientauth)
 MIRROR=${MIRROR:-ferry}
 RANDOM_MB=${E2E_RANDOM_MB:-4}
 PULL_TIMEOUT=180
@@ -249,7 +251,10 @@ YML
     : >"$MLOG"
     start_bg mirror "$MLOG" docker-registry serve "$data/config.yml"
   fi
-  wait_until 30 mirror http_ok "http://$FERRY/v2/" || { tail -20 "$MLOG"; return 1; }
+  # /v2/ may demand credentials (clientauth); Ferry's /healthz never does.
+  local ready=/v2/
+  [ "$MIRROR" = ferry ] && ready=/healthz
+  wait_until 30 mirror http_ok "http://$FERRY$ready" || { tail -20 "$MLOG"; return 1; }
 }
 mirror_lines() { norm_log "$MLOG" "$1"; }   # mirror_lines FROM
 
@@ -829,6 +834,55 @@ case_prefetch() {
   counts "multi:1.0 prefetched=$fetched pull=$warm"
 }
 
+case_clientauth() {
+  if [ "$MIRROR" != ferry ]; then note "client authentication is Ferry's; skipped"; return 0; fi
+  local ref=$FERRY/library/test:1.0 up
+  dk_clean
+  dk logout "$FERRY" >/dev/null 2>&1 || true
+  step "docker pull $ref without credentials: refused"
+  up=$(lines "$UPLOG")
+  if "${DKC[@]}" pull "$ref" >"$LOGS/$CASE-pull-anon.log" 2>&1; then
+    fail "an anonymous pull succeeded"
+  fi
+  grep -qiE 'unauthorized|authentication required|no basic auth' "$LOGS/$CASE-pull-anon.log" \
+    || { sed 's/^/    | /' "$LOGS/$CASE-pull-anon.log" >&2; fail "docker did not report an auth error"; }
+  settle
+  [ "$(norm_log "$UPLOG" "$up" | grep -c .)" = 0 ] || fail "an anonymous pull reached upstream"
+  ok "anonymous pull refused, nothing asked upstream"
+  step "docker login $FERRY, then docker pull $ref"
+  echo e2e-secret | run_logged login "${DKC[@]}" login "$FERRY" -u node --password-stdin
+  run_logged pull-auth "${DKC[@]}" pull "$ref"
+  settle
+  dk_verify "$ref" "$(x .test.manifest)" "$(x .test.config)" "$(x -c .test.diff_ids)"
+  dk logout "$FERRY" >/dev/null 2>&1 || true
+  dk_clean
+  step "ctr images pull --user node:… --plain-http $ref"
+  run_logged ctr-pull ctr --address "$CTDSOCK" -n "$CT_NS-auth" images pull --plain-http \
+    --user node:e2e-secret "$ref"
+  step "ctr images pull --hosts-dir: hosts.toml mirror sending an Authorization header"
+  local hosts=$WORK/certs.d-auth mm
+  mkdir -p "$hosts/$UPSTREAM"
+  # server is a dead port: no fallback, the pull must go through Ferry.
+  cat >"$hosts/$UPSTREAM/hosts.toml" <<TOML
+server = "http://127.0.0.1:$DEADPORT"
+
+[host."http://$FERRY"]
+  capabilities = ["pull", "resolve"]
+  [host."http://$FERRY".header]
+    authorization = "Basic $(printf 'node:e2e-secret' | base64)"
+TOML
+  mm=$(lines "$MLOG")
+  run_logged ctr-hosts ctr --address "$CTDSOCK" -n "$CT_NS-auth2" images pull --hosts-dir "$hosts" \
+    --snapshotter native "$UPSTREAM/library/test:1.0"
+  settle
+  # The content is in containerd's store already (the ctr --user pull): what
+  # matters is that the resolve went through Ferry, authenticated.
+  grep -qE "^HEAD /v2/library/test/manifests/1\.0[?]ns=[^ ]+ 200$" <<<"$(mirror_lines "$mm")" \
+    || { mirror_lines "$mm" | sed 's/^/    | /' >&2; fail "Ferry did not resolve the tag for containerd"; }
+  ok "docker (after login), ctr (--user) and containerd (hosts.toml header) pulled through an authenticated Ferry"
+  counts "test:1.0 docker+ctr with credentials, anonymous refused"
+}
+
 # ================================================================ main
 mirror_args() {   # extra `ferry serve` arguments for a case (replacing --upstream)
   [ "$MIRROR" = ferry ] || return 0
@@ -845,6 +899,17 @@ url = "http://$UPSTREAM"
 TOML
       echo --config "$WORK/ferry-hub.toml" ;;
     prefetch) echo --upstream "http://$UPSTREAM" --admin-listen "127.0.0.1:$APORT" ;;
+    clientauth)
+      cat >"$WORK/ferry-auth.toml" <<TOML
+[[upstream]]
+name = "local"
+url = "http://$UPSTREAM"
+
+[[client]]
+username = "node"
+password = "e2e-secret"
+TOML
+      echo --config "$WORK/ferry-auth.toml" ;;
   esac
 }
 
@@ -857,8 +922,8 @@ python3 "$HERE/seed.py" "http://$UPSTREAM" "$RANDOM_MB" >"$EXP" 2>"$LOGS/seed.lo
   || { cat "$LOGS/seed.log"; die "seeding failed"; }
 log "test:1.0 manifest $(x .test.manifest), layers: $(x '.test.layers | join(" ")')"
 log "multi:1.0 index $(x .multi.index), amd64 $(x '.multi.platforms["linux/amd64"].manifest'), arm64 $(x '.multi.platforms["linux/arm64"].manifest')"
-if wants_any containerd parallel; then start_containerd containerd "$CTD"; fi
-if wants_any docker dockermirror parallel; then
+if wants_any containerd parallel clientauth; then start_containerd containerd "$CTD"; fi
+if wants_any docker dockermirror parallel clientauth; then
   start_containerd containerd-docker "$DK/ctd"
   start_dockerd
 fi
