@@ -611,7 +611,7 @@ impl Proxy {
 
     /// A page of tags, with `name` and `Link` rewritten to the client's view.
     pub async fn tags_list(
-        self: &Arc<Self>,
+        &self,
         up: &Arc<Upstream>,
         repo: &RepoName,
         client_name: &RepoName,
@@ -689,9 +689,9 @@ impl Proxy {
             .forget(|(u, r, ..)| u == upstream && r == repo);
     }
 
-    /// The referrers index for `digest`: upstream's referrers API, else the
-    /// `sha256-<hex>` fallback tag, else an empty index. Returns the body and
-    /// whether an `artifactType` filter was applied.
+    /// The referrers index for `digest` (see `fetch_referrers`), kept under
+    /// the repository's freshness policy. Returns the body and whether an
+    /// `artifactType` filter was applied.
     pub async fn referrers(
         &self,
         up: &Arc<Upstream>,
