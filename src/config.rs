@@ -9,7 +9,8 @@ use regex::Regex;
 use serde::Deserialize;
 use std::fmt;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 use url::Url;
 
@@ -42,6 +43,37 @@ fn secret(
         }),
         (None, None) => Ok(None),
     }
+}
+
+/// The TLS server configuration from PEM files: both or neither. HTTP/2 and
+/// HTTP/1.1 are offered by ALPN.
+fn tls_config(
+    cert: Option<&Path>,
+    key: Option<&Path>,
+) -> Result<Option<Arc<rustls::ServerConfig>>, ConfigError> {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+    let (cert, key) = match (cert, key) {
+        (None, None) => return Ok(None),
+        (Some(c), Some(k)) => (c, k),
+        _ => return err("tls_cert and tls_key go together"),
+    };
+    let certs = CertificateDer::pem_file_iter(cert)
+        .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+        .or_else(|e| err(format!("tls_cert {}: {e}", cert.display())))?;
+    if certs.is_empty() {
+        return err(format!("tls_cert {}: no certificate in it", cert.display()));
+    }
+    let key = PrivateKeyDer::from_pem_file(key)
+        .or_else(|e| err(format!("tls_key {}: {e}", key.display())))?;
+    let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .and_then(|b| b.with_no_client_auth().with_single_cert(certs, key))
+    .or_else(|e| err(format!("tls_cert/tls_key: {e}")))?;
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(Some(Arc::new(config)))
 }
 
 fn client_auth(clients: &[RawClient]) -> Result<Option<ClientAuth>, ConfigError> {
@@ -85,6 +117,10 @@ pub struct RawConfig {
     /// Log one line per request.
     #[serde(default)]
     pub access_log: bool,
+    /// Serve the client port over TLS with this PEM certificate chain…
+    pub tls_cert: Option<PathBuf>,
+    /// …and this PEM private key.
+    pub tls_key: Option<PathBuf>,
     #[serde(default)]
     pub cache: RawCache,
     #[serde(default)]
@@ -217,6 +253,8 @@ pub struct Config {
     pub access_log: bool,
     /// Who may pull; `None`: anyone who can reach the listener.
     pub client_auth: Option<ClientAuth>,
+    /// TLS for the client port; plain HTTP when `None`.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 /// Client credentials for the pull API (HTTP Basic). Only SHA-256 digests of
@@ -390,6 +428,8 @@ pub struct Overrides {
     pub tag_ttl: Option<u64>,
     pub max_cache_size: Option<String>,
     pub access_log: bool,
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
 }
 
 impl Config {
@@ -492,6 +532,10 @@ impl Config {
             timeouts,
             access_log: raw.access_log || o.access_log,
             client_auth: client_auth(&raw.clients)?,
+            tls: tls_config(
+                o.tls_cert.or(raw.tls_cert).as_deref(),
+                o.tls_key.or(raw.tls_key).as_deref(),
+            )?,
         })
     }
 

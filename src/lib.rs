@@ -131,13 +131,17 @@ impl Ferry {
             tracing::info!(%addr, "admin API listening");
             let proxy = self.proxy.clone();
             let stop = stop_rx.clone();
-            tokio::spawn(accept_loop(admin, stop, move |req| {
+            tokio::spawn(accept_loop(admin, None, stop, move |req| {
                 admin_service(proxy.clone(), req)
             }));
         }
         let maintenance = tokio::spawn(maintain(self.proxy.clone()));
         let stop = stop_rx.clone();
-        accept_loop(listener, stop, move |req| server::handle(app.clone(), req)).await;
+        let tls = self.config.tls.clone().map(tokio_rustls::TlsAcceptor::from);
+        accept_loop(listener, tls, stop, move |req| {
+            server::handle(app.clone(), req)
+        })
+        .await;
         maintenance.abort();
         // A fetch whose clients are served may still be making its blob durable.
         for _ in 0..1000 {
@@ -159,10 +163,14 @@ fn admin_service(
     server::admin::handle(proxy, req)
 }
 
+/// A client that connects to the TLS port and sends nothing is dropped after this.
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Accepts connections until `stop` turns true, then waits (bounded) for open
 /// connections to finish their requests.
 async fn accept_loop<F, Fut>(
     listener: TcpListener,
+    tls: Option<tokio_rustls::TlsAcceptor>,
     mut stop: tokio::sync::watch::Receiver<bool>,
     handler: F,
 ) where
@@ -187,11 +195,34 @@ async fn accept_loop<F, Fut>(
                     }
                 };
                 let _ = stream.set_nodelay(true);
-                let handler = handler.clone();
-                let conn = builder.serve_connection(TokioIo::new(stream), service_fn(handler));
-                let conn = graceful.watch(conn.into_owned());
+                let (handler, builder, tls) = (handler.clone(), builder.clone(), tls.clone());
+                let watcher = graceful.watcher();
                 tokio::spawn(async move {
-                    if let Err(e) = conn.await {
+                    let service = service_fn(handler);
+                    let result = match tls {
+                        None => {
+                            let conn = builder.serve_connection(TokioIo::new(stream), service);
+                            watcher.watch(conn.into_owned()).await
+                        }
+                        Some(acceptor) => {
+                            let handshake =
+                                tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream));
+                            let stream = match handshake.await {
+                                Ok(Ok(s)) => s,
+                                Ok(Err(e)) => {
+                                    tracing::debug!(error = %e, "TLS handshake failed");
+                                    return;
+                                }
+                                Err(_) => {
+                                    tracing::debug!("TLS handshake timed out");
+                                    return;
+                                }
+                            };
+                            let conn = builder.serve_connection(TokioIo::new(stream), service);
+                            watcher.watch(conn.into_owned()).await
+                        }
+                    };
+                    if let Err(e) = result {
                         tracing::debug!(error = %e, "connection ended with an error");
                     }
                 });

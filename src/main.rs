@@ -77,6 +77,12 @@ struct ServeArgs {
     /// Log one line per request.
     #[arg(long)]
     access_log: bool,
+    /// Serve the client port over TLS: PEM certificate chain (with --tls-key).
+    #[arg(long, requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key for --tls-cert.
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -202,6 +208,8 @@ fn load_config(args: &ServeArgs) -> Result<Config> {
         tag_ttl: args.tag_ttl,
         max_cache_size: args.max_cache_size.clone(),
         access_log: args.access_log,
+        tls_cert: args.tls_cert.clone(),
+        tls_key: args.tls_key.clone(),
     };
     let context = args.config.as_ref().map_or_else(
         || "invalid configuration".to_string(),

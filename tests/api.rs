@@ -696,3 +696,107 @@ async fn metrics_endpoint_reports_requests_and_cache_activity() {
         up.authority()
     )));
 }
+
+#[tokio::test]
+async fn tls_listener_serves_https_over_http2_and_http1() {
+    let up = FakeRegistry::start().await;
+    let (m, layers) = up.add_image("library/app", "1", &[b"layer over tls"]);
+    // A CA and a leaf for 127.0.0.1 signed by it (webpki refuses a CA as the leaf).
+    let certs = tempfile::tempdir().unwrap();
+    let at = |f: &str| certs.path().join(f).display().to_string();
+    let (ca, ca_key, cert, key, csr, ext) = (
+        at("ca.pem"),
+        at("ca.key"),
+        at("cert.pem"),
+        at("key.pem"),
+        at("leaf.csr"),
+        at("leaf.ext"),
+    );
+    std::fs::write(&ext, "subjectAltName=IP:127.0.0.1\n").unwrap();
+    for args in [
+        vec![
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+        ]
+        .into_iter()
+        .chain([
+            "-subj",
+            "/CN=ferry-test-ca",
+            "-keyout",
+            &ca_key,
+            "-out",
+            &ca,
+        ])
+        .collect::<Vec<&str>>(),
+        vec![
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-subj",
+            "/CN=127.0.0.1",
+        ]
+        .into_iter()
+        .chain(["-keyout", &key, "-out", &csr])
+        .collect(),
+        vec![
+            "x509", "-req", "-days", "1", "-in", &csr, "-CA", &ca, "-CAkey", &ca_key,
+        ]
+        .into_iter()
+        .chain(["-CAcreateserial", "-extfile", &ext, "-out", &cert])
+        .collect(),
+    ] {
+        let out = std::process::Command::new("openssl")
+            .args(&args)
+            .output()
+            .expect("openssl is installed (.ci/run installs it)");
+        assert!(out.status.success(), "openssl {args:?}: {out:?}");
+    }
+    let toml = format!("tls_cert = {:?}\ntls_key = {:?}\n", cert, key);
+    let p = Proxied::with_toml(&up, &toml).await;
+    let root = reqwest::Certificate::from_pem(&std::fs::read(&ca).unwrap()).unwrap();
+    let https = |path: &str| format!("https://{}{path}", p.addr);
+    for http2 in [false, true] {
+        let mut b = reqwest::Client::builder().add_root_certificate(root.clone());
+        if http2 {
+            b = b.http2_prior_knowledge();
+        } else {
+            b = b.http1_only();
+        }
+        let c = b.build().unwrap();
+        let r = c
+            .get(https("/v2/library/app/manifests/1"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        let want = if http2 {
+            reqwest::Version::HTTP_2
+        } else {
+            reqwest::Version::HTTP_11
+        };
+        assert_eq!(r.version(), want);
+        assert_eq!(sha256(&r.bytes().await.unwrap()), m);
+        let r = c
+            .get(https(&format!("/v2/library/app/blobs/{}", layers[0])))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(body_digest(r).await.unwrap().0, layers[0]);
+    }
+    // Plain HTTP on the TLS port gets no answer.
+    assert!(p.client.get(p.url("/v2/")).send().await.is_err());
+    // A client that does not trust the certificate cannot connect.
+    assert!(reqwest::get(https("/v2/")).await.is_err());
+
+    // Half a TLS configuration is refused before anything starts.
+    let half = format!("tls_cert = {cert:?}\n");
+    let raw = ferry::config::RawConfig::from_toml(&half).unwrap();
+    let e = ferry::config::Config::from_raw(raw, ferry::config::Overrides::default()).unwrap_err();
+    assert!(
+        e.to_string().contains("tls_cert and tls_key go together"),
+        "{e}"
+    );
+    let bad = format!("tls_cert = {key:?}\ntls_key = {key:?}\n");
+    let raw = ferry::config::RawConfig::from_toml(&bad).unwrap();
+    assert!(ferry::config::Config::from_raw(raw, ferry::config::Overrides::default()).is_err());
+}

@@ -20,6 +20,8 @@
 #                 every platform with zero upstream blob GETs (Ferry only)
 #   clientauth    Ferry with [[client]] credentials: docker pull fails before and
 #                 works after `docker login`; ctr pulls with --user (Ferry only)
+#   tls           Ferry on HTTPS (--tls-cert/--tls-key, a test CA): skopeo with the CA
+#                 in --src-cert-dir and containerd with `ca` in hosts.toml (Ferry only)
 # Every client case pulls twice (the second after emptying the client's store)
 # and the second pull must cost zero upstream blob GETs. Each case gets a fresh
 # mirror (empty data dir) on the same port.
@@ -44,7 +46,7 @@ set -uo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO=$(cd "$HERE/../.." && pwd)
-ALL_CASES=(docker dockermirror containerd skopeo dockerhub parallel prefetch clientauth)
+ALL_CASES=(docker dockermirror containerd skopeo dockerhub parallel prefetch clientauth tls)
 MIRROR=${MIRROR:-ferry}
 RANDOM_MB=${E2E_RANDOM_MB:-4}
 PULL_TIMEOUT=180
@@ -186,7 +188,7 @@ wait_until() {   # wait_until SECONDS NAME CMD...: poll CMD, fail early if NAME'
   done
   log "$name not ready after ${secs}s"; return 1
 }
-http_ok() { [ "$(curl -s -o /dev/null -w '%{http_code}' --max-time 2 "$1")" = 200 ]; }
+http_ok() { [ "$(curl -s -o /dev/null -w '%{http_code}' --max-time 2 "${@:2}" "$1")" = 200 ]; }
 
 # ---------------------------------------------------------------- logs
 # Access-log lines from either Ferry (tracing, target ferry::access) or
@@ -252,9 +254,10 @@ YML
     start_bg mirror "$MLOG" docker-registry serve "$data/config.yml"
   fi
   # /v2/ may demand credentials (clientauth); Ferry's /healthz never does.
-  local ready=/v2/
-  [ "$MIRROR" = ferry ] && ready=/healthz
-  wait_until 30 mirror http_ok "http://$FERRY$ready" || { tail -20 "$MLOG"; return 1; }
+  local ready=http://$FERRY/v2/
+  [ "$MIRROR" = ferry ] && ready=http://$FERRY/healthz
+  [ "$MIRROR" = ferry ] && [ -n "${MIRROR_TLS:-}" ] && ready=https://$FERRY/healthz
+  wait_until 30 mirror http_ok "$ready" -k || { tail -20 "$MLOG"; return 1; }
 }
 mirror_lines() { norm_log "$MLOG" "$1"; }   # mirror_lines FROM
 
@@ -834,6 +837,57 @@ case_prefetch() {
   counts "multi:1.0 prefetched=$fetched pull=$warm"
 }
 
+# make_test_ca DIR: a CA (DIR/certs/ca.crt) and a leaf for 127.0.0.1 signed by it.
+make_test_ca() {
+  local d=$1
+  mkdir -p "$d/certs"
+  echo "subjectAltName=IP:127.0.0.1" >"$d/leaf.ext"
+  openssl req -x509 -newkey rsa:2048 -nodes -days 1 -subj /CN=ferry-e2e-ca \
+    -keyout "$d/ca.key" -out "$d/certs/ca.crt" 2>/dev/null &&
+  openssl req -newkey rsa:2048 -nodes -subj /CN=127.0.0.1 \
+    -keyout "$d/leaf.key" -out "$d/leaf.csr" 2>/dev/null &&
+  openssl x509 -req -days 1 -in "$d/leaf.csr" -CA "$d/certs/ca.crt" -CAkey "$d/ca.key" \
+    -CAcreateserial -extfile "$d/leaf.ext" -out "$d/leaf.pem" 2>/dev/null
+}
+
+case_tls() {
+  if [ "$MIRROR" != ferry ]; then note "TLS listener is Ferry's; skipped"; return 0; fi
+  local ref=$FERRY/library/test:1.0 out=$WORK/tls-out up mm hosts=$WORK/certs.d-tls
+  mkdir -p "$out"
+  step "skopeo copy docker://$ref over HTTPS, the test CA in --src-cert-dir"
+  up=$(lines "$UPLOG"); mm=$(lines "$MLOG")
+  run_logged copy-tls skopeo --policy "$WORK/policy.json" copy --src-cert-dir "$WORK/tls/certs" \
+    "docker://$ref" "dir:$out/test"
+  settle
+  sk_verify_dir "$out/test"
+  expect_mirror_served "$mm" "skopeo over TLS" $(x '.test.blobs[]')
+  step "skopeo without the CA is refused"
+  if skopeo --policy "$WORK/policy.json" copy "docker://$ref" "dir:$out/untrusted" \
+      >"$LOGS/$CASE-untrusted.log" 2>&1; then
+    fail "a client without the CA pulled over TLS"
+  fi
+  grep -qiE 'certificate|x509' "$LOGS/$CASE-untrusted.log" \
+    || { sed 's/^/    | /' "$LOGS/$CASE-untrusted.log" >&2; fail "no certificate error"; }
+  ok "untrusted client refused: $(grep -oiE 'x509[^"]{0,60}' "$LOGS/$CASE-untrusted.log" | head -1)"
+  step "ctr images pull --hosts-dir: hosts.toml mirror https://$FERRY with ca = the test CA"
+  mkdir -p "$hosts/$UPSTREAM"
+  cat >"$hosts/$UPSTREAM/hosts.toml" <<TOML
+server = "http://127.0.0.1:$DEADPORT"
+
+[host."https://$FERRY"]
+  capabilities = ["pull", "resolve"]
+  ca = "$WORK/tls/certs/ca.crt"
+TOML
+  mm=$(lines "$MLOG")
+  run_logged ctr-tls ctr --address "$CTDSOCK" -n "$CT_NS-tls" images pull --hosts-dir "$hosts" \
+    --snapshotter native "$UPSTREAM/library/test:1.0"
+  settle
+  grep -qE "^HEAD /v2/library/test/manifests/1\.0[?]ns=[^ ]+ 200$" <<<"$(mirror_lines "$mm")" \
+    || { mirror_lines "$mm" | sed 's/^/    | /' >&2; fail "Ferry did not resolve the tag for containerd over TLS"; }
+  ok "skopeo and containerd pulled over HTTPS; an untrusting client was refused"
+  counts "test:1.0 over HTTPS (skopeo, containerd)"
+}
+
 case_clientauth() {
   if [ "$MIRROR" != ferry ]; then note "client authentication is Ferry's; skipped"; return 0; fi
   local ref=$FERRY/library/test:1.0 up
@@ -899,6 +953,9 @@ url = "http://$UPSTREAM"
 TOML
       echo --config "$WORK/ferry-hub.toml" ;;
     prefetch) echo --upstream "http://$UPSTREAM" --admin-listen "127.0.0.1:$APORT" ;;
+    tls)
+      make_test_ca "$WORK/tls" >&2
+      echo --upstream "http://$UPSTREAM" --tls-cert "$WORK/tls/leaf.pem" --tls-key "$WORK/tls/leaf.key" ;;
     clientauth)
       cat >"$WORK/ferry-auth.toml" <<TOML
 [[upstream]]
@@ -922,7 +979,7 @@ python3 "$HERE/seed.py" "http://$UPSTREAM" "$RANDOM_MB" >"$EXP" 2>"$LOGS/seed.lo
   || { cat "$LOGS/seed.log"; die "seeding failed"; }
 log "test:1.0 manifest $(x .test.manifest), layers: $(x '.test.layers | join(" ")')"
 log "multi:1.0 index $(x .multi.index), amd64 $(x '.multi.platforms["linux/amd64"].manifest'), arm64 $(x '.multi.platforms["linux/arm64"].manifest')"
-if wants_any containerd parallel clientauth; then start_containerd containerd "$CTD"; fi
+if wants_any containerd parallel clientauth tls; then start_containerd containerd "$CTD"; fi
 if wants_any docker dockermirror parallel clientauth; then
   start_containerd containerd-docker "$DK/ctd"
   start_dockerd
@@ -933,6 +990,7 @@ for CASE in "${CASES[@]}"; do
   log "=== case $CASE"
   started=$SECONDS
   # shellcheck disable=SC2046
+  MIRROR_TLS=; [ "$CASE" = tls ] && MIRROR_TLS=1
   if ! start_mirror "$CASE" $(mirror_args "$CASE"); then
     echo "FAIL $CASE (mirror did not start; log: $MLOG)"; FAILED+=("$CASE"); FAILED_ANY=1; continue
   fi
