@@ -120,9 +120,16 @@ pub(crate) fn run(store: &Store, verify: bool, repair: bool) -> Result<FsckRepor
                 indexed: meta.size,
                 on_disk: m.len(),
             }),
-            Ok(_) if verify && !file_verifies(&path, &digest)? => Some(FsckFinding::CorruptBlob {
-                digest: key_text.clone(),
-            }),
+            Ok(_) if verify => match file_verifies(&path, &digest)? {
+                Some(true) => None,
+                Some(false) => Some(FsckFinding::CorruptBlob {
+                    digest: key_text.clone(),
+                }),
+                // Gone since the metadata call: a live store evicted it.
+                None => Some(FsckFinding::MissingFile {
+                    digest: key_text.clone(),
+                }),
+            },
             Ok(_) => None,
         };
         indexed.insert(path.clone());
@@ -144,7 +151,10 @@ pub(crate) fn run(store: &Store, verify: bool, repair: bool) -> Result<FsckRepor
         if !indexed.contains(&path) {
             let digest = digest_of_path(store, &path);
             let intact = match &digest {
-                Some(d) => file_verifies(&path, d)?,
+                Some(d) => match file_verifies(&path, d)? {
+                    Some(ok) => ok,
+                    None => continue, // removed since the listing (live store)
+                },
                 None => false,
             };
             report.findings.push(FsckFinding::OrphanFile {
@@ -190,7 +200,53 @@ pub(crate) fn run(store: &Store, verify: bool, repair: bool) -> Result<FsckRepor
             remove_if_exists(&path)?;
         }
     }
+    if !repair {
+        // A live store moves while it is checked: a blob committed after the
+        // index was read looks orphaned, one evicted after it looks missing, and
+        // fetches in flight have temp files. Keep only what still holds, with
+        // eviction held off for the recheck.
+        let _quiet = inner.evicting.lock().unwrap_or_else(|e| e.into_inner());
+        report.findings.retain(|f| still_holds(store, f));
+    }
     Ok(report)
+}
+
+pub(crate) fn still_holds(store: &Store, finding: &FsckFinding) -> bool {
+    let inner = &store.inner;
+    let indexed = |digest: &str| -> Option<u64> {
+        let d = digest.parse::<Digest>().ok()?;
+        inner.index.blob(&d).ok().flatten().map(|m| m.size)
+    };
+    let on_disk = |digest: &str| -> Option<u64> {
+        let d = digest.parse::<Digest>().ok()?;
+        fs::metadata(blob_path(&inner.blobs_dir, &d))
+            .ok()
+            .map(|m| m.len())
+    };
+    match finding {
+        FsckFinding::MissingFile { digest } => {
+            indexed(digest).is_some() && on_disk(digest).is_none()
+        }
+        FsckFinding::WrongSize { digest, .. } => {
+            matches!((indexed(digest), on_disk(digest)), (Some(i), Some(d)) if i != d)
+        }
+        FsckFinding::CorruptBlob { digest } => indexed(digest).is_some(),
+        FsckFinding::OrphanFile { path, .. } => {
+            path.exists()
+                && digest_of_path(store, path).is_none_or(|d| indexed(&d.to_string()).is_none())
+        }
+        FsckFinding::TempFile { path } => path.exists() && !in_flight_here(path),
+        FsckFinding::BadIndexEntry { .. } | FsckFinding::CorruptManifest { .. } => true,
+    }
+}
+
+/// Whether a temp file belongs to a write of this process (`<hex>.<pid>.<seq>`).
+fn in_flight_here(path: &Path) -> bool {
+    let pid = std::process::id().to_string();
+    path.file_name()
+        .and_then(|n| n.to_str())
+        .and_then(|n| n.split('.').nth(1))
+        .is_some_and(|p| p == pid)
 }
 
 /// The digest a path under `blobs/` names, if it is a well-formed blob path.
@@ -201,8 +257,13 @@ fn digest_of_path(store: &Store, path: &Path) -> Option<Digest> {
     (blob_path(&store.inner.blobs_dir, &d) == path).then_some(d)
 }
 
-fn file_verifies(path: &Path, digest: &Digest) -> io::Result<bool> {
-    let mut file = File::open(path)?;
+/// Whether a file hashes to `digest`; `None` when it no longer exists.
+fn file_verifies(path: &Path, digest: &Digest) -> io::Result<Option<bool>> {
+    let mut file = match File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
+    };
     let mut hasher = Hasher::new(digest.algorithm());
     let mut buf = vec![0u8; 1 << 20];
     loop {
@@ -212,7 +273,7 @@ fn file_verifies(path: &Path, digest: &Digest) -> io::Result<bool> {
         }
         hasher.update(&buf[..n]);
     }
-    Ok(hasher.finish() == *digest)
+    Ok(Some(hasher.finish() == *digest))
 }
 
 /// Every regular file below `dir`, recursively.

@@ -382,3 +382,43 @@ fn verified_blob_is_invisible_until_persisted_and_gone_if_dropped() {
     assert_eq!(read_all(&s, &digest), b"abc");
     assert_eq!(tmp_entries(dir.path()), 0);
 }
+
+#[test]
+fn a_live_fsck_reports_only_what_still_holds() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = store(dir.path());
+    // A commit caught between its rename and its index write looks orphaned…
+    let d = Digest::sha256_of(b"landing");
+    let path = blob_path(&s.inner.blobs_dir, &d);
+    fs::create_dir_all(path.parent().unwrap()).unwrap();
+    fs::write(&path, b"landing").unwrap();
+    let orphan = FsckFinding::OrphanFile {
+        path: path.clone(),
+        intact: true,
+    };
+    assert!(fsck::still_holds(&s, &orphan));
+    // …and once indexed it is no finding.
+    s.index_committed_blob(&d, 7).unwrap();
+    assert!(!fsck::still_holds(&s, &orphan));
+    // An entry evicted after the index was read looked missing; now it is gone from both.
+    let missing = FsckFinding::MissingFile {
+        digest: d.to_string(),
+    };
+    assert!(!fsck::still_holds(&s, &missing), "file present");
+    assert!(s.purge_digest(&d).unwrap());
+    assert!(!fsck::still_holds(&s, &missing), "not indexed any more");
+    // A write in flight in this process has a temp file; a dead process's does not count as ours.
+    let w = s.begin_blob(&Digest::sha256_of(b"in flight")).unwrap();
+    let stale = dir
+        .path()
+        .join("tmp")
+        .join(format!("{}.1.0", "a".repeat(64)));
+    fs::write(&stale, b"left by a crash").unwrap();
+    let report = s.fsck(false, false).unwrap();
+    assert_eq!(
+        report.findings,
+        vec![FsckFinding::TempFile { path: stale }],
+        "only the dead process's temp file"
+    );
+    drop(w);
+}
