@@ -16,15 +16,48 @@ use std::hash::Hash;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
-/// Answers kept per cache at most; the oldest goes first.
+/// Answers kept per cache at most, by count and by bytes; the oldest go first.
 const MAX_ANSWERS: usize = 1024;
+const MAX_BYTES: usize = 32 * 1024 * 1024;
+
+/// The memory an answer holds, for the byte budget.
+pub(crate) trait Weigh {
+    fn weight(&self) -> usize;
+}
+
+impl Weigh for (bytes::Bytes, Option<String>) {
+    fn weight(&self) -> usize {
+        self.0.len() + self.1.as_ref().map_or(0, String::len)
+    }
+}
+
+impl Weigh for (bytes::Bytes, bool) {
+    fn weight(&self) -> usize {
+        self.0.len()
+    }
+}
 
 pub(crate) struct Answers<K, V> {
     kind: Kind,
     /// The error code an upstream 404 becomes.
     not_found: ErrorCode,
-    entries: Mutex<HashMap<K, Kept<V>>>,
+    entries: Mutex<Entries<K, V>>,
     flights: SingleFlight<K, Result<Kept<V>, OciError>>,
+}
+
+/// The kept answers and the bytes they hold.
+struct Entries<K, V> {
+    map: HashMap<K, Kept<V>>,
+    bytes: usize,
+}
+
+impl<K, V> Default for Entries<K, V> {
+    fn default() -> Self {
+        Entries {
+            map: HashMap::new(),
+            bytes: 0,
+        }
+    }
 }
 
 #[derive(Clone)]
@@ -36,7 +69,7 @@ struct Kept<V> {
 impl<K, V> Answers<K, V>
 where
     K: Hash + Eq + Clone + Send + Sync + 'static,
-    V: Clone + Send + Sync + 'static,
+    V: Weigh + Clone + Send + Sync + 'static,
 {
     pub fn new(kind: Kind, not_found: ErrorCode) -> Answers<K, V> {
         Answers {
@@ -61,7 +94,7 @@ where
         F: Future<Output = Result<V, UpstreamError>> + Send + 'static,
     {
         let ttl = policy.tag_ttl.as_millis() as u64;
-        let kept = lock(&self.entries).get(&key).cloned();
+        let kept = lock(&self.entries).map.get(&key).cloned();
         if let Some(k) = kept.as_ref() {
             if clock.now_ms() < k.fetched_at_ms.saturating_add(ttl) {
                 metrics.hit(self.kind);
@@ -100,7 +133,7 @@ where
                         _ => Err(map_upstream_error(e, this.not_found)),
                     },
                     Err(e) => {
-                        lock(&this.entries).remove(&key2);
+                        this.remove(&key2);
                         Err(map_upstream_error(e, this.not_found))
                     }
                 }
@@ -116,20 +149,93 @@ where
 
     /// Drops every kept answer whose key `matches`.
     pub fn forget(&self, matches: impl Fn(&K) -> bool) {
-        lock(&self.entries).retain(|k, _| !matches(k));
+        let mut e = lock(&self.entries);
+        let gone: usize = e
+            .map
+            .iter()
+            .filter(|(k, _)| matches(k))
+            .map(|(_, v)| v.value.weight())
+            .sum();
+        e.map.retain(|k, _| !matches(k));
+        e.bytes -= gone;
+    }
+
+    fn remove(&self, key: &K) {
+        let mut e = lock(&self.entries);
+        if let Some(old) = e.map.remove(key) {
+            e.bytes -= old.value.weight();
+        }
     }
 
     fn keep(&self, key: K, kept: Kept<V>) {
-        let mut entries = lock(&self.entries);
-        if entries.len() >= MAX_ANSWERS && !entries.contains_key(&key) {
-            let oldest = entries
+        let weight = kept.value.weight();
+        if weight > MAX_BYTES / 4 {
+            return; // one huge answer would push out everything else
+        }
+        let mut e = lock(&self.entries);
+        if let Some(old) = e.map.remove(&key) {
+            e.bytes -= old.value.weight();
+        }
+        while !e.map.is_empty() && (e.map.len() >= MAX_ANSWERS || e.bytes + weight > MAX_BYTES) {
+            let oldest = e
+                .map
                 .iter()
                 .min_by_key(|(_, k)| k.fetched_at_ms)
                 .map(|(k, _)| k.clone());
             if let Some(k) = oldest {
-                entries.remove(&k);
+                if let Some(old) = e.map.remove(&k) {
+                    e.bytes -= old.value.weight();
+                }
             }
         }
-        entries.insert(key, kept);
+        e.bytes += weight;
+        e.map.insert(key, kept);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+
+    fn answers() -> Arc<Answers<u32, (Bytes, bool)>> {
+        Arc::new(Answers::new(Kind::TagList, ErrorCode::NameUnknown))
+    }
+
+    fn kept(n: usize, at: u64) -> Kept<(Bytes, bool)> {
+        Kept {
+            value: (Bytes::from(vec![0u8; n]), false),
+            fetched_at_ms: at,
+        }
+    }
+
+    #[test]
+    fn the_byte_budget_pushes_out_the_oldest_answers() {
+        let a = answers();
+        let quarter = MAX_BYTES / 4;
+        for i in 0..4u32 {
+            a.keep(i, kept(quarter, u64::from(i)));
+        }
+        assert_eq!(lock(&a.entries).bytes, MAX_BYTES);
+        a.keep(4, kept(10, 4));
+        let e = lock(&a.entries);
+        assert!(!e.map.contains_key(&0), "the oldest went");
+        assert!(e.map.contains_key(&4));
+        assert_eq!(e.bytes, 3 * quarter + 10);
+    }
+
+    #[test]
+    fn huge_answers_are_not_kept_and_replacing_one_keeps_the_count_right() {
+        let a = answers();
+        a.keep(1, kept(MAX_BYTES / 4 + 1, 0));
+        assert!(lock(&a.entries).map.is_empty());
+        a.keep(1, kept(100, 0));
+        a.keep(1, kept(50, 1));
+        a.keep(2, kept(7, 2));
+        assert_eq!(lock(&a.entries).bytes, 57);
+        a.forget(|k| *k == 1);
+        assert_eq!(lock(&a.entries).bytes, 7);
+        a.remove(&2);
+        assert_eq!(lock(&a.entries).bytes, 0);
     }
 }
