@@ -35,7 +35,6 @@ use metrics::Metrics;
 use proxy::Proxy;
 use server::App;
 use std::future::Future;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
@@ -144,11 +143,8 @@ impl Ferry {
         .await;
         maintenance.abort();
         // A fetch whose clients are served may still be making its blob durable.
-        for _ in 0..1000 {
-            if self.proxy.metrics.inflight_fetches.load(Ordering::Relaxed) == 0 {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
+        if !self.proxy.fetches_landed(Duration::from_secs(10)).await {
+            tracing::warn!("blob fetches still in flight after 10s; stopping anyway");
         }
         let store = self.proxy.store.clone();
         let _ = tokio::task::spawn_blocking(move || store.flush_access_times()).await;

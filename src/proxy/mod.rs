@@ -495,6 +495,17 @@ impl Proxy {
         }
     }
 
+    /// Waits, at most `within`, until no blob fetch is in flight (a fetch ends
+    /// only once its blob is persisted); whether they all landed.
+    pub async fn fetches_landed(&self, within: std::time::Duration) -> bool {
+        let all = async {
+            while !lock(&self.blob_fetches).is_empty() {
+                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+            }
+        };
+        tokio::time::timeout(within, all).await.is_ok()
+    }
+
     /// Called by a fetch's task when it has landed (verified or failed).
     fn finish_fetch(&self, digest: &Digest) {
         lock(&self.blob_fetches).remove(digest);

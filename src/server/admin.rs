@@ -65,11 +65,7 @@ async fn purge(proxy: &Arc<Proxy>, query: Option<&str>) -> Result<Response<Body>
         n
     };
     let body = serde_json::json!({ "removed": removed }).to_string();
-    Ok(sized(
-        HeaderValue::from_static("application/json"),
-        Bytes::from(body),
-        false,
-    ))
+    Ok(json(body))
 }
 
 /// The `upstream=` and `repository=` parameters, resolved as a pull would
@@ -110,11 +106,7 @@ async fn prefetch(proxy: &Arc<Proxy>, query: Option<&str>) -> Result<Response<Bo
     tracing::info!(upstream = up.name(), %repo, ?report, "prefetched");
     let body = serde_json::to_string(&report)
         .map_err(|e| OciError::new(ErrorCode::Unknown, e.to_string()))?;
-    Ok(sized(
-        HeaderValue::from_static("application/json"),
-        Bytes::from(body),
-        false,
-    ))
+    Ok(json(body))
 }
 
 async fn fsck(proxy: &Arc<Proxy>, query: Option<&str>) -> Result<Response<Body>, OciError> {
@@ -134,11 +126,7 @@ async fn fsck(proxy: &Arc<Proxy>, query: Option<&str>) -> Result<Response<Body>,
         "findings": findings,
     })
     .to_string();
-    Ok(sized(
-        HeaderValue::from_static("application/json"),
-        Bytes::from(body),
-        false,
-    ))
+    Ok(json(body))
 }
 
 async fn blocking<T: Send + 'static>(
@@ -149,4 +137,12 @@ async fn blocking<T: Send + 'static>(
         Ok(Err(e)) => Err(OciError::new(ErrorCode::Unknown, e.to_string())),
         Err(e) => Err(OciError::new(ErrorCode::Unknown, e.to_string())),
     }
+}
+
+fn json(body: String) -> Response<Body> {
+    sized(
+        HeaderValue::from_static("application/json"),
+        Bytes::from(body),
+        false,
+    )
 }

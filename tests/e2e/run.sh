@@ -837,6 +837,27 @@ case_prefetch() {
   counts "multi:1.0 prefetched=$fetched pull=$warm"
 }
 
+# ct_pull_mirror_only NAME NAMESPACE MIRROR_URL [TOML_LINE...]: ctr pulls
+# $UPSTREAM/library/test:1.0 through a hosts.toml whose only live host is MIRROR_URL
+# (extra lines appended to its table); server is a dead port, so there is no
+# fallback. Ferry must have resolved the tag. The content may be in containerd's
+# store already: what matters is that the resolve went through Ferry.
+ct_pull_mirror_only() {
+  local name=$1 ns=$2 url=$3 hosts=$WORK/certs.d-$1 mm; shift 3
+  mkdir -p "$hosts/$UPSTREAM"
+  {
+    printf 'server = "http://127.0.0.1:%s"\n\n[host."%s"]\n' "$DEADPORT" "$url"
+    printf '  capabilities = ["pull", "resolve"]\n'
+    printf '%s\n' "$@"
+  } >"$hosts/$UPSTREAM/hosts.toml"
+  mm=$(lines "$MLOG")
+  run_logged "$name" ctr --address "$CTDSOCK" -n "$ns" images pull --hosts-dir "$hosts" \
+    --snapshotter native "$UPSTREAM/library/test:1.0"
+  settle
+  grep -qE "^HEAD /v2/library/test/manifests/1\.0[?]ns=[^ ]+ 200$" <<<"$(mirror_lines "$mm")" \
+    || { mirror_lines "$mm" | sed 's/^/    | /' >&2; fail "Ferry did not resolve the tag for containerd ($name)"; }
+}
+
 # make_test_ca DIR: a CA (DIR/certs/ca.crt) and a leaf for 127.0.0.1 signed by it.
 make_test_ca() {
   local d=$1
@@ -852,7 +873,7 @@ make_test_ca() {
 
 case_tls() {
   if [ "$MIRROR" != ferry ]; then note "TLS listener is Ferry's; skipped"; return 0; fi
-  local ref=$FERRY/library/test:1.0 out=$WORK/tls-out up mm hosts=$WORK/certs.d-tls
+  local ref=$FERRY/library/test:1.0 out=$WORK/tls-out up mm
   mkdir -p "$out"
   step "skopeo copy docker://$ref over HTTPS, the test CA in --src-cert-dir"
   up=$(lines "$UPLOG"); mm=$(lines "$MLOG")
@@ -870,20 +891,7 @@ case_tls() {
     || { sed 's/^/    | /' "$LOGS/$CASE-untrusted.log" >&2; fail "no certificate error"; }
   ok "untrusted client refused: $(grep -oiE 'x509[^"]{0,60}' "$LOGS/$CASE-untrusted.log" | head -1)"
   step "ctr images pull --hosts-dir: hosts.toml mirror https://$FERRY with ca = the test CA"
-  mkdir -p "$hosts/$UPSTREAM"
-  cat >"$hosts/$UPSTREAM/hosts.toml" <<TOML
-server = "http://127.0.0.1:$DEADPORT"
-
-[host."https://$FERRY"]
-  capabilities = ["pull", "resolve"]
-  ca = "$WORK/tls/certs/ca.crt"
-TOML
-  mm=$(lines "$MLOG")
-  run_logged ctr-tls ctr --address "$CTDSOCK" -n "$CT_NS-tls" images pull --hosts-dir "$hosts" \
-    --snapshotter native "$UPSTREAM/library/test:1.0"
-  settle
-  grep -qE "^HEAD /v2/library/test/manifests/1\.0[?]ns=[^ ]+ 200$" <<<"$(mirror_lines "$mm")" \
-    || { mirror_lines "$mm" | sed 's/^/    | /' >&2; fail "Ferry did not resolve the tag for containerd over TLS"; }
+  ct_pull_mirror_only ctr-tls "$CT_NS-tls" "https://$FERRY" "  ca = \"$WORK/tls/certs/ca.crt\""
   ok "skopeo and containerd pulled over HTTPS; an untrusting client was refused"
   counts "test:1.0 over HTTPS (skopeo, containerd)"
 }
@@ -914,25 +922,9 @@ case_clientauth() {
   run_logged ctr-pull ctr --address "$CTDSOCK" -n "$CT_NS-auth" images pull --plain-http \
     --user node:e2e-secret "$ref"
   step "ctr images pull --hosts-dir: hosts.toml mirror sending an Authorization header"
-  local hosts=$WORK/certs.d-auth mm
-  mkdir -p "$hosts/$UPSTREAM"
-  # server is a dead port: no fallback, the pull must go through Ferry.
-  cat >"$hosts/$UPSTREAM/hosts.toml" <<TOML
-server = "http://127.0.0.1:$DEADPORT"
-
-[host."http://$FERRY"]
-  capabilities = ["pull", "resolve"]
-  [host."http://$FERRY".header]
-    authorization = "Basic $(printf 'node:e2e-secret' | base64)"
-TOML
-  mm=$(lines "$MLOG")
-  run_logged ctr-hosts ctr --address "$CTDSOCK" -n "$CT_NS-auth2" images pull --hosts-dir "$hosts" \
-    --snapshotter native "$UPSTREAM/library/test:1.0"
-  settle
-  # The content is in containerd's store already (the ctr --user pull): what
-  # matters is that the resolve went through Ferry, authenticated.
-  grep -qE "^HEAD /v2/library/test/manifests/1\.0[?]ns=[^ ]+ 200$" <<<"$(mirror_lines "$mm")" \
-    || { mirror_lines "$mm" | sed 's/^/    | /' >&2; fail "Ferry did not resolve the tag for containerd"; }
+  ct_pull_mirror_only ctr-hosts "$CT_NS-auth2" "http://$FERRY" \
+    "  [host.\"http://$FERRY\".header]" \
+    "    authorization = \"Basic $(printf 'node:e2e-secret' | base64)\""
   ok "docker (after login), ctr (--user) and containerd (hosts.toml header) pulled through an authenticated Ferry"
   counts "test:1.0 docker+ctr with credentials, anonymous refused"
 }

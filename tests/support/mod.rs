@@ -10,7 +10,6 @@ use ferry::proxy::Proxy;
 use ferry::Ferry;
 use sha2::{Digest as _, Sha256};
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -147,13 +146,10 @@ impl Proxied {
     /// to clients once it verifies, then persists, so the store catches up just
     /// after a response ends.
     pub async fn settled(&self) {
-        for _ in 0..1000 {
-            if self.proxy.metrics.inflight_fetches.load(Ordering::Relaxed) == 0 {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-        panic!("blob fetches still in flight after 5 s");
+        assert!(
+            self.proxy.fetches_landed(Duration::from_secs(5)).await,
+            "blob fetches still in flight after 5 s"
+        );
     }
 
     pub fn advance(&self, by: Duration) {
