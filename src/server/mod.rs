@@ -307,7 +307,6 @@ fn insert_digest(h: &mut HeaderMap, digest: &Digest) {
     }
 }
 
-/// An OCI error response (`HEAD` gets the headers without the body).
 /// 401 with a Basic challenge: docker, containerd and podman then send the
 /// credentials they were given for this host.
 fn unauthorized(head: bool) -> Response<Body> {
@@ -323,6 +322,7 @@ fn unauthorized(head: bool) -> Response<Body> {
     resp
 }
 
+/// An OCI error response (`HEAD` gets the headers without the body).
 pub fn error_response(e: &OciError, head: bool) -> Response<Body> {
     let body = Bytes::from(e.body());
     let mut resp = sized(JSON, body, head);

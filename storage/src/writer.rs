@@ -107,12 +107,7 @@ impl BlobWriter {
 
     /// Appends bytes, hashing them.
     pub fn write(&mut self, bytes: &[u8]) -> io::Result<()> {
-        if self.store.inner.faults.fail_writes.load(Ordering::Relaxed) {
-            return Err(io::Error::new(
-                io::ErrorKind::StorageFull,
-                "injected write failure",
-            ));
-        }
+        self.check_injected_failure()?;
         self.file.write_all(bytes)?;
         self.hashing.update_slice(bytes);
         self.written += bytes.len() as u64;
@@ -122,12 +117,7 @@ impl BlobWriter {
     /// Appends several buffers with as few system calls as the kernel allows,
     /// hashing them in order; saves gathering them into one buffer first.
     pub fn write_all(&mut self, bufs: &[Bytes]) -> io::Result<()> {
-        if self.store.inner.faults.fail_writes.load(Ordering::Relaxed) {
-            return Err(io::Error::new(
-                io::ErrorKind::StorageFull,
-                "injected write failure",
-            ));
-        }
+        self.check_injected_failure()?;
         // Skip past what earlier writev calls took: `first` whole buffers and
         // `offset` bytes of the next one.
         let (mut first, mut offset) = (0, 0);
@@ -163,6 +153,17 @@ impl BlobWriter {
         }
         self.hashing.update(bufs);
         self.written += bufs.iter().map(|b| b.len() as u64).sum::<u64>();
+        Ok(())
+    }
+
+    /// `ENOSPC` when tests have switched write failures on.
+    fn check_injected_failure(&self) -> io::Result<()> {
+        if self.store.inner.faults.fail_writes.load(Ordering::Relaxed) {
+            return Err(io::Error::new(
+                io::ErrorKind::StorageFull,
+                "injected write failure",
+            ));
+        }
         Ok(())
     }
 
