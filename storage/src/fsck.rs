@@ -138,7 +138,7 @@ pub(crate) fn run(store: &Store, verify: bool, repair: bool) -> Result<FsckRepor
             Some(finding) => {
                 report.findings.push(finding);
                 if repair {
-                    let _pins = inner.pins.lock().unwrap_or_else(|e| e.into_inner());
+                    let _pins = inner.pins.lock();
                     inner.index.delete_blob(&digest, true)?;
                     remove_if_exists(&path)?;
                     inner.account_removed(meta.size);
@@ -205,7 +205,7 @@ pub(crate) fn run(store: &Store, verify: bool, repair: bool) -> Result<FsckRepor
         // index was read looks orphaned, one evicted after it looks missing, and
         // fetches in flight have temp files. Keep only what still holds, with
         // eviction held off for the recheck.
-        let _quiet = inner.evicting.lock().unwrap_or_else(|e| e.into_inner());
+        let _quiet = inner.evicting.lock();
         report.findings.retain(|f| still_holds(store, f));
     }
     Ok(report)

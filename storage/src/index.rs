@@ -3,12 +3,15 @@
 //! Column families:
 //! - `tags`: `upstream \0 repository \0 tag` → [`TagRecord`] (JSON; small, rarely written);
 //! - `manifests`: digest → media type length (u16 LE), media type, body;
-//! - `blobs`: digest → size (u64 LE), last access in unix seconds (u64 LE).
+//! - `blobs`: digest → size (u64 LE), last access stamp (u64 LE): unix
+//!   nanoseconds made strictly increasing by the store, so two accesses never
+//!   tie (records from older versions hold unix seconds, and so sort as older).
 
 use crate::{Digest, StoreError};
 use rocksdb::{ColumnFamily, IteratorMode, Options, WriteBatch, WriteOptions, DB};
 use std::collections::HashMap;
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 const CF_TAGS: &str = "tags";
 const CF_MANIFESTS: &str = "manifests";
@@ -122,6 +125,8 @@ pub(crate) type RawBlobEntry = (Vec<u8>, Option<BlobMeta>);
 
 pub(crate) struct Index {
     db: DB,
+    /// Write calls so far, of any kind.
+    writes: AtomicU64,
 }
 
 impl Index {
@@ -133,13 +138,25 @@ impl Index {
         opts.set_max_log_file_size(4 << 20);
         opts.set_recycle_log_file_num(2);
         let db = DB::open_cf(&opts, path, [CF_TAGS, CF_MANIFESTS, CF_BLOBS])?;
-        Ok(Index { db })
+        Ok(Index {
+            db,
+            writes: AtomicU64::new(0),
+        })
     }
 
     fn cf(&self, name: &str) -> &ColumnFamily {
         self.db
             .cf_handle(name)
             .expect("column families are created at open")
+    }
+
+    /// Write calls so far.
+    pub fn writes(&self) -> u64 {
+        self.writes.load(Ordering::Relaxed)
+    }
+
+    fn wrote(&self) {
+        self.writes.fetch_add(1, Ordering::Relaxed);
     }
 
     fn synced() -> WriteOptions {
@@ -158,10 +175,12 @@ impl Index {
     }
 
     pub fn put_tag(&self, key: &TagKey, record: &TagRecord) -> Result<(), StoreError> {
+        self.wrote();
         Ok(self.db.put_cf(self.cf(CF_TAGS), &key.0, record.encode())?)
     }
 
     pub fn delete_tag(&self, key: &TagKey) -> Result<(), StoreError> {
+        self.wrote();
         Ok(self.db.delete_cf(self.cf(CF_TAGS), &key.0)?)
     }
 
@@ -175,6 +194,7 @@ impl Index {
     }
 
     pub fn delete_repo_tags(&self, upstream: &str, repo: &str) -> Result<usize, StoreError> {
+        self.wrote();
         let prefix = TagKey::repo_prefix(upstream, repo);
         let mut batch = WriteBatch::default();
         let mut n = 0;
@@ -192,6 +212,7 @@ impl Index {
     }
 
     pub fn delete_tags_pointing_at(&self, digest: &Digest) -> Result<usize, StoreError> {
+        self.wrote();
         let mut batch = WriteBatch::default();
         let mut n = 0;
         for (key, record) in self.all_tags()? {
@@ -210,6 +231,7 @@ impl Index {
         media_type: &str,
         body: &[u8],
     ) -> Result<(), StoreError> {
+        self.wrote();
         let mt = media_type.as_bytes();
         let mt_len = u16::try_from(mt.len())
             .map_err(|_| StoreError::CorruptRecord("media type too long".into()))?;
@@ -240,6 +262,7 @@ impl Index {
     }
 
     pub fn delete_manifest(&self, digest: &Digest) -> Result<(), StoreError> {
+        self.wrote();
         Ok(self
             .db
             .delete_cf_opt(self.cf(CF_MANIFESTS), digest.as_str(), &Self::synced())?)
@@ -262,6 +285,7 @@ impl Index {
     }
 
     pub fn delete_manifest_key(&self, key: &str) -> Result<(), StoreError> {
+        self.wrote();
         Ok(self
             .db
             .delete_cf_opt(self.cf(CF_MANIFESTS), key, &Self::synced())?)
@@ -277,6 +301,7 @@ impl Index {
     }
 
     pub fn put_blob(&self, digest: &Digest, meta: BlobMeta) -> Result<(), StoreError> {
+        self.wrote();
         Ok(self
             .db
             .put_cf(self.cf(CF_BLOBS), digest.as_str(), meta.encode())?)
@@ -285,6 +310,7 @@ impl Index {
     /// Removes a blob's entry; `sync` makes the removal durable before returning,
     /// which callers need before they unlink the file.
     pub fn delete_blob(&self, digest: &Digest, sync: bool) -> Result<(), StoreError> {
+        self.wrote();
         let opts = if sync {
             Self::synced()
         } else {
@@ -296,6 +322,7 @@ impl Index {
     }
 
     pub fn delete_blob_key(&self, key: &[u8]) -> Result<(), StoreError> {
+        self.wrote();
         Ok(self
             .db
             .delete_cf_opt(self.cf(CF_BLOBS), key, &Self::synced())?)
@@ -303,6 +330,7 @@ impl Index {
 
     /// Durably removes several blob entries in one write.
     pub fn delete_blobs(&self, digests: &[&Digest]) -> Result<(), StoreError> {
+        self.wrote();
         if digests.is_empty() {
             return Ok(());
         }
@@ -315,6 +343,7 @@ impl Index {
 
     /// Writes access times for blobs still in the index (evicted ones are skipped).
     pub fn touch_blobs(&self, access: &HashMap<Digest, u64>) -> Result<(), StoreError> {
+        self.wrote();
         let mut batch = WriteBatch::default();
         for (digest, &when) in access {
             if let Some(meta) = self.blob(digest)? {
@@ -349,18 +378,19 @@ impl Index {
         Ok(out)
     }
 
-    /// Total bytes and count of indexed blobs: one pass over the index, which is
-    /// small (24-byte values), never over the blob files.
-    pub fn blob_totals(&self) -> Result<(u64, u64), StoreError> {
-        let (mut bytes, mut count) = (0u64, 0u64);
+    /// Total bytes, count and newest access stamp of indexed blobs: one pass
+    /// over the index, which is small (24-byte values), never over the blob files.
+    pub fn blob_totals(&self) -> Result<(u64, u64, u64), StoreError> {
+        let (mut bytes, mut count, mut newest) = (0u64, 0u64, 0u64);
         for item in self.db.iterator_cf(self.cf(CF_BLOBS), IteratorMode::Start) {
             let (_, v) = item?;
             if let Some(m) = BlobMeta::decode(&v) {
                 bytes += m.size;
                 count += 1;
+                newest = newest.max(m.last_access);
             }
         }
-        Ok((bytes, count))
+        Ok((bytes, count, newest))
     }
 }
 

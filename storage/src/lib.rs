@@ -32,12 +32,13 @@ pub use index::{StoredManifest, TagKey, TagRecord};
 pub use writer::{BlobWriter, CommitError, VerifiedBlob};
 
 use index::{BlobMeta, Index};
+use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::fs::{self, File};
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 /// Errors from the store. I/O and index failures are distinct so callers can
@@ -53,6 +54,11 @@ pub enum StoreError {
     #[error("bytes do not hash to {0}")]
     DigestMismatch(Digest),
 }
+
+/// By default eviction starts above this fraction of the size budget…
+pub const DEFAULT_HIGH_WATERMARK: f64 = 0.95;
+/// …and stops below this one.
+pub const DEFAULT_LOW_WATERMARK: f64 = 0.85;
 
 /// What a store is opened with.
 #[derive(Clone, Debug)]
@@ -71,8 +77,8 @@ impl StoreOptions {
         StoreOptions {
             root: root.into(),
             max_size: None,
-            high_watermark: 0.95,
-            low_watermark: 0.85,
+            high_watermark: DEFAULT_HIGH_WATERMARK,
+            low_watermark: DEFAULT_LOW_WATERMARK,
         }
     }
 }
@@ -87,6 +93,21 @@ pub struct Faults {
     pub fail_commits: AtomicBool,
     /// Verified blobs wait before being made durable while this is set.
     pub hold_persists: AtomicBool,
+    /// Every index read (tags, manifests, blob entries) fails.
+    pub fail_reads: AtomicBool,
+    /// Eviction passes wait right after taking their snapshot while this is set…
+    pub hold_eviction: AtomicBool,
+    /// …and say so here.
+    pub eviction_held: AtomicBool,
+}
+
+impl Faults {
+    fn check_read(&self) -> Result<(), StoreError> {
+        if self.fail_reads.load(Ordering::Relaxed) {
+            return Err(StoreError::Io(io::Error::other("injected read failure")));
+        }
+        Ok(())
+    }
 }
 
 /// Counters for `/metrics`.
@@ -113,8 +134,11 @@ struct Inner {
     /// Readers per blob digest: a pinned blob is never evicted. This lock also
     /// orders "open a blob" against "evict it".
     pins: Mutex<HashMap<Digest, usize>>,
-    /// Last access per blob (unix seconds), not yet written to the index.
+    /// Last access per blob (a [`Inner::stamp`]), not yet written to the index.
     pending_access: Mutex<HashMap<Digest, u64>>,
+    /// The newest access stamp handed out: stamps strictly increase, so
+    /// least-recently-used order is exact even within one clock tick.
+    last_stamp: AtomicU64,
     /// Serialises eviction runs.
     evicting: Mutex<()>,
     faults: Faults,
@@ -123,7 +147,8 @@ struct Inner {
 
 /// A committed blob opened for reading. While it lives the blob cannot be evicted.
 pub struct BlobFile {
-    pub file: File,
+    /// The open file, shareable with blocking reads.
+    pub file: Arc<File>,
     pub size: u64,
     _pin: Pin,
 }
@@ -135,7 +160,7 @@ struct Pin {
 
 impl Drop for Pin {
     fn drop(&mut self) {
-        let mut pins = self.store.pins.lock().unwrap_or_else(|e| e.into_inner());
+        let mut pins = self.store.pins.lock();
         if let Some(n) = pins.get_mut(&self.digest) {
             *n -= 1;
             if *n == 0 {
@@ -145,10 +170,10 @@ impl Drop for Pin {
     }
 }
 
-pub(crate) fn unix_now() -> u64 {
+fn unix_nanos() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
+        .map_or(0, |d| d.as_nanos().min(u64::MAX as u128) as u64)
 }
 
 impl Store {
@@ -161,7 +186,7 @@ impl Store {
         fs::create_dir_all(&tmp_dir)?;
         sweep_dir(&tmp_dir)?;
         let index = Index::open(&options.root.join("index"))?;
-        let (total, count) = index.blob_totals()?;
+        let (total, count, newest) = index.blob_totals()?;
         Ok(Store {
             inner: Arc::new(Inner {
                 options,
@@ -172,6 +197,7 @@ impl Store {
                 blob_count: AtomicU64::new(count),
                 pins: Mutex::new(HashMap::new()),
                 pending_access: Mutex::new(HashMap::new()),
+                last_stamp: AtomicU64::new(newest),
                 evicting: Mutex::new(()),
                 faults: Faults::default(),
                 stats: StoreStats::default(),
@@ -189,6 +215,11 @@ impl Store {
 
     pub fn stats(&self) -> &StoreStats {
         &self.inner.stats
+    }
+
+    /// Writes to the index so far (tests pin that the read path writes nothing).
+    pub fn index_writes(&self) -> u64 {
+        self.inner.index.writes()
     }
 
     /// Bytes of committed blobs.
@@ -210,13 +241,15 @@ impl Store {
 
     /// The size of a committed blob, without opening it.
     pub fn blob_size(&self, digest: &Digest) -> Result<Option<u64>, StoreError> {
+        self.inner.faults.check_read()?;
         Ok(self.inner.index.blob(digest)?.map(|m| m.size))
     }
 
     /// Opens a committed blob and pins it; `None` when it is not in the store.
     pub fn open_blob(&self, digest: &Digest) -> Result<Option<BlobFile>, StoreError> {
         let inner = &self.inner;
-        let mut pins = inner.pins.lock().unwrap_or_else(|e| e.into_inner());
+        inner.faults.check_read()?;
+        let mut pins = inner.pins.lock();
         let Some(meta) = inner.index.blob(digest)? else {
             return Ok(None);
         };
@@ -237,10 +270,9 @@ impl Store {
         inner
             .pending_access
             .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(digest.clone(), unix_now());
+            .insert(digest.clone(), inner.stamp());
         Ok(Some(BlobFile {
-            file,
+            file: Arc::new(file),
             size: meta.size,
             _pin: Pin {
                 store: inner.clone(),
@@ -261,7 +293,7 @@ impl Store {
             digest,
             BlobMeta {
                 size,
-                last_access: unix_now(),
+                last_access: self.inner.stamp(),
             },
         )?;
         if !existed {
@@ -285,6 +317,7 @@ impl Store {
     }
 
     pub fn manifest(&self, digest: &Digest) -> Result<Option<StoredManifest>, StoreError> {
+        self.inner.faults.check_read()?;
         self.inner.index.manifest(digest)
     }
 
@@ -293,6 +326,7 @@ impl Store {
     }
 
     pub fn tag(&self, key: &TagKey) -> Result<Option<TagRecord>, StoreError> {
+        self.inner.faults.check_read()?;
         self.inner.index.tag(key)
     }
 
@@ -306,13 +340,7 @@ impl Store {
 
     /// Writes batched access times to the index (call periodically and at shutdown).
     pub fn flush_access_times(&self) -> Result<usize, StoreError> {
-        let pending = std::mem::take(
-            &mut *self
-                .inner
-                .pending_access
-                .lock()
-                .unwrap_or_else(|e| e.into_inner()),
-        );
+        let pending = std::mem::take(&mut *self.inner.pending_access.lock());
         let n = pending.len();
         if n > 0 {
             self.inner.index.touch_blobs(&pending)?;
@@ -335,11 +363,7 @@ impl Store {
         let Some(max) = self.inner.options.max_size else {
             return Ok((0, 0));
         };
-        let _one_at_a_time = self
-            .inner
-            .evicting
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
+        let _one_at_a_time = self.inner.evicting.lock();
         if !self.over_budget() {
             return Ok((0, 0));
         }
@@ -347,24 +371,32 @@ impl Store {
         self.flush_access_times()?;
         let mut candidates = self.inner.index.all_blobs()?;
         candidates.sort_by_key(|(_, meta)| meta.last_access);
+        let faults = &self.inner.faults;
+        while faults.hold_eviction.load(Ordering::Relaxed) {
+            faults.eviction_held.store(true, Ordering::Relaxed);
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
         let (mut blobs, mut bytes) = (0u64, 0u64);
         for chunk in candidates.chunks(256) {
             if self.total_bytes() <= target {
                 break;
             }
-            let mut pins = self.inner.pins.lock().unwrap_or_else(|e| e.into_inner());
+            let mut pins = self.inner.pins.lock();
             let mut victims = Vec::new();
             let mut planned = 0u64;
+            let touched = self.inner.pending_access.lock();
             for (digest, meta) in chunk {
                 if self.total_bytes().saturating_sub(planned) <= target {
                     break;
                 }
-                if pins.contains_key(digest) {
+                // Being served, or served since this pass flushed access times.
+                if pins.contains_key(digest) || touched.contains_key(digest) {
                     continue;
                 }
                 planned += meta.size;
                 victims.push((digest.clone(), meta.size));
             }
+            drop(touched);
             // Durably forget them first, then unlink: a crash in between leaves
             // orphan files (reclaimed by fsck), never an entry without its file.
             let digests: Vec<&Digest> = victims.iter().map(|(d, _)| d).collect();
@@ -399,7 +431,7 @@ impl Store {
             self.inner.index.delete_manifest(digest)?;
             removed = true;
         }
-        let _pins = self.inner.pins.lock().unwrap_or_else(|e| e.into_inner());
+        let _pins = self.inner.pins.lock();
         if let Some(meta) = self.inner.index.blob(digest)? {
             self.inner.index.delete_blob(digest, true)?;
             remove_if_exists(&self.blob_path(digest))?;
@@ -435,6 +467,20 @@ impl Store {
 }
 
 impl Inner {
+    /// A recency stamp newer than every one before it: the wall clock in
+    /// nanoseconds, or one more than the last stamp if the clock has not moved
+    /// (or went back).
+    fn stamp(&self) -> u64 {
+        let now = unix_nanos();
+        let prev = self
+            .last_stamp
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |last| {
+                Some(now.max(last + 1))
+            })
+            .unwrap_or(now);
+        now.max(prev + 1)
+    }
+
     fn account_removed(&self, size: u64) {
         let _ = self
             .total_bytes

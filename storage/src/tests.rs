@@ -15,9 +15,9 @@ fn put_blob(store: &Store, bytes: &[u8]) -> Digest {
 }
 
 fn read_all(store: &Store, digest: &Digest) -> Vec<u8> {
-    let mut b = store.open_blob(digest).unwrap().expect("blob present");
+    let b = store.open_blob(digest).unwrap().expect("blob present");
     let mut out = Vec::new();
-    b.file.read_to_end(&mut out).unwrap();
+    (&*b.file).read_to_end(&mut out).unwrap();
     out
 }
 
@@ -184,7 +184,7 @@ fn eviction_is_lru_and_skips_pinned_blobs() {
             .unwrap();
     }
     let pinned = s.open_blob(&blobs[2]).unwrap().unwrap();
-    s.inner.pending_access.lock().unwrap().clear();
+    s.inner.pending_access.lock().clear();
     assert!(s.over_budget());
     let (n, bytes) = s.evict_if_over_budget().unwrap();
     assert_eq!((n, bytes), (3 - 1, 600), "evicts 0 and 3, skips pinned 2");
@@ -421,4 +421,76 @@ fn a_live_fsck_reports_only_what_still_holds() {
         "only the dead process's temp file"
     );
     drop(w);
+}
+
+#[test]
+fn a_burst_of_commits_keeps_the_newest_blobs() {
+    // Ten blobs committed back to back (well within one second) under a
+    // budget that holds two: eviction after each commit, as Ferry runs it,
+    // must keep the two most recent ones, however their digests sort.
+    let dir = tempfile::tempdir().unwrap();
+    let mut opts = StoreOptions::new(dir.path());
+    opts.max_size = Some(2500);
+    let s = Store::open(opts).unwrap();
+    let mut blobs = Vec::new();
+    for i in 0..10u8 {
+        blobs.push(put_blob(&s, &[i; 1000]));
+        s.evict_if_over_budget().unwrap();
+    }
+    for (i, d) in blobs.iter().enumerate() {
+        let kept = s.blob_size(d).unwrap().is_some();
+        assert_eq!(kept, i >= 8, "blob {i} of 10 kept: {kept}");
+    }
+}
+
+#[test]
+fn a_blob_served_or_committed_during_an_eviction_pass_is_not_evicted() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut opts = StoreOptions::new(dir.path());
+    opts.max_size = Some(2500);
+    let s = Store::open(opts).unwrap();
+    let old = put_blob(&s, &[1; 1000]);
+    let middle = put_blob(&s, &[2; 1000]);
+    let newest = put_blob(&s, &[3; 1000]);
+    assert!(s.over_budget());
+    // The pass stops right after taking its snapshot of access times…
+    s.faults().hold_eviction.store(true, Ordering::SeqCst);
+    let evicting = {
+        let s = s.clone();
+        std::thread::spawn(move || s.evict_if_over_budget().unwrap())
+    };
+    while !s.faults().eviction_held.load(Ordering::SeqCst) {
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    // …and meanwhile the oldest blob is served and another is committed.
+    drop(s.open_blob(&old).unwrap().unwrap());
+    let during = put_blob(&s, &[4; 1000]);
+    s.faults().hold_eviction.store(false, Ordering::SeqCst);
+    let (evicted, _) = evicting.join().unwrap();
+    assert!(
+        s.blob_size(&old).unwrap().is_some(),
+        "served during the pass"
+    );
+    assert!(
+        s.blob_size(&during).unwrap().is_some(),
+        "committed during the pass"
+    );
+    assert!(
+        s.blob_size(&middle).unwrap().is_none(),
+        "the least recently used goes"
+    );
+    assert!(evicted >= 1);
+    let _ = newest;
+}
+
+#[test]
+fn stamps_strictly_increase() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = store(dir.path());
+    let mut last = 0;
+    for _ in 0..10_000 {
+        let now = s.inner.stamp();
+        assert!(now > last);
+        last = now;
+    }
 }
