@@ -114,37 +114,34 @@ fn serving(c: &mut Criterion) {
         },
     )
     .unwrap();
+    let upstream = config.default_upstream.clone();
+    let listeners = rt.block_on(ferry::Listeners::bind(&config)).unwrap();
+    let addr = listeners.client.local_addr().unwrap();
     let ferry = Ferry::open(config).unwrap();
     let proxy = ferry.proxy().clone();
-    let upstream = proxy.router.upstreams()[0].name().to_string();
+    let store = proxy.store_for_tests().clone();
     let media_type = "application/vnd.oci.image.manifest.v1+json";
     let manifest = format!(
         r#"{{"schemaVersion":2,"mediaType":"{media_type}","config":{{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"sha256:{}","size":1}},"layers":[]}}"#,
         "a".repeat(64)
     );
     let digest = Digest::sha256_of(manifest.as_bytes());
-    proxy
-        .store
+    store
         .put_manifest(&digest, media_type, manifest.as_bytes())
         .unwrap();
-    proxy
-        .store
+    store
         .put_tag(
             &TagKey::new(&upstream, "bench/app", "1.0"),
             &TagRecord {
                 digest: digest.clone(),
                 media_type: media_type.into(),
                 size: manifest.len() as u64,
-                checked_at_ms: proxy.clock.now_ms(),
+                checked_at_ms: ferry::clock::Clock::System.now_ms(),
             },
         )
         .unwrap();
-    let listener = rt
-        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
-        .unwrap();
-    let addr = listener.local_addr().unwrap();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = rt.spawn(ferry.serve(listener, async {
+    let server = rt.spawn(ferry.serve(listeners, async {
         let _ = stopped.await;
     }));
     let client = reqwest::Client::new();
@@ -173,12 +170,12 @@ fn serving(c: &mut Criterion) {
     });
     g.finish();
     assert_eq!(
-        proxy.metrics.upstream_total(),
+        proxy.metrics().upstream_total(),
         0,
         "warm answers never ask upstream"
     );
     let _ = stop.send(());
-    rt.block_on(server).unwrap().unwrap();
+    rt.block_on(server).unwrap();
 }
 
 /// Start-up with 100,000 cached blobs: the store opens without reading blob

@@ -9,9 +9,12 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 #[derive(Clone, Debug, Default)]
+/// Where time comes from.
 pub enum Clock {
     #[default]
+    /// The system clock.
     System,
+    /// Milliseconds that move only when told to (tests).
     Manual(Arc<AtomicU64>),
 }
 
@@ -21,6 +24,7 @@ impl Clock {
         Clock::Manual(Arc::new(AtomicU64::new(system_ms())))
     }
 
+    /// Now, in unix milliseconds.
     pub fn now_ms(&self) -> u64 {
         match self {
             Clock::System => system_ms(),

@@ -3,7 +3,8 @@
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
-use ferry::config::{Config, Overrides, RawConfig};
+use ferry::config::{defaults, Config, Overrides, RawConfig};
+use ferry::oci::RepoName;
 use ferry_storage::{Digest, Store, StoreOptions};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -31,7 +32,7 @@ enum Command {
     /// Check the store's index against its files (Ferry must not be running;
     /// use the admin API's /admin/fsck for a live store).
     Fsck {
-        #[arg(long, default_value = "./ferry-data")]
+        #[arg(long, default_value = ferry::config::defaults::DATA_DIR)]
         data_dir: PathBuf,
         /// Also re-hash every blob.
         #[arg(long)]
@@ -56,33 +57,8 @@ struct ServeArgs {
     /// TOML configuration file.
     #[arg(long)]
     config: Option<PathBuf>,
-    /// Client-facing address [default: 127.0.0.1:5000].
-    #[arg(long)]
-    listen: Option<String>,
-    /// Where blobs and the index live [default: ./ferry-data].
-    #[arg(long)]
-    data_dir: Option<PathBuf>,
-    /// The default upstream registry URL [default: https://registry-1.docker.io].
-    #[arg(long)]
-    upstream: Option<String>,
-    /// Seconds a tag→digest answer is served without asking upstream [default: 30].
-    #[arg(long)]
-    tag_ttl: Option<u64>,
-    /// Size budget for cached blobs, e.g. 10GiB [default: unbounded].
-    #[arg(long)]
-    max_cache_size: Option<String>,
-    /// Address for the admin API (purge, prefetch, fsck) [default: off].
-    #[arg(long)]
-    admin_listen: Option<String>,
-    /// Log one line per request.
-    #[arg(long)]
-    access_log: bool,
-    /// Serve the client port over TLS: PEM certificate chain (with --tls-key).
-    #[arg(long, requires = "tls_key")]
-    tls_cert: Option<PathBuf>,
-    /// PEM private key for --tls-cert.
-    #[arg(long, requires = "tls_cert")]
-    tls_key: Option<PathBuf>,
+    #[command(flatten)]
+    overrides: Overrides,
 }
 
 #[derive(Args)]
@@ -141,9 +117,12 @@ fn main() -> ExitCode {
 fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    use std::io::IsTerminal as _;
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        // Colour codes only for a person at a terminal, never into files or container logs.
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
 }
 
@@ -163,19 +142,21 @@ fn run(command: Command) -> Result<ExitCode> {
             if let Some(a) = config.admin_listen {
                 println!("admin_listen  {a}");
             }
-            for (i, u) in config.upstreams.iter().enumerate() {
-                let default = if i == config.default_upstream {
+            for u in &config.upstreams {
+                let default = if u.name == config.default_upstream {
                     " (default)"
                 } else {
                     ""
                 };
+                let f = &u.policy.defaults;
                 println!(
-                    "upstream      {}{default}: {} aliases={:?} tag_ttl={:?} stale_if_error={:?}",
+                    "upstream      {}{default}: {} aliases={:?} tag_ttl={} stale_if_error={} negative_ttl={}",
                     u.name,
                     u.url,
                     u.aliases,
-                    u.policy.defaults.tag_ttl,
-                    u.policy.defaults.stale_if_error
+                    defaults::show(f.tag_ttl),
+                    defaults::show(f.stale_if_error),
+                    defaults::show(f.negative_ttl),
                 );
             }
             println!("configuration OK");
@@ -200,22 +181,11 @@ fn load_config(args: &ServeArgs) -> Result<Config> {
         }
         None => RawConfig::default(),
     };
-    let overrides = Overrides {
-        listen: args.listen.clone(),
-        admin_listen: args.admin_listen.clone(),
-        data_dir: args.data_dir.clone(),
-        upstream: args.upstream.clone(),
-        tag_ttl: args.tag_ttl,
-        max_cache_size: args.max_cache_size.clone(),
-        access_log: args.access_log,
-        tls_cert: args.tls_cert.clone(),
-        tls_key: args.tls_key.clone(),
-    };
     let context = args.config.as_ref().map_or_else(
         || "invalid configuration".to_string(),
         |p| format!("invalid configuration in {}", p.display()),
     );
-    Config::from_raw(raw, overrides).context(context)
+    Config::from_raw(raw, args.overrides.clone()).context(context)
 }
 
 fn serve(config: Config) -> Result<()> {
@@ -224,19 +194,20 @@ fn serve(config: Config) -> Result<()> {
         .build()
         .context("starting the async runtime")?;
     runtime.block_on(async move {
-        let listener = tokio::net::TcpListener::bind(config.listen)
-            .await
-            .with_context(|| format!("cannot listen on {}", config.listen))?;
+        let listeners = ferry::Listeners::bind(&config).await?;
         let ferry = ferry::Ferry::open(config.clone())?;
+        let (blobs, bytes) = ferry.proxy().store_usage();
+        let admin = listeners.admin.as_ref().and_then(|l| l.local_addr().ok());
         tracing::info!(
-            listen = %config.listen,
+            listen = %listeners.client.local_addr()?,
+            admin = ?admin,
             data_dir = %config.data_dir.display(),
-            upstream = %config.upstreams[config.default_upstream].url,
-            blobs = ferry.proxy().store.blob_count(),
-            bytes = ferry.proxy().store.total_bytes(),
+            default_upstream = %config.default_upstream,
+            blobs,
+            bytes,
             "ferry serving"
         );
-        ferry.serve(listener, shutdown_signal()).await?;
+        ferry.serve(listeners, shutdown_signal()).await;
         tracing::info!("ferry stopped");
         Ok(())
     })
@@ -373,20 +344,9 @@ fn offline_names(args: &PurgeArgs) -> Result<(String, String)> {
         None => RawConfig::default(),
     };
     let config = Config::from_raw(raw, Overrides::default())?;
-    let known = config.upstreams.iter().find(|u| {
-        u.name == upstream
-            || u.aliases
-                .iter()
-                .any(|a| *a == upstream.to_ascii_lowercase())
-    });
-    Ok(match known {
-        Some(u) => {
-            let repo = match ferry::oci::RepoName::parse(&repo) {
-                Some(r) if u.library_prefix => r.with_library_prefix().to_string(),
-                _ => repo,
-            };
-            (u.name.clone(), repo)
-        }
-        None => (upstream, repo),
+    Ok(match (config.upstream(&upstream), RepoName::parse(&repo)) {
+        (Some(u), Some(name)) => (u.name.clone(), u.repository(name).to_string()),
+        (Some(u), None) => (u.name.clone(), repo),
+        (None, _) => (upstream, repo),
     })
 }

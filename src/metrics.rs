@@ -1,24 +1,43 @@
-//! Prometheus metrics: the counters every layer updates, rendered at `GET /metrics`.
+//! Prometheus metrics: the families every layer updates, rendered at
+//! `GET /metrics` in the OpenMetrics text format by `prometheus-client`.
 //!
-//! Hot, label-free counters are atomics; labelled ones share one mutex-guarded map
-//! (a few label sets each, updated once per request).
+//! Counters are registered without their `_total` suffix, which the encoder
+//! adds: `bytes_served` is exported as `ferry_bytes_served_total`. Latency
+//! histograms are in seconds, for clients (by route) and for upstream requests
+//! (by upstream and method); people alert on latency, not only on counts.
 
-use std::collections::BTreeMap;
-use std::fmt::Write;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
-use std::sync::Mutex;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+use std::time::Duration;
 
 /// What a cache lookup was for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Kind {
+    /// A tag → digest answer.
     Tag,
+    /// A manifest body by digest.
     Manifest,
+    /// A blob.
     Blob,
+    /// A `tags/list` page.
     TagList,
+    /// A referrers index.
     Referrers,
 }
 
 impl Kind {
+    const ALL: [Kind; 5] = [
+        Kind::Tag,
+        Kind::Manifest,
+        Kind::Blob,
+        Kind::TagList,
+        Kind::Referrers,
+    ];
+
     fn label(self) -> &'static str {
         match self {
             Kind::Tag => "tag",
@@ -30,248 +49,358 @@ impl Kind {
     }
 }
 
-#[derive(Default)]
-pub struct Metrics {
-    /// (route, method, status) → count.
-    requests: Mutex<BTreeMap<(&'static str, &'static str, u16), u64>>,
-    /// (upstream, method, status or "error") → count.
-    upstream: Mutex<BTreeMap<(String, &'static str, String), u64>>,
-    /// upstream → last `ratelimit-remaining` seen.
-    ratelimit_remaining: Mutex<BTreeMap<String, u64>>,
-    hits: [AtomicU64; 5],
-    misses: [AtomicU64; 5],
-    pub bytes_served: AtomicU64,
-    pub bytes_fetched: AtomicU64,
-    pub stale_answers: AtomicU64,
-    pub negative_hits: AtomicU64,
-    pub coalesced: AtomicU64,
-    pub inflight_fetches: AtomicI64,
-    pub inflight_waiters: AtomicI64,
-    pub fetch_resumes: AtomicU64,
-    pub integrity_failures: AtomicU64,
-    pub store_write_errors: AtomicU64,
-    pub uncached_passthrough: AtomicU64,
-    /// Problems found by the last fsck run through the admin API.
-    pub fsck_findings: AtomicU64,
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestLabels {
+    route: &'static str,
+    method: &'static str,
+    status: u16,
 }
 
-/// Values that live elsewhere (the store), read when rendering.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RouteLabels {
+    route: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KindLabels {
+    kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct UpstreamLabels {
+    upstream: String,
+    method: &'static str,
+    status: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct UpstreamMethodLabels {
+    upstream: String,
+    method: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct UpstreamNameLabels {
+    upstream: String,
+}
+
+type Histograms<L> = Family<L, Histogram, fn() -> Histogram>;
+
+/// Seconds from 0.5 ms to about 33 s, doubling: a warm `HEAD` lands in the
+/// first buckets, a cold multi-GiB blob in the last.
+fn latency_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.0005, 2.0, 17))
+}
+
+/// Every metric Ferry exports. Cheap to update from any thread.
+pub struct Metrics {
+    registry: Registry,
+    requests: Family<RequestLabels, Counter>,
+    request_seconds: Histograms<RouteLabels>,
+    upstream_requests: Family<UpstreamLabels, Counter>,
+    upstream_seconds: Histograms<UpstreamMethodLabels>,
+    /// Every upstream request, whatever its labels (not exported).
+    upstream_total: Counter,
+    ratelimit_remaining: Family<UpstreamNameLabels, Gauge>,
+    hits: Family<KindLabels, Counter>,
+    misses: Family<KindLabels, Counter>,
+    /// Body bytes sent to clients.
+    pub bytes_served: Counter,
+    /// Body bytes received from upstreams.
+    pub bytes_fetched: Counter,
+    /// Answers served stale because upstream failed.
+    pub stale_answers: Counter,
+    /// Tag lookups answered 404 from the negative cache.
+    pub negative_hits: Counter,
+    /// Requests that joined an upstream request already in flight.
+    pub coalesced: Counter,
+    /// Blob fetches from upstream in progress.
+    pub inflight_fetches: Gauge,
+    /// Client responses streaming from an in-progress fetch.
+    pub inflight_waiters: Gauge,
+    /// Blob transfers resumed with `Range` after a dropped connection.
+    pub fetch_resumes: Counter,
+    /// Upstream content that did not match its digest or size.
+    pub integrity_failures: Counter,
+    /// Blob writes or commits that failed on the local disk.
+    pub store_write_errors: Counter,
+    /// Blob responses streamed from upstream without caching (disk failing).
+    pub uncached_passthrough: Counter,
+    /// Problems found by the last fsck through the admin API.
+    pub fsck_findings: Gauge,
+    store_bytes: Gauge,
+    store_blobs: Gauge,
+    store_max_bytes: Gauge,
+    evictions: Counter,
+    evicted_bytes: Counter,
+}
+
+/// Values that live in the store, copied in at each scrape.
 pub struct StoreGauges {
+    /// Bytes of blobs in the store.
     pub bytes: u64,
+    /// Blobs in the store.
     pub blobs: u64,
+    /// The size budget, if any.
     pub max_bytes: Option<u64>,
+    /// Blobs evicted so far.
     pub evictions: u64,
+    /// Bytes evicted so far.
     pub bytes_evicted: u64,
 }
 
+impl Default for Metrics {
+    fn default() -> Metrics {
+        Metrics::new()
+    }
+}
+
 impl Metrics {
-    pub fn request(&self, route: &'static str, method: &'static str, status: u16) {
-        *lock(&self.requests)
-            .entry((route, method, status))
-            .or_insert(0) += 1;
+    /// A fresh registry with every family registered (and the cache kinds at 0,
+    /// so dashboards see them before the first request).
+    pub fn new() -> Metrics {
+        let mut m = Metrics {
+            registry: Registry::default(),
+            requests: Family::default(),
+            request_seconds: Family::new_with_constructor(latency_histogram),
+            upstream_requests: Family::default(),
+            upstream_seconds: Family::new_with_constructor(latency_histogram),
+            upstream_total: Counter::default(),
+            ratelimit_remaining: Family::default(),
+            hits: Family::default(),
+            misses: Family::default(),
+            bytes_served: Counter::default(),
+            bytes_fetched: Counter::default(),
+            stale_answers: Counter::default(),
+            negative_hits: Counter::default(),
+            coalesced: Counter::default(),
+            inflight_fetches: Gauge::default(),
+            inflight_waiters: Gauge::default(),
+            fetch_resumes: Counter::default(),
+            integrity_failures: Counter::default(),
+            store_write_errors: Counter::default(),
+            uncached_passthrough: Counter::default(),
+            fsck_findings: Gauge::default(),
+            store_bytes: Gauge::default(),
+            store_blobs: Gauge::default(),
+            store_max_bytes: Gauge::default(),
+            evictions: Counter::default(),
+            evicted_bytes: Counter::default(),
+        };
+        for kind in Kind::ALL {
+            let labels = KindLabels { kind: kind.label() };
+            drop(m.hits.get_or_create(&labels));
+            drop(m.misses.get_or_create(&labels));
+        }
+        m.register();
+        m
     }
 
-    pub fn upstream_request(&self, upstream: &str, method: &'static str, status: Option<u16>) {
+    fn register(&mut self) {
+        let r = &mut self.registry;
+        macro_rules! reg {
+            ($name:literal, $help:literal, $metric:expr) => {
+                r.register(concat!("ferry_", $name), $help, $metric.clone())
+            };
+        }
+        reg!(
+            "http_requests",
+            "Client requests by route, method and status.",
+            self.requests
+        );
+        reg!(
+            "http_request_duration_seconds",
+            "Client request latency until the response headers, by route.",
+            self.request_seconds
+        );
+        reg!("cache_hits", "Answers from the cache, by kind.", self.hits);
+        reg!(
+            "cache_misses",
+            "Lookups that needed upstream, by kind.",
+            self.misses
+        );
+        reg!(
+            "upstream_requests",
+            "Requests sent upstream, by upstream, method and status (\"error\": no response).",
+            self.upstream_requests
+        );
+        reg!(
+            "upstream_request_duration_seconds",
+            "Upstream latency until the response headers, by upstream and method.",
+            self.upstream_seconds
+        );
+        reg!(
+            "upstream_ratelimit_remaining",
+            "Last ratelimit-remaining header seen from each upstream.",
+            self.ratelimit_remaining
+        );
+        reg!(
+            "bytes_served",
+            "Body bytes sent to clients.",
+            self.bytes_served
+        );
+        reg!(
+            "bytes_fetched",
+            "Body bytes received from upstreams.",
+            self.bytes_fetched
+        );
+        reg!(
+            "stale_answers",
+            "Answers served stale because upstream failed.",
+            self.stale_answers
+        );
+        reg!(
+            "negative_hits",
+            "Tag lookups answered 404 from the negative cache.",
+            self.negative_hits
+        );
+        reg!(
+            "coalesced_requests",
+            "Requests that joined an upstream request already in flight.",
+            self.coalesced
+        );
+        reg!(
+            "inflight_fetches",
+            "Blob fetches from upstream in progress.",
+            self.inflight_fetches
+        );
+        reg!(
+            "inflight_waiters",
+            "Client responses streaming from an in-progress fetch.",
+            self.inflight_waiters
+        );
+        reg!(
+            "fetch_resumes",
+            "Blob transfers resumed with a Range request after a dropped connection.",
+            self.fetch_resumes
+        );
+        reg!(
+            "integrity_failures",
+            "Upstream content that did not match its digest or size.",
+            self.integrity_failures
+        );
+        reg!(
+            "store_write_errors",
+            "Blob writes or commits that failed on the local disk.",
+            self.store_write_errors
+        );
+        reg!(
+            "uncached_passthrough",
+            "Blob responses streamed from upstream without caching (disk failing).",
+            self.uncached_passthrough
+        );
+        reg!(
+            "fsck_findings",
+            "Problems found by the last fsck through the admin API.",
+            self.fsck_findings
+        );
+        reg!(
+            "store_bytes",
+            "Bytes of blobs in the store.",
+            self.store_bytes
+        );
+        reg!("store_blobs", "Blobs in the store.", self.store_blobs);
+        reg!(
+            "store_max_bytes",
+            "The store's size budget (0 = unbounded).",
+            self.store_max_bytes
+        );
+        reg!(
+            "evictions",
+            "Blobs evicted to keep the store under its budget.",
+            self.evictions
+        );
+        reg!(
+            "evicted_bytes",
+            "Bytes evicted to keep the store under its budget.",
+            self.evicted_bytes
+        );
+    }
+
+    /// One client request answered.
+    pub fn request(&self, route: &'static str, method: &'static str, status: u16, took: Duration) {
+        self.requests
+            .get_or_create(&RequestLabels {
+                route,
+                method,
+                status,
+            })
+            .inc();
+        self.request_seconds
+            .get_or_create(&RouteLabels { route })
+            .observe(took.as_secs_f64());
+    }
+
+    /// One request sent upstream; `status` is `None` when no response came.
+    pub fn upstream_request(
+        &self,
+        upstream: &str,
+        method: &'static str,
+        status: Option<u16>,
+        took: Duration,
+    ) {
+        self.upstream_total.inc();
         let status = status.map_or_else(|| "error".to_string(), |s| s.to_string());
-        *lock(&self.upstream)
-            .entry((upstream.to_string(), method, status))
-            .or_insert(0) += 1;
+        self.upstream_requests
+            .get_or_create(&UpstreamLabels {
+                upstream: upstream.to_string(),
+                method,
+                status,
+            })
+            .inc();
+        self.upstream_seconds
+            .get_or_create(&UpstreamMethodLabels {
+                upstream: upstream.to_string(),
+                method,
+            })
+            .observe(took.as_secs_f64());
     }
 
+    /// The last `ratelimit-remaining` an upstream reported.
     pub fn ratelimit_remaining(&self, upstream: &str, remaining: u64) {
-        lock(&self.ratelimit_remaining).insert(upstream.to_string(), remaining);
+        self.ratelimit_remaining
+            .get_or_create(&UpstreamNameLabels {
+                upstream: upstream.to_string(),
+            })
+            .set(remaining.min(i64::MAX as u64) as i64);
     }
 
+    /// A lookup answered from the cache.
     pub fn hit(&self, kind: Kind) {
-        self.hits[kind as usize].fetch_add(1, Ordering::Relaxed);
+        self.hits
+            .get_or_create(&KindLabels { kind: kind.label() })
+            .inc();
     }
 
+    /// A lookup that needed upstream.
     pub fn miss(&self, kind: Kind) {
-        self.misses[kind as usize].fetch_add(1, Ordering::Relaxed);
+        self.misses
+            .get_or_create(&KindLabels { kind: kind.label() })
+            .inc();
     }
 
     /// Total upstream requests so far, for tests and logs.
     pub fn upstream_total(&self) -> u64 {
-        lock(&self.upstream).values().sum()
+        self.upstream_total.get()
     }
 
+    /// The OpenMetrics text of every family, with the store's values as of now.
     pub fn render(&self, store: &StoreGauges) -> String {
-        let mut out = String::with_capacity(4096);
-        header(
-            &mut out,
-            "ferry_http_requests_total",
-            "counter",
-            "Client requests by route, method and status.",
-        );
-        for ((route, method, status), n) in lock(&self.requests).iter() {
-            let _ = writeln!(out, "ferry_http_requests_total{{route=\"{route}\",method=\"{method}\",status=\"{status}\"}} {n}");
-        }
-        header(
-            &mut out,
-            "ferry_cache_hits_total",
-            "counter",
-            "Answers from the cache, by kind.",
-        );
-        header(
-            &mut out,
-            "ferry_cache_misses_total",
-            "counter",
-            "Lookups that needed upstream, by kind.",
-        );
-        for kind in [
-            Kind::Tag,
-            Kind::Manifest,
-            Kind::Blob,
-            Kind::TagList,
-            Kind::Referrers,
-        ] {
-            let i = kind as usize;
-            let _ = writeln!(
-                out,
-                "ferry_cache_hits_total{{kind=\"{}\"}} {}",
-                kind.label(),
-                self.hits[i].load(Ordering::Relaxed)
-            );
-            let _ = writeln!(
-                out,
-                "ferry_cache_misses_total{{kind=\"{}\"}} {}",
-                kind.label(),
-                self.misses[i].load(Ordering::Relaxed)
-            );
-        }
-        header(
-            &mut out,
-            "ferry_upstream_requests_total",
-            "counter",
-            "Requests sent upstream, by upstream, method and status.",
-        );
-        for ((up, method, status), n) in lock(&self.upstream).iter() {
-            let _ = writeln!(out, "ferry_upstream_requests_total{{upstream=\"{}\",method=\"{method}\",status=\"{status}\"}} {n}", escape(up));
-        }
-        header(
-            &mut out,
-            "ferry_upstream_ratelimit_remaining",
-            "gauge",
-            "Last ratelimit-remaining header seen from each upstream.",
-        );
-        for (up, n) in lock(&self.ratelimit_remaining).iter() {
-            let _ = writeln!(
-                out,
-                "ferry_upstream_ratelimit_remaining{{upstream=\"{}\"}} {n}",
-                escape(up)
-            );
-        }
-        let counters: [(&str, &str, u64); 10] = [
-            (
-                "ferry_bytes_served_total",
-                "Body bytes sent to clients.",
-                self.bytes_served.load(Ordering::Relaxed),
-            ),
-            (
-                "ferry_bytes_fetched_total",
-                "Body bytes received from upstreams.",
-                self.bytes_fetched.load(Ordering::Relaxed),
-            ),
-            (
-                "ferry_stale_answers_total",
-                "Tag answers served stale because upstream failed.",
-                self.stale_answers.load(Ordering::Relaxed),
-            ),
-            (
-                "ferry_negative_hits_total",
-                "Tag lookups answered 404 from the negative cache.",
-                self.negative_hits.load(Ordering::Relaxed),
-            ),
-            (
-                "ferry_coalesced_requests_total",
-                "Requests that joined an upstream request already in flight.",
-                self.coalesced.load(Ordering::Relaxed),
-            ),
-            (
-                "ferry_fetch_resumes_total",
-                "Blob transfers resumed with a Range request after a dropped connection.",
-                self.fetch_resumes.load(Ordering::Relaxed),
-            ),
-            (
-                "ferry_integrity_failures_total",
-                "Upstream content that did not match its digest or size.",
-                self.integrity_failures.load(Ordering::Relaxed),
-            ),
-            (
-                "ferry_store_write_errors_total",
-                "Blob writes or commits that failed on the local disk.",
-                self.store_write_errors.load(Ordering::Relaxed),
-            ),
-            (
-                "ferry_uncached_passthrough_total",
-                "Blob responses streamed from upstream without caching (disk failing).",
-                self.uncached_passthrough.load(Ordering::Relaxed),
-            ),
-            (
-                "ferry_evictions_total",
-                "Blobs evicted to keep the store under its budget.",
-                store.evictions,
-            ),
-        ];
-        for (name, help, v) in counters {
-            header(&mut out, name, "counter", help);
-            let _ = writeln!(out, "{name} {v}");
-        }
-        let gauges: [(&str, &str, i64); 6] = [
-            (
-                "ferry_fsck_findings",
-                "Problems found by the last fsck through the admin API.",
-                self.fsck_findings.load(Ordering::Relaxed) as i64,
-            ),
-            (
-                "ferry_inflight_fetches",
-                "Blob fetches from upstream in progress.",
-                self.inflight_fetches.load(Ordering::Relaxed),
-            ),
-            (
-                "ferry_inflight_waiters",
-                "Client responses streaming from an in-progress fetch.",
-                self.inflight_waiters.load(Ordering::Relaxed),
-            ),
-            (
-                "ferry_store_bytes",
-                "Bytes of blobs in the store.",
-                store.bytes as i64,
-            ),
-            (
-                "ferry_store_blobs",
-                "Blobs in the store.",
-                store.blobs as i64,
-            ),
-            (
-                "ferry_store_max_bytes",
-                "The store's size budget (0 = unbounded).",
-                store.max_bytes.unwrap_or(0) as i64,
-            ),
-        ];
-        for (name, help, v) in gauges {
-            header(&mut out, name, "gauge", help);
-            let _ = writeln!(out, "{name} {v}");
-        }
-        header(
-            &mut out,
-            "ferry_evicted_bytes_total",
-            "counter",
-            "Bytes evicted to keep the store under its budget.",
-        );
-        let _ = writeln!(out, "ferry_evicted_bytes_total {}", store.bytes_evicted);
+        let clamp = |v: u64| v.min(i64::MAX as u64) as i64;
+        self.store_bytes.set(clamp(store.bytes));
+        self.store_blobs.set(clamp(store.blobs));
+        self.store_max_bytes
+            .set(clamp(store.max_bytes.unwrap_or(0)));
+        // Counters only go up: add what the store counted since the last scrape.
+        self.evictions
+            .inc_by(store.evictions.saturating_sub(self.evictions.get()));
+        self.evicted_bytes
+            .inc_by(store.bytes_evicted.saturating_sub(self.evicted_bytes.get()));
+        let mut out = String::with_capacity(8192);
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         out
     }
 }
 
-fn header(out: &mut String, name: &str, kind: &str, help: &str) {
-    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-}
-
-fn escape(s: &str) -> String {
-    s.replace('\\', "\\\\").replace('"', "\\\"")
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
+/// The content type of [`Metrics::render`]'s text.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";

@@ -297,3 +297,92 @@ async fn a5_a_redirect_target_with_its_own_realm_gets_its_own_token() {
         "a registry token was sent to the CDN"
     );
 }
+
+/// Runs the real binary at `trace` (every target) with `upstream_toml`, pulls an image through it with client credentials, and
+/// returns everything it logged.
+async fn trace_log_of_a_pull(upstream_toml: &str, repo: &str, tag: &str) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("ferry.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "data_dir = \"{}\"\n{upstream_toml}\n[[client]]\nusername = \"node\"\npassword = \"client-pw-77aa\"\n",
+            dir.path().join("data").display()
+        ),
+    )
+    .unwrap();
+    let ferry = FerryProcess::start(&["--config", config.to_str().unwrap()], "trace");
+    let client = reqwest::Client::new();
+    let get = |path: String| {
+        client
+            .get(ferry.url(&path))
+            .basic_auth("node", Some("client-pw-77aa"))
+            .send()
+    };
+    let m = get(format!("/v2/{repo}/manifests/{tag}")).await.unwrap();
+    assert_eq!(m.status(), 200);
+    let body = m.bytes().await.unwrap();
+    let layer = serde_json::from_slice::<serde_json::Value>(&body).unwrap()["layers"][0]["digest"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let r = get(format!("/v2/{repo}/blobs/{layer}")).await.unwrap();
+    body_digest(r).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let log = ferry.log();
+    assert!(log.contains("TRACE"), "the log is at trace level");
+    log
+}
+
+fn assert_absent(log: &str, secrets: &[String]) {
+    for s in secrets {
+        assert!(!log.contains(s.as_str()), "{s:?} appears in the log");
+    }
+}
+
+fn b64(s: &str) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(s)
+}
+
+#[tokio::test]
+async fn no_password_or_token_reaches_the_log_even_at_trace() {
+    let up = FakeRegistry::start().await;
+    up.set_auth(Auth::Bearer {
+        expires_in: Some(300),
+        basic: Some(("robot".into(), "upstream-pw-31c9".into())),
+        access_token_only: false,
+        quay_style: false,
+    });
+    up.add_image("team/app", "1", &[&bytes_of(10_000, 40)]);
+    let toml = format!(
+        "[[upstream]]\nname = \"private\"\nurl = \"{}\"\nusername = \"robot\"\npassword = \"upstream-pw-31c9\"\n",
+        up.url()
+    );
+    let log = trace_log_of_a_pull(&toml, "team/app", "1").await;
+    let mut secrets = up.issued_tokens();
+    assert!(!secrets.is_empty(), "tokens were issued");
+    secrets.extend([
+        "upstream-pw-31c9".to_string(),
+        b64("robot:upstream-pw-31c9"),
+        "client-pw-77aa".to_string(),
+        b64("node:client-pw-77aa"),
+    ]);
+    assert_absent(&log, &secrets);
+}
+
+#[tokio::test]
+async fn no_basic_upstream_password_reaches_the_log_even_at_trace() {
+    let up = FakeRegistry::start().await;
+    up.set_auth(Auth::Basic("robot".into(), "basic-pw-8e2d".into()));
+    up.add_image("team/app", "1", &[&bytes_of(10_000, 41)]);
+    let toml = format!(
+        "[[upstream]]\nname = \"basic\"\nurl = \"{}\"\nusername = \"robot\"\npassword = \"basic-pw-8e2d\"\n",
+        up.url()
+    );
+    let log = trace_log_of_a_pull(&toml, "team/app", "1").await;
+    assert_absent(
+        &log,
+        &["basic-pw-8e2d".to_string(), b64("robot:basic-pw-8e2d")],
+    );
+}

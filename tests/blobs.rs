@@ -1,7 +1,10 @@
 //! Blobs: cold and warm GET/HEAD, integrity, redirects, ranges (PROTOCOL.md B and R cases).
 
 use crate::support::*;
+use http::StatusCode;
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
 
 #[tokio::test]
 async fn b1_b2_cold_then_warm_blob() {
@@ -298,7 +301,7 @@ async fn verified_bytes_reach_clients_before_the_blob_is_durable() {
     let d = up.add_blob(bytes_of(300_000, 15));
     up.faults(|f| f.chunked_blobs = true);
     let p = Proxied::start(&up).await;
-    let hold = &p.proxy.store.faults().hold_persists;
+    let hold = &p.store().faults().hold_persists;
     hold.store(true, Ordering::SeqCst);
     let path = format!("/v2/library/app/blobs/{d}");
     // The whole body arrives although the blob cannot be persisted yet.
@@ -315,4 +318,85 @@ async fn verified_bytes_reach_clients_before_the_blob_is_durable() {
     body_digest(p.get(&path).await).await.unwrap();
     assert_eq!(up.count("GET", |r| r.is_blob()), 1);
     assert_eq!(p.metric("ferry_cache_hits_total{kind=\"blob\"}"), 1);
+}
+
+#[tokio::test]
+async fn a_hundred_concurrent_cold_blob_heads_cost_one_upstream_request() {
+    let up = FakeRegistry::start().await;
+    let d = up.add_blob(bytes_of(123_456, 21));
+    up.faults(|f| f.delay = Some(Duration::from_millis(200)));
+    let p = Arc::new(Proxied::start(&up).await);
+    let path = format!("/v2/library/app/blobs/{d}");
+    let heads: Vec<_> = (0..100)
+        .map(|_| {
+            let (p, path) = (p.clone(), path.clone());
+            tokio::spawn(async move {
+                let r = p.head(&path).await;
+                (r.status(), header(&r, "content-length").map(str::to_owned))
+            })
+        })
+        .collect();
+    for h in heads {
+        assert_eq!(h.await.unwrap(), (StatusCode::OK, Some("123456".into())));
+    }
+    assert_eq!(up.count("HEAD", |r| r.is_blob()), 1, "one upstream HEAD");
+    assert_eq!(
+        up.count("GET", |r| r.is_blob()),
+        0,
+        "a HEAD fetches nothing"
+    );
+    assert!(p.metric("ferry_coalesced_requests_total") >= 99);
+}
+
+#[tokio::test]
+async fn blob_heads_carry_type_and_length_even_when_upstream_sends_none() {
+    let up = FakeRegistry::start().await;
+    let d = up.add_blob(bytes_of(77_777, 22));
+    up.faults(|f| f.chunked_blobs = true);
+    let p = Proxied::start(&up).await;
+    let path = format!("/v2/library/app/blobs/{d}");
+    // Cold: upstream's HEAD has no length, so the blob is fetched to learn it.
+    let r = p.head(&path).await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(header(&r, "content-length"), Some("77777"));
+    assert_eq!(header(&r, "content-type"), Some("application/octet-stream"));
+    assert_eq!(header(&r, "docker-content-digest"), Some(d.as_str()));
+    p.settled().await;
+    assert_eq!(
+        p.stored_size(&d),
+        Some(77_777),
+        "the GET that followed was cached"
+    );
+    // Warm.
+    let r = p.head(&path).await;
+    assert_eq!(header(&r, "content-length"), Some("77777"));
+    assert_eq!(header(&r, "content-type"), Some("application/octet-stream"));
+    assert_eq!(up.count("GET", |r| r.is_blob()), 1);
+}
+
+#[tokio::test]
+async fn warm_heads_and_gets_write_nothing_to_the_index() {
+    let up = FakeRegistry::start().await;
+    let (m, layers) = up.add_image("library/app", "1", &[&bytes_of(50_000, 23)]);
+    let p = Proxied::start(&up).await;
+    let blob = format!("/v2/library/app/blobs/{}", layers[0]);
+    assert_eq!(p.get("/v2/library/app/manifests/1").await.status(), 200);
+    body_digest(p.get(&blob).await).await.unwrap();
+    p.settled().await;
+    let writes = p.store().index_writes();
+    for _ in 0..1000 {
+        assert_eq!(p.head("/v2/library/app/manifests/1").await.status(), 200);
+        assert_eq!(
+            p.get(&format!("/v2/library/app/manifests/{m}"))
+                .await
+                .status(),
+            200
+        );
+        body_digest(p.get(&blob).await).await.unwrap();
+    }
+    assert_eq!(
+        p.store().index_writes(),
+        writes,
+        "the warm path batches access times in memory"
+    );
 }

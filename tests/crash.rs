@@ -5,58 +5,22 @@
 
 use crate::support::*;
 use ferry_storage::{FsckFinding, Store, StoreOptions};
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 const KILLS: u64 = 30;
 const MIB: usize = 1024 * 1024;
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-struct Running {
-    child: Child,
-    port: u16,
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-async fn start_ferry(config: &std::path::Path) -> Running {
-    let port = free_port();
-    // Reaped by `Running`'s Drop (or explicitly after the kill).
-    #[allow(clippy::zombie_processes)]
-    let child = Command::new(env!("CARGO_BIN_EXE_ferry"))
-        .args(["serve", "--config"])
-        .arg(config)
-        .args(["--listen", &format!("127.0.0.1:{port}")])
-        .env("RUST_LOG", "error")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+async fn start_ferry(config: &std::path::Path) -> FerryProcess {
+    // Ferry logs the address it bound at info; nothing else is wanted here.
+    let ferry = FerryProcess::start(&["--config", config.to_str().unwrap()], "error,ferry=info");
     let client = reqwest::Client::new();
     for _ in 0..200 {
-        if client
-            .get(format!("http://127.0.0.1:{port}/v2/"))
-            .send()
-            .await
-            .is_ok()
-        {
-            return Running { child, port };
+        if client.get(ferry.url("/v2/")).send().await.is_ok() {
+            return ferry;
         }
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
-    panic!("ferry did not start");
+    panic!("ferry did not answer");
 }
 
 /// Everything a crash may leave: intact orphans (renamed, not yet indexed, or
@@ -114,7 +78,7 @@ async fn kill_9_during_cold_pulls_and_eviction_leaves_a_clean_store() {
         let client = reqwest::Client::new();
         for _ in 0..6 {
             let (d, _) = &blobs[next(blobs.len() as u64) as usize];
-            let url = format!("http://127.0.0.1:{}/v2/library/app/blobs/{d}", ferry.port);
+            let url = ferry.url(&format!("/v2/library/app/blobs/{d}"));
             let c = client.clone();
             tokio::spawn(async move {
                 if let Ok(r) = c.get(url).send().await {
@@ -123,8 +87,7 @@ async fn kill_9_during_cold_pulls_and_eviction_leaves_a_clean_store() {
             });
         }
         tokio::time::sleep(Duration::from_millis(30 + next(250))).await;
-        ferry.child.kill().unwrap();
-        ferry.child.wait().unwrap();
+        ferry.kill();
         max_indexed = max_indexed.max(assert_store_sound(&data, round));
     }
     assert!(max_indexed > 0, "some pulls completed between kills");
@@ -134,11 +97,10 @@ async fn kill_9_during_cold_pulls_and_eviction_leaves_a_clean_store() {
     let mut ferry = start_ferry(&config).await;
     let client = reqwest::Client::new();
     for (d, len) in &blobs {
-        let url = format!("http://127.0.0.1:{}/v2/library/app/blobs/{d}", ferry.port);
+        let url = ferry.url(&format!("/v2/library/app/blobs/{d}"));
         let r = client.get(url).send().await.unwrap();
         assert_eq!(body_digest(r).await.unwrap(), (d.clone(), *len));
     }
-    ferry.child.kill().unwrap();
-    ferry.child.wait().unwrap();
+    ferry.kill();
     assert_store_sound(&data, KILLS);
 }

@@ -27,13 +27,13 @@ async fn eviction_keeps_the_store_under_budget_while_pulls_run() {
         p.settled().await;
         // Eviction runs off the request path; give it a moment to land.
         for _ in 0..100 {
-            if p.proxy.store.total_bytes() <= 5 * MIB as u64 {
+            if p.store().total_bytes() <= 5 * MIB as u64 {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         assert!(
-            p.proxy.store.total_bytes() <= 5 * MIB as u64,
+            p.store().total_bytes() <= 5 * MIB as u64,
             "over budget after pull {i}"
         );
     }
@@ -41,7 +41,7 @@ async fn eviction_keeps_the_store_under_budget_while_pulls_run() {
     assert!(p.metric("ferry_evicted_bytes_total") >= 15 * MIB as u64);
     assert!(p.metric("ferry_store_blobs") <= 5);
     // The manifest survives eviction of blobs; an evicted blob comes back on demand.
-    assert!(p.proxy.store.has_manifest(&m.parse().unwrap()).unwrap());
+    assert!(p.store().has_manifest(&m.parse().unwrap()).unwrap());
     let before = up.count("GET", |r| r.is_blob());
     let r = p.get(&format!("/v2/library/app/blobs/{}", blobs[0])).await;
     assert_eq!(body_digest(r).await.unwrap().0, blobs[0]);
@@ -49,7 +49,7 @@ async fn eviction_keeps_the_store_under_budget_while_pulls_run() {
     let text = p.get("/metrics").await.text().await.unwrap();
     assert!(text.contains("ferry_store_max_bytes 5242880"), "{text}");
     p.settled().await;
-    assert!(p.proxy.store.fsck(true, false).unwrap().clean());
+    assert!(p.store().fsck(true, false).unwrap().clean());
 }
 
 #[tokio::test]
@@ -58,11 +58,7 @@ async fn a_failing_disk_degrades_to_uncached_streaming_and_recovers() {
     let a = up.add_blob(bytes_of(MIB, 300));
     let b = up.add_blob(bytes_of(MIB, 301));
     let p = Proxied::start(&up).await;
-    p.proxy
-        .store
-        .faults()
-        .fail_writes
-        .store(true, Ordering::SeqCst);
+    p.store().faults().fail_writes.store(true, Ordering::SeqCst);
     // The fetch fails to write: this client is served from upstream, uncached.
     for _ in 0..3 {
         let r = p.get(&format!("/v2/library/app/blobs/{a}")).await;
@@ -87,15 +83,14 @@ async fn a_failing_disk_degrades_to_uncached_streaming_and_recovers() {
         "degraded mode stops retrying the disk"
     );
     assert!(p.metric("ferry_uncached_passthrough_total") >= 3);
-    assert!(p.proxy.store.fsck(true, false).unwrap().clean());
+    assert!(p.store().fsck(true, false).unwrap().clean());
     assert_eq!(
         std::fs::read_dir(p.dir.path().join("tmp")).unwrap().count(),
         0
     );
 
     // The disk is back: after the retry window, caching resumes.
-    p.proxy
-        .store
+    p.store()
         .faults()
         .fail_writes
         .store(false, Ordering::SeqCst);
@@ -112,8 +107,7 @@ async fn a_failing_commit_still_serves_the_verified_bytes() {
     let up = FakeRegistry::start().await;
     let a = up.add_blob(bytes_of(MIB, 302));
     let p = Proxied::start(&up).await;
-    p.proxy
-        .store
+    p.store()
         .faults()
         .fail_commits
         .store(true, Ordering::SeqCst);
@@ -121,27 +115,16 @@ async fn a_failing_commit_still_serves_the_verified_bytes() {
     assert_eq!(body_digest(r).await.unwrap(), (a.clone(), MIB));
     p.settled().await;
     assert!(p.stored_size(&a).is_none());
-    assert!(p.proxy.store.fsck(true, false).unwrap().clean());
+    assert!(p.store().fsck(true, false).unwrap().clean());
 }
 
 async fn with_admin(up: &FakeRegistry) -> (Proxied, String) {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
     let toml = format!(
-        "admin_listen = \"127.0.0.1:{port}\"\n[[upstream]]\nname = \"docker.io\"\nurl = \"{}\"\n",
+        "admin_listen = \"127.0.0.1:0\"\n[[upstream]]\nname = \"docker.io\"\nurl = \"{}\"\n",
         up.url()
     );
     let p = Proxied::with_toml(up, &toml).await;
-    let admin = format!("http://127.0.0.1:{port}");
-    for _ in 0..100 {
-        if reqwest::get(format!("{admin}/healthz")).await.is_ok() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    let admin = p.admin_url("");
     (p, admin)
 }
 
@@ -228,7 +211,7 @@ async fn purge_through_the_admin_api_and_the_cli() {
         .await
         .unwrap();
     assert_eq!(json(r).await["removed"], 1);
-    assert!(!p.proxy.store.has_manifest(&m.parse().unwrap()).unwrap());
+    assert!(!p.store().has_manifest(&m.parse().unwrap()).unwrap());
 
     let r = c
         .get(format!("{admin}/admin/fsck?verify=true"))
@@ -407,7 +390,7 @@ async fn a_digest_purge_waits_for_the_fetch_in_flight_so_it_sticks() {
     let up = FakeRegistry::start().await;
     let d = up.add_blob(bytes_of(200_000, 31));
     let (p, admin) = with_admin(&up).await;
-    let hold = &p.proxy.store.faults().hold_persists;
+    let hold = &p.store().faults().hold_persists;
     hold.store(true, Ordering::SeqCst);
     let path = format!("/v2/library/app/blobs/{d}");
     // Served in full; the commit is held back.
@@ -423,4 +406,55 @@ async fn a_digest_purge_waits_for_the_fetch_in_flight_so_it_sticks() {
     assert_eq!(p.stored_size(&d), None);
     body_digest(p.get(&path).await).await.unwrap();
     assert_eq!(up.count("GET", |r| r.is_blob()), 2);
+}
+
+#[tokio::test]
+async fn wrong_bytes_on_the_uncached_paths_abort_and_cache_nothing() {
+    let up = FakeRegistry::start().await;
+    let a = up.add_blob(bytes_of(MIB, 310));
+    up.faults(|f| f.wrong_bytes = true);
+    let p = Proxied::start(&up).await;
+    p.store().faults().fail_writes.store(true, Ordering::SeqCst);
+    let path = format!("/v2/library/app/blobs/{a}");
+    // The first request meets the failing disk inside the fetch and continues
+    // from upstream itself; the second finds the store degraded and relays.
+    for round in 0..2 {
+        let r = p.get(&path).await;
+        assert_eq!(r.status(), 200, "round {round}");
+        match body_digest(r).await {
+            Err(_) => {}
+            Ok((digest, len)) => panic!(
+                "round {round}: a complete body of {len} bytes ({digest}) from corrupt upstream bytes"
+            ),
+        }
+    }
+    p.settled().await;
+    assert!(p.stored_size(&a).is_none());
+    assert!(p.metric("ferry_integrity_failures_total") >= 2);
+    assert!(p.metric("ferry_uncached_passthrough_total") >= 2);
+    assert!(p.store().fsck(true, false).unwrap().clean());
+}
+
+#[tokio::test]
+async fn a_store_that_cannot_be_read_is_a_500_not_an_upstream_error() {
+    let up = FakeRegistry::start().await;
+    let (m, _) = up.add_image("library/app", "1", &[b"layer"]);
+    let p = Proxied::start(&up).await;
+    assert_eq!(p.head("/v2/library/app/manifests/1").await.status(), 200);
+    p.store().faults().fail_reads.store(true, Ordering::SeqCst);
+    // Upstream still answers: the answer is given.
+    p.advance(Duration::from_secs(31));
+    let r = p.head("/v2/library/app/manifests/1").await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(header(&r, "docker-content-digest"), Some(m.as_str()));
+    let r = p.get(&format!("/v2/library/app/manifests/{m}")).await;
+    assert_eq!(sha256(&r.bytes().await.unwrap()), m);
+    // Upstream down too: the store's fault is what the client hears about.
+    up.set_down(true);
+    p.advance(Duration::from_secs(31));
+    let r = p.head("/v2/library/app/manifests/1").await;
+    assert_eq!(r.status(), 500, "a local fault never blames upstream");
+    p.store().faults().fail_reads.store(false, Ordering::SeqCst);
+    // The record is readable again: stale-if-error applies.
+    assert_eq!(p.head("/v2/library/app/manifests/1").await.status(), 200);
 }

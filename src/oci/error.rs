@@ -5,25 +5,42 @@ use http::StatusCode;
 /// The error codes Ferry answers with, each with the HTTP status distribution maps it to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ErrorCode {
+    /// `BLOB_UNKNOWN`: 404.
     BlobUnknown,
+    /// `DIGEST_INVALID`: 400.
     DigestInvalid,
+    /// `MANIFEST_INVALID`: 400.
     ManifestInvalid,
+    /// `MANIFEST_UNKNOWN`: 404.
     ManifestUnknown,
+    /// `NAME_INVALID`: 400.
     NameInvalid,
+    /// `NAME_UNKNOWN`: 404.
     NameUnknown,
+    /// `PAGINATION_NUMBER_INVALID`: 400.
     PaginationNumberInvalid,
+    /// `RANGE_INVALID`: 416.
     RangeInvalid,
+    /// `SIZE_INVALID`: 400.
     SizeInvalid,
+    /// `TAG_INVALID`: 400.
     TagInvalid,
+    /// `UNSUPPORTED`: 405.
     Unsupported,
+    /// `DENIED`: 403.
     Denied,
+    /// `UNAUTHORIZED`: 401.
     Unauthorized,
+    /// `TOOMANYREQUESTS`: 429.
     TooManyRequests,
+    /// `UNAVAILABLE`: 503.
     Unavailable,
+    /// `UNKNOWN`: 500.
     Unknown,
 }
 
 impl ErrorCode {
+    /// The code as the JSON body spells it.
     pub fn as_str(self) -> &'static str {
         match self {
             ErrorCode::BlobUnknown => "BLOB_UNKNOWN",
@@ -45,6 +62,7 @@ impl ErrorCode {
         }
     }
 
+    /// The status distribution answers with.
     pub fn status(self) -> StatusCode {
         match self {
             ErrorCode::BlobUnknown | ErrorCode::ManifestUnknown | ErrorCode::NameUnknown => {
@@ -71,8 +89,11 @@ impl ErrorCode {
 /// status other than the code's default (e.g. 502 for a broken upstream).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct OciError {
+    /// The code.
     pub code: ErrorCode,
+    /// A message for people.
     pub message: String,
+    /// The HTTP status.
     pub status: StatusCode,
     /// Seconds the client should wait, sent as `Retry-After` (429/503).
     pub retry_after: Option<u64>,
@@ -81,6 +102,7 @@ pub struct OciError {
 }
 
 impl OciError {
+    /// An error with the code's default status.
     pub fn new(code: ErrorCode, message: impl Into<String>) -> OciError {
         OciError {
             code,
@@ -91,11 +113,13 @@ impl OciError {
         }
     }
 
+    /// The same error with another status.
     pub fn with_status(mut self, status: StatusCode) -> OciError {
         self.status = status;
         self
     }
 
+    /// The same error with a `Retry-After`.
     pub fn with_retry_after(mut self, seconds: Option<u64>) -> OciError {
         self.retry_after = seconds;
         self

@@ -2,11 +2,17 @@
 
 use super::Digest;
 
+/// Docker image manifest, schema 2.
 pub const DOCKER_MANIFEST_V2: &str = "application/vnd.docker.distribution.manifest.v2+json";
+/// Docker manifest list (multi-arch).
 pub const DOCKER_MANIFEST_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
+/// OCI image manifest.
 pub const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+/// OCI image index (multi-arch).
 pub const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
+/// Docker schema 1, signed (refused).
 pub const DOCKER_SCHEMA1_SIGNED: &str = "application/vnd.docker.distribution.manifest.v1+prettyjws";
+/// Docker schema 1 (refused).
 pub const DOCKER_SCHEMA1: &str = "application/vnd.docker.distribution.manifest.v1+json";
 
 /// Sent on every upstream manifest request, whatever the client asked for: a
@@ -15,6 +21,14 @@ pub const UPSTREAM_MANIFEST_ACCEPT: &str = "application/vnd.oci.image.index.v1+j
 application/vnd.docker.distribution.manifest.list.v2+json, \
 application/vnd.oci.image.manifest.v1+json, \
 application/vnd.docker.distribution.manifest.v2+json";
+
+/// Whether a media type names a manifest or an index Ferry serves.
+pub fn is_manifest_type(media_type: &str) -> bool {
+    matches!(
+        media_type,
+        DOCKER_MANIFEST_V2 | DOCKER_MANIFEST_LIST | OCI_MANIFEST | OCI_INDEX
+    )
+}
 
 /// Largest manifest Ferry fetches or caches (containerd, containers/image and
 /// distribution all cap manifests at about 4 MiB).
@@ -58,10 +72,13 @@ pub fn manifest_media_type(content_type: Option<&str>, body: &[u8]) -> Option<St
 /// registry does not serve them. Unparseable bodies reference nothing.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct References {
+    /// Child manifests of an index.
     pub manifests: Vec<Digest>,
+    /// The config and layers of an image manifest.
     pub blobs: Vec<Digest>,
 }
 
+/// What a manifest body references.
 pub fn references(body: &[u8]) -> References {
     #[derive(serde::Deserialize)]
     struct Descriptor {

@@ -46,6 +46,7 @@ impl RepoName {
         self.components().next().is_some_and(|c| c.contains(':'))
     }
 
+    /// The name as text.
     pub fn as_str(&self) -> &str {
         &self.0
     }
@@ -115,6 +116,7 @@ impl fmt::Debug for RepoName {
 pub struct Tag(Box<str>);
 
 impl Tag {
+    /// A tag, if `s` is one (`[A-Za-z0-9_][A-Za-z0-9._-]{0,127}`).
     pub fn parse(s: &str) -> Option<Tag> {
         let b = s.as_bytes();
         let first_ok = b
@@ -126,6 +128,7 @@ impl Tag {
         (first_ok && rest_ok && b.len() <= MAX_TAG_LEN).then(|| Tag(s.into()))
     }
 
+    /// The tag as text.
     pub fn as_str(&self) -> &str {
         &self.0
     }
@@ -146,7 +149,9 @@ impl fmt::Debug for Tag {
 /// What follows `/manifests/`: a tag or a digest, nothing else.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum Reference {
+    /// A tag.
     Tag(Tag),
+    /// A digest.
     Digest(Digest),
 }
 
@@ -160,6 +165,7 @@ pub enum ReferenceError {
 }
 
 impl Reference {
+    /// A digest if `s` has a `:`, else a tag.
     pub fn parse(s: &str) -> Result<Reference, ReferenceError> {
         if s.contains(':') {
             s.parse()

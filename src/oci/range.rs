@@ -9,7 +9,12 @@ pub enum RangeAnswer {
     /// 200 with the whole body (no header, a multi-range, or a header we ignore).
     Full,
     /// 206 with bytes `start..=end`.
-    Partial { start: u64, end: u64 },
+    Partial {
+        /// First byte.
+        start: u64,
+        /// Last byte (inclusive).
+        end: u64,
+    },
     /// 416 with `Content-Range: bytes */size`.
     Unsatisfiable,
 }
@@ -18,7 +23,12 @@ pub enum RangeAnswer {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ByteRange {
     /// `bytes=a-b` or `bytes=a-` (`end` = None).
-    From { start: u64, end: Option<u64> },
+    From {
+        /// First byte.
+        start: u64,
+        /// Last byte (inclusive); `None`: to the end.
+        end: Option<u64>,
+    },
     /// `bytes=-n`: the last n bytes.
     Suffix(u64),
 }
@@ -28,12 +38,14 @@ pub enum ByteRange {
 pub enum RangeRequest {
     /// Absent, multi-range, or a unit other than bytes: serve the whole body.
     Whole,
+    /// One range of bytes.
     One(ByteRange),
     /// Syntactically a single range that can never be satisfied (`bytes=500-0`).
     Invalid,
 }
 
 impl RangeRequest {
+    /// Parses a `Range` header value.
     pub fn parse(header: Option<&str>) -> RangeRequest {
         let Some(spec) = header.and_then(|h| h.trim().strip_prefix("bytes=")) else {
             return RangeRequest::Whole;

@@ -14,21 +14,34 @@ use http::{Method, StatusCode};
 pub enum Route {
     /// `/v2/` (and `/v2`): the API version check.
     Base,
+    /// `/v2/<name>/manifests/<reference>`.
     Manifest {
+        /// The repository as the client named it.
         name: RepoName,
+        /// A tag or a digest.
         reference: Reference,
     },
+    /// `/v2/<name>/blobs/<digest>`.
     Blob {
+        /// The repository as the client named it.
         name: RepoName,
+        /// The blob.
         digest: Digest,
     },
+    /// `/v2/<name>/tags/list`.
     TagsList {
+        /// The repository as the client named it.
         name: RepoName,
+        /// `n` and `last`.
         page: TagsPage,
     },
+    /// `/v2/<name>/referrers/<digest>`.
     Referrers {
+        /// The repository as the client named it.
         name: RepoName,
+        /// The subject.
         digest: Digest,
+        /// `?artifactType=`.
         artifact_type: Option<String>,
     },
 }
@@ -36,7 +49,9 @@ pub enum Route {
 /// `?n=` and `?last=` of a tags list.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct TagsPage {
+    /// Tags per page.
     pub n: Option<usize>,
+    /// The tag the page starts after.
     pub last: Option<String>,
 }
 
@@ -44,8 +59,11 @@ pub struct TagsPage {
 /// namespace (`?ns=`) containerd adds to name the upstream.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PullRequest {
+    /// What is asked for.
     pub route: Route,
+    /// A `HEAD`: headers without the body.
     pub head: bool,
+    /// `?ns=`: the upstream registry containerd means.
     pub ns: Option<String>,
 }
 

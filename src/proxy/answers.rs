@@ -1,63 +1,61 @@
-//! Upstream answers that are not content-addressed (tag lists, referrers
-//! indexes) kept in memory under the same freshness policy as tags: fresh
-//! inside `tag_ttl`, asked again once (single-flight) past it, and served
-//! stale for up to `stale_if_error` while upstream fails.
+//! The answer cache: upstream answers that are not content-addressed (tag
+//! lists, referrers indexes), kept in memory under the same freshness policy as
+//! tags: fresh inside `tag_ttl`, asked again once (single-flight) past it, and
+//! served stale for up to `stale_if_error` while upstream fails.
+//!
+//! Bounded by count and by bytes; the oldest answers go first, and one answer
+//! over a quarter of the byte budget is served but not kept.
 
+use super::error::{Error, Result};
 use super::flight::SingleFlight;
-use super::{internal, lock, map_upstream_error};
+use super::freshness;
 use crate::clock::Clock;
 use crate::config::Freshness;
 use crate::metrics::{Kind, Metrics};
-use crate::oci::{ErrorCode, OciError};
 use crate::upstream::UpstreamError;
+use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::future::Future;
 use std::hash::Hash;
-use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex};
-
-/// Answers kept per cache at most, by count and by bytes; the oldest go first.
-const MAX_ANSWERS: usize = 1024;
-const MAX_BYTES: usize = 32 * 1024 * 1024;
+use std::sync::Arc;
 
 /// The memory an answer holds, for the byte budget.
 pub(crate) trait Weigh {
     fn weight(&self) -> usize;
 }
 
-impl Weigh for (bytes::Bytes, Option<String>) {
-    fn weight(&self) -> usize {
-        self.0.len() + self.1.as_ref().map_or(0, String::len)
-    }
+/// Bounds of one answer cache.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Budget {
+    /// Answers kept at most.
+    pub count: usize,
+    /// Bytes of answers kept at most.
+    pub bytes: usize,
 }
 
-impl Weigh for (bytes::Bytes, bool) {
-    fn weight(&self) -> usize {
-        self.0.len()
-    }
+impl Budget {
+    /// Kept per answer cache unless configured: 1,024 answers, 32 MiB.
+    pub const DEFAULT: Budget = Budget {
+        count: 1024,
+        bytes: 32 * 1024 * 1024,
+    };
 }
 
+/// Answers by key, with their upstream fetches.
 pub(crate) struct Answers<K, V> {
     kind: Kind,
-    /// The error code an upstream 404 becomes.
-    not_found: ErrorCode,
+    budget: Budget,
+    clock: Clock,
+    metrics: Arc<Metrics>,
     entries: Mutex<Entries<K, V>>,
-    flights: SingleFlight<K, Result<Kept<V>, OciError>>,
+    /// One upstream fetch per key at a time.
+    flights: SingleFlight<K, Result<Kept<V>>>,
 }
 
 /// The kept answers and the bytes they hold.
 struct Entries<K, V> {
     map: HashMap<K, Kept<V>>,
     bytes: usize,
-}
-
-impl<K, V> Default for Entries<K, V> {
-    fn default() -> Self {
-        Entries {
-            map: HashMap::new(),
-            bytes: 0,
-        }
-    }
 }
 
 #[derive(Clone)]
@@ -71,11 +69,16 @@ where
     K: Hash + Eq + Clone + Send + Sync + 'static,
     V: Weigh + Clone + Send + Sync + 'static,
 {
-    pub fn new(kind: Kind, not_found: ErrorCode) -> Answers<K, V> {
+    pub fn new(kind: Kind, budget: Budget, clock: Clock, metrics: Arc<Metrics>) -> Answers<K, V> {
         Answers {
             kind,
-            not_found,
-            entries: Mutex::default(),
+            budget,
+            clock,
+            metrics,
+            entries: Mutex::new(Entries {
+                map: HashMap::new(),
+                bytes: 0,
+            }),
             flights: SingleFlight::default(),
         }
     }
@@ -86,30 +89,26 @@ where
         self: &Arc<Self>,
         key: K,
         policy: Freshness,
-        clock: &Clock,
-        metrics: &Arc<Metrics>,
         fetch: impl FnOnce() -> F,
-    ) -> Result<V, OciError>
+    ) -> Result<V>
     where
-        F: Future<Output = Result<V, UpstreamError>> + Send + 'static,
+        F: Future<Output = std::result::Result<V, UpstreamError>> + Send + 'static,
     {
-        let ttl = policy.tag_ttl.as_millis() as u64;
-        let kept = lock(&self.entries).map.get(&key).cloned();
+        let kept = self.entries.lock().map.get(&key).cloned();
         if let Some(k) = kept.as_ref() {
-            if clock.now_ms() < k.fetched_at_ms.saturating_add(ttl) {
-                metrics.hit(self.kind);
+            if freshness::is_fresh(k.fetched_at_ms, &policy, self.clock.now_ms()) {
+                self.metrics.hit(self.kind);
                 return Ok(k.value.clone());
             }
         }
-        metrics.miss(self.kind);
+        self.metrics.miss(self.kind);
         let fetch = fetch();
-        let (this, clock2, metrics2, key2) =
-            (self.clone(), clock.clone(), metrics.clone(), key.clone());
+        let (this, key2) = (self.clone(), key.clone());
         let (result, joined) = self
             .flights
             .run(key, move || async move {
-                let fresh = fetch.await;
-                let now = clock2.now_ms();
+                let fresh = fetch.await.map_err(Error::from);
+                let now = this.clock.now_ms();
                 match fresh {
                     Ok(value) => {
                         let k = Kept {
@@ -119,37 +118,32 @@ where
                         this.keep(key2, k.clone());
                         Ok(k)
                     }
-                    Err(e) if e.is_outage() => match kept {
-                        Some(k)
-                            if now
-                                < k.fetched_at_ms
-                                    .saturating_add(ttl)
-                                    .saturating_add(policy.stale_if_error.as_millis() as u64) =>
-                        {
-                            metrics2.stale_answers.fetch_add(1, Ordering::Relaxed);
+                    Err(e) if e.allows_stale() => match kept {
+                        Some(k) if freshness::servable_on_error(k.fetched_at_ms, &policy, now) => {
+                            this.metrics.stale_answers.inc();
                             tracing::info!(kind = ?this.kind, error = %e, "serving a stale answer");
                             Ok(k)
                         }
-                        _ => Err(map_upstream_error(e, this.not_found)),
+                        _ => Err(e),
                     },
                     Err(e) => {
                         this.remove(&key2);
-                        Err(map_upstream_error(e, this.not_found))
+                        Err(e)
                     }
                 }
             })
             .await;
         if joined {
-            metrics.coalesced.fetch_add(1, Ordering::Relaxed);
+            self.metrics.coalesced.inc();
         }
         result
-            .unwrap_or_else(|| Err(internal("upstream fetch ended unexpectedly")))
+            .unwrap_or_else(|| Err(Error::Internal("upstream fetch ended unexpectedly".into())))
             .map(|k| k.value)
     }
 
     /// Drops every kept answer whose key `matches`.
     pub fn forget(&self, matches: impl Fn(&K) -> bool) {
-        let mut e = lock(&self.entries);
+        let mut e = self.entries.lock();
         let gone: usize = e
             .map
             .iter()
@@ -161,7 +155,7 @@ where
     }
 
     fn remove(&self, key: &K) {
-        let mut e = lock(&self.entries);
+        let mut e = self.entries.lock();
         if let Some(old) = e.map.remove(key) {
             e.bytes -= old.value.weight();
         }
@@ -169,23 +163,23 @@ where
 
     fn keep(&self, key: K, kept: Kept<V>) {
         let weight = kept.value.weight();
-        if weight > MAX_BYTES / 4 {
+        if weight > self.budget.bytes / 4 {
             return; // one huge answer would push out everything else
         }
-        let mut e = lock(&self.entries);
+        let mut e = self.entries.lock();
         if let Some(old) = e.map.remove(&key) {
             e.bytes -= old.value.weight();
         }
-        while !e.map.is_empty() && (e.map.len() >= MAX_ANSWERS || e.bytes + weight > MAX_BYTES) {
+        while !e.map.is_empty()
+            && (e.map.len() >= self.budget.count || e.bytes + weight > self.budget.bytes)
+        {
             let oldest = e
                 .map
                 .iter()
                 .min_by_key(|(_, k)| k.fetched_at_ms)
                 .map(|(k, _)| k.clone());
-            if let Some(k) = oldest {
-                if let Some(old) = e.map.remove(&k) {
-                    e.bytes -= old.value.weight();
-                }
+            if let Some(old) = oldest.and_then(|k| e.map.remove(&k)) {
+                e.bytes -= old.value.weight();
             }
         }
         e.bytes += weight;
@@ -198,44 +192,74 @@ mod tests {
     use super::*;
     use bytes::Bytes;
 
-    fn answers() -> Arc<Answers<u32, (Bytes, bool)>> {
-        Arc::new(Answers::new(Kind::TagList, ErrorCode::NameUnknown))
+    impl Weigh for Bytes {
+        fn weight(&self) -> usize {
+            self.len()
+        }
     }
 
-    fn kept(n: usize, at: u64) -> Kept<(Bytes, bool)> {
+    const BUDGET: Budget = Budget {
+        count: 8,
+        bytes: 4096,
+    };
+
+    fn answers() -> Arc<Answers<u32, Bytes>> {
+        Arc::new(Answers::new(
+            Kind::TagList,
+            BUDGET,
+            Clock::manual(),
+            Arc::default(),
+        ))
+    }
+
+    fn kept(n: usize, at: u64) -> Kept<Bytes> {
         Kept {
-            value: (Bytes::from(vec![0u8; n]), false),
+            value: Bytes::from(vec![0u8; n]),
             fetched_at_ms: at,
         }
+    }
+
+    fn bytes(a: &Answers<u32, Bytes>) -> usize {
+        a.entries.lock().bytes
     }
 
     #[test]
     fn the_byte_budget_pushes_out_the_oldest_answers() {
         let a = answers();
-        let quarter = MAX_BYTES / 4;
+        let quarter = BUDGET.bytes / 4;
         for i in 0..4u32 {
             a.keep(i, kept(quarter, u64::from(i)));
         }
-        assert_eq!(lock(&a.entries).bytes, MAX_BYTES);
+        assert_eq!(bytes(&a), BUDGET.bytes);
         a.keep(4, kept(10, 4));
-        let e = lock(&a.entries);
-        assert!(!e.map.contains_key(&0), "the oldest went");
-        assert!(e.map.contains_key(&4));
-        assert_eq!(e.bytes, 3 * quarter + 10);
+        assert!(!a.entries.lock().map.contains_key(&0), "the oldest went");
+        assert!(a.entries.lock().map.contains_key(&4));
+        assert_eq!(bytes(&a), 3 * quarter + 10);
+    }
+
+    #[test]
+    fn the_count_budget_holds() {
+        let a = answers();
+        for i in 0..20u32 {
+            a.keep(i, kept(1, u64::from(i)));
+        }
+        let e = a.entries.lock();
+        assert_eq!(e.map.len(), BUDGET.count);
+        assert!(e.map.contains_key(&19) && !e.map.contains_key(&11));
     }
 
     #[test]
     fn huge_answers_are_not_kept_and_replacing_one_keeps_the_count_right() {
         let a = answers();
-        a.keep(1, kept(MAX_BYTES / 4 + 1, 0));
-        assert!(lock(&a.entries).map.is_empty());
+        a.keep(1, kept(BUDGET.bytes / 4 + 1, 0));
+        assert!(a.entries.lock().map.is_empty());
         a.keep(1, kept(100, 0));
         a.keep(1, kept(50, 1));
         a.keep(2, kept(7, 2));
-        assert_eq!(lock(&a.entries).bytes, 57);
+        assert_eq!(bytes(&a), 57);
         a.forget(|k| *k == 1);
-        assert_eq!(lock(&a.entries).bytes, 7);
+        assert_eq!(bytes(&a), 7);
         a.remove(&2);
-        assert_eq!(lock(&a.entries).bytes, 0);
+        assert_eq!(bytes(&a), 0);
     }
 }

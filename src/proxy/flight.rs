@@ -5,16 +5,29 @@
 //! (a client disconnecting) without cancelling it for the others. If the task
 //! dies, every waiter gets `None` and the key is free for a fresh attempt.
 
+use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::future::Future;
 use std::hash::Hash;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use tokio::sync::watch;
 
 type Flights<K, V> = Arc<Mutex<HashMap<K, watch::Receiver<Option<V>>>>>;
 
+/// Flights in the air by key. Bounded by the callers: one per distinct key
+/// being fetched, and a flight's key is freed when its task ends.
 pub struct SingleFlight<K, V> {
+    /// Key → the channel its result will be published on.
     inflight: Flights<K, V>,
+}
+
+impl<K, V> Clone for SingleFlight<K, V> {
+    /// Another handle on the same flights.
+    fn clone(&self) -> Self {
+        SingleFlight {
+            inflight: self.inflight.clone(),
+        }
+    }
 }
 
 impl<K, V> Default for SingleFlight<K, V> {
@@ -34,7 +47,7 @@ struct Landing<K: Hash + Eq, V> {
 impl<K: Hash + Eq, V> Drop for Landing<K, V> {
     fn drop(&mut self) {
         if let Some(key) = self.key.take() {
-            lock(&self.inflight).remove(&key);
+            self.inflight.lock().remove(&key);
         }
     }
 }
@@ -52,7 +65,7 @@ where
         F: Future<Output = V> + Send + 'static,
     {
         let (mut rx, joined) = {
-            let mut map = lock(&self.inflight);
+            let mut map = self.inflight.lock();
             match map.get(&key) {
                 Some(rx) => (rx.clone(), true),
                 None => {
@@ -84,16 +97,13 @@ where
 
     /// Flights in the air now.
     pub fn len(&self) -> usize {
-        lock(&self.inflight).len()
+        self.inflight.lock().len()
     }
 
+    /// No flight in the air.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 #[cfg(test)]

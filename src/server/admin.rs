@@ -1,6 +1,5 @@
-//! The admin API: purge entries from a running Ferry. It listens on its own
-//! address (`admin_listen`), off unless configured, and should stay on loopback
-//! or a private network: it has no authentication of its own.
+//! The admin API, on its own listener (`admin_listen`), off unless configured.
+//! It has no authentication of its own: keep it on loopback or a private network.
 //!
 //! - `POST /admin/purge?digest=sha256:…` drops a blob or manifest and the tags pointing at it;
 //! - `POST /admin/purge?upstream=docker.io&repository=library/alpine[&tag=latest]`
@@ -10,91 +9,75 @@
 //!   when it is all in, with counts of manifests and blobs fetched;
 //! - `GET /admin/fsck[?verify=true]` checks the store (report only; repair runs offline).
 
-use super::{error_response, sized, text, Body};
+use super::errors::{cache_error, route_error, Asked};
+use super::responses::{self, Body};
 use crate::oci::{route::query_param, Digest, ErrorCode, OciError, Reference, RepoName};
 use crate::proxy::Proxy;
-use crate::upstream::Upstream;
-use bytes::Bytes;
-use http::header::HeaderValue;
+use crate::upstream::Target;
 use http::{Method, Request, Response, StatusCode};
-use hyper::body::Incoming;
-use std::convert::Infallible;
 use std::sync::Arc;
 
-pub async fn handle(
-    proxy: Arc<Proxy>,
-    req: Request<Incoming>,
-) -> Result<Response<Body>, Infallible> {
+/// Answers one admin request.
+pub async fn handle<B>(proxy: Arc<Proxy>, req: Request<B>) -> Response<Body> {
     let query = req.uri().query();
     let resp = match (req.method(), req.uri().path()) {
         (&Method::POST, "/admin/purge") => purge(&proxy, query).await,
         (&Method::POST, "/admin/prefetch") => prefetch(&proxy, query).await,
         (&Method::GET, "/admin/fsck") => fsck(&proxy, query).await,
-        (&Method::GET, "/healthz") => Ok(text(StatusCode::OK, "ok\n")),
+        (&Method::GET, "/healthz") => Ok(responses::text(StatusCode::OK, "ok\n")),
         _ => Err(
             OciError::new(ErrorCode::Unsupported, "unknown admin endpoint")
                 .with_status(StatusCode::NOT_FOUND),
         ),
     };
-    Ok(resp.unwrap_or_else(|e| error_response(&e, false)))
+    resp.unwrap_or_else(|e| responses::error(&e, false))
 }
 
 fn bad(msg: impl Into<String>) -> OciError {
     OciError::new(ErrorCode::Unsupported, msg).with_status(StatusCode::BAD_REQUEST)
 }
 
-async fn purge(proxy: &Arc<Proxy>, query: Option<&str>) -> Result<Response<Body>, OciError> {
-    let store = proxy.store.clone();
+async fn purge(proxy: &Proxy, query: Option<&str>) -> Result<Response<Body>, OciError> {
     let removed = if let Some(d) = query_param(query, "digest") {
         let digest: Digest = d
             .parse()
             .map_err(|e| OciError::new(ErrorCode::DigestInvalid, format!("{e}")))?;
-        // A fetch in flight would commit the blob right after the purge.
-        proxy.fetch_settled(&digest).await;
-        let n = blocking(move || store.purge_digest(&digest).map(usize::from)).await?;
-        tracing::info!(%d, removed = n, "purged digest");
+        let n = proxy
+            .purge_digest(&digest)
+            .await
+            .map_err(|e| cache_error(&e, Asked::Blob))?;
+        tracing::info!(%digest, removed = n, "purged digest");
         n
     } else {
-        let (up, repo) = upstream_repository(proxy, query)?;
+        let target = target(proxy, query)?;
         let tag = query_param(query, "tag");
-        let name = up.name().to_string();
-        let (r, t) = (repo.to_string(), tag.clone());
-        proxy.forget_repository_answers(&name, &r);
-        let n = blocking(move || store.purge_tags(&name, &r, t.as_deref())).await?;
-        tracing::info!(upstream = up.name(), %repo, ?tag, removed = n, "purged tags");
+        let n = proxy
+            .purge_tags(&target, tag.as_deref())
+            .await
+            .map_err(|e| cache_error(&e, Asked::TagList))?;
+        tracing::info!(?target, ?tag, removed = n, "purged tags");
         n
     };
-    let body = serde_json::json!({ "removed": removed }).to_string();
-    Ok(json(body))
+    Ok(responses::json(
+        serde_json::json!({ "removed": removed }).to_string(),
+    ))
 }
 
 /// The `upstream=` and `repository=` parameters, resolved as a pull would
 /// resolve them (aliases, Docker Hub's `library/`).
-fn upstream_repository(
-    proxy: &Proxy,
-    query: Option<&str>,
-) -> Result<(Arc<Upstream>, RepoName), OciError> {
+fn target(proxy: &Proxy, query: Option<&str>) -> Result<Target, OciError> {
     let upstream = query_param(query, "upstream")
         .ok_or_else(|| bad("upstream= and repository= are required (or digest= to purge)"))?;
     let repo = query_param(query, "repository")
         .ok_or_else(|| bad("repository= is required with upstream="))?;
-    let up = proxy
-        .router
-        .by_name(&upstream)
-        .ok_or_else(|| bad(format!("no upstream named {upstream:?}")))?;
     let repo = RepoName::parse(&repo)
         .ok_or_else(|| OciError::new(ErrorCode::NameInvalid, "invalid repository"))?;
-    let repo = if up.config.library_prefix {
-        repo.with_library_prefix()
-    } else {
-        repo
-    };
-    Ok((up.clone(), repo))
+    proxy.target(&upstream, repo).map_err(|e| route_error(&e))
 }
 
 /// Caches an image and everything it references; answers when it is all in.
-async fn prefetch(proxy: &Arc<Proxy>, query: Option<&str>) -> Result<Response<Body>, OciError> {
-    let (up, repo) = upstream_repository(proxy, query)?;
+async fn prefetch(proxy: &Proxy, query: Option<&str>) -> Result<Response<Body>, OciError> {
+    let target = target(proxy, query)?;
     let reference = query_param(query, "reference").unwrap_or_else(|| "latest".into());
     let reference = Reference::parse(&reference).map_err(|_| {
         OciError::new(
@@ -102,21 +85,22 @@ async fn prefetch(proxy: &Arc<Proxy>, query: Option<&str>) -> Result<Response<Bo
             format!("{reference:?} is neither a tag nor a digest"),
         )
     })?;
-    let report = proxy.prefetch(&up, &repo, &reference).await?;
-    tracing::info!(upstream = up.name(), %repo, ?report, "prefetched");
+    let report = proxy
+        .prefetch(&target, &reference)
+        .await
+        .map_err(|e| cache_error(&e, Asked::Manifest))?;
+    tracing::info!(?target, ?report, "prefetched");
     let body = serde_json::to_string(&report)
         .map_err(|e| OciError::new(ErrorCode::Unknown, e.to_string()))?;
-    Ok(json(body))
+    Ok(responses::json(body))
 }
 
-async fn fsck(proxy: &Arc<Proxy>, query: Option<&str>) -> Result<Response<Body>, OciError> {
+async fn fsck(proxy: &Proxy, query: Option<&str>) -> Result<Response<Body>, OciError> {
     let verify = query_param(query, "verify").is_some_and(|v| v == "true" || v == "1");
-    let store = proxy.store.clone();
-    let report = blocking(move || store.fsck(verify, false)).await?;
-    proxy.metrics.fsck_findings.store(
-        report.findings.len() as u64,
-        std::sync::atomic::Ordering::Relaxed,
-    );
+    let report = proxy
+        .fsck(verify)
+        .await
+        .map_err(|e| cache_error(&e, Asked::Blob))?;
     let findings: Vec<String> = report.findings.iter().map(|f| f.to_string()).collect();
     let body = serde_json::json!({
         "clean": report.clean(),
@@ -126,23 +110,5 @@ async fn fsck(proxy: &Arc<Proxy>, query: Option<&str>) -> Result<Response<Body>,
         "findings": findings,
     })
     .to_string();
-    Ok(json(body))
-}
-
-async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T, ferry_storage::StoreError> + Send + 'static,
-) -> Result<T, OciError> {
-    match tokio::task::spawn_blocking(f).await {
-        Ok(Ok(v)) => Ok(v),
-        Ok(Err(e)) => Err(OciError::new(ErrorCode::Unknown, e.to_string())),
-        Err(e) => Err(OciError::new(ErrorCode::Unknown, e.to_string())),
-    }
-}
-
-fn json(body: String) -> Response<Body> {
-    sized(
-        HeaderValue::from_static("application/json"),
-        Bytes::from(body),
-        false,
-    )
+    Ok(responses::json(body))
 }

@@ -1,100 +1,190 @@
-//! The HTTP edge: hyper connections, dispatch of a parsed route to the proxy,
-//! response headers, and `/metrics`.
+//! The HTTP edge: dispatch of a parsed route to the cache, client
+//! authentication, responses and their errors, `/metrics`, the admin API, and
+//! the accept loops that serve the listeners the caller bound.
 //!
-//! Every error leaves here as OCI error JSON with its status; every manifest and
-//! blob answer carries `Docker-Content-Digest`, `Content-Length` and
-//! `Content-Type`, on `HEAD` too (without them containerd falls back to `GET`).
+//! - [`responses`]: response headers and bodies; [`errors`]: the one mapping of
+//!   a cache failure to a status and an OCI code;
+//! - [`admin`]: purge, prefetch, fsck on the admin listener;
+//! - [`accept`]: connections, TLS, graceful shutdown.
+//!
+//! [`App::handle`] answers one request and needs no socket, so tests can drive
+//! it directly.
 
+pub mod accept;
 pub mod admin;
+pub mod errors;
+pub mod responses;
 
-use crate::metrics::StoreGauges;
+pub use responses::Body;
+
+use crate::access::ClientAuth;
+use crate::config::Config;
 use crate::oci::media::OCI_INDEX;
-use crate::oci::{route, Digest, OciError, PullRequest, RangeRequest, Reference, Route};
-use crate::proxy::{ByteStream, Proxy};
+use crate::oci::{route, PullRequest, RangeRequest, Reference, Route};
+use crate::proxy::Proxy;
 use bytes::Bytes;
-use futures_util::TryStreamExt;
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use errors::Asked;
+use http::header::{self, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
-use http_body_util::{combinators::UnsyncBoxBody, BodyExt, Empty, Full, StreamBody};
-use hyper::body::{Frame, Incoming};
-use std::convert::Infallible;
-use std::io;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 
-pub type Body = UnsyncBoxBody<Bytes, io::Error>;
-
 const API_VERSION: HeaderName = HeaderName::from_static("docker-distribution-api-version");
 const REGISTRY_2: HeaderValue = HeaderValue::from_static("registry/2.0");
-const CONTENT_DIGEST: HeaderName = HeaderName::from_static("docker-content-digest");
 const OCI_NAMESPACE: HeaderName = HeaderName::from_static("oci-namespace");
 const OCI_FILTERS_APPLIED: HeaderName = HeaderName::from_static("oci-filters-applied");
-const OCTET_STREAM: HeaderValue = HeaderValue::from_static("application/octet-stream");
-const JSON: HeaderValue = HeaderValue::from_static("application/json");
 
-/// Everything a request handler needs.
+/// The client-port service: everything a request handler needs.
 pub struct App {
-    pub proxy: Arc<Proxy>,
-    pub access_log: bool,
+    proxy: Arc<Proxy>,
+    access_log: bool,
     /// When set, the pull API answers only authenticated clients.
-    pub client_auth: Option<crate::config::ClientAuth>,
+    client_auth: Option<ClientAuth>,
 }
 
-/// Handles one request; never fails (errors become OCI error responses).
-pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
-    let started = Instant::now();
-    let method = req.method().clone();
-    let (route_label, mut resp) = dispatch(&app, &req).await;
-    resp.headers_mut().insert(API_VERSION, REGISTRY_2);
-    let status = resp.status().as_u16();
-    app.proxy
-        .metrics
-        .request(route_label, method_label(&method), status);
-    if app.access_log {
-        tracing::info!(
-            target: "ferry::access",
-            "{} {} {} {}ms",
-            method,
-            req.uri().path_and_query().map_or("", |p| p.as_str()),
-            status,
-            started.elapsed().as_millis()
-        );
-    }
-    Ok(resp)
-}
-
-async fn dispatch(app: &App, req: &Request<Incoming>) -> (&'static str, Response<Body>) {
-    let path = req.uri().path();
-    if path == "/v2" || path.starts_with("/v2/") {
-        let parsed = match PullRequest::parse(req.method(), path, req.uri().query()) {
-            Ok(p) => p,
-            Err(e) => return ("invalid", error_response(&e, req.method() == Method::HEAD)),
-        };
-        let label = route_label(&parsed.route);
-        if let Some(auth) = &app.client_auth {
-            let given = req
-                .headers()
-                .get(header::AUTHORIZATION)
-                .and_then(|v| v.to_str().ok());
-            if !auth.allows(given) {
-                return (label, unauthorized(parsed.head));
-            }
+impl App {
+    /// The service for `proxy` as `config` sets it up.
+    pub fn new(proxy: Arc<Proxy>, config: &Config) -> App {
+        App {
+            proxy,
+            access_log: config.access_log,
+            client_auth: config.client_auth.clone(),
         }
-        let resp = match pull(app, req.headers(), &parsed).await {
-            Ok(r) => r,
-            Err(e) => error_response(&e, parsed.head),
+    }
+
+    /// Answers one request; never fails (errors become OCI error responses).
+    /// The request body is not read.
+    pub async fn handle<B>(&self, req: Request<B>) -> Response<Body> {
+        let started = Instant::now();
+        let method = req.method().clone();
+        let (route_label, mut resp) = self.dispatch(&req).await;
+        resp.headers_mut().insert(API_VERSION, REGISTRY_2);
+        let status = resp.status().as_u16();
+        self.proxy.metrics().request(
+            route_label,
+            method_label(&method),
+            status,
+            started.elapsed(),
+        );
+        if self.access_log {
+            tracing::info!(
+                target: "ferry::access",
+                "{} {} {} {}ms",
+                method,
+                req.uri().path_and_query().map_or("", |p| p.as_str()),
+                status,
+                started.elapsed().as_millis()
+            );
+        }
+        resp
+    }
+
+    async fn dispatch<B>(&self, req: &Request<B>) -> (&'static str, Response<Body>) {
+        let path = req.uri().path();
+        let head = req.method() == Method::HEAD;
+        if path == "/v2" || path.starts_with("/v2/") {
+            let parsed = match PullRequest::parse(req.method(), path, req.uri().query()) {
+                Ok(p) => p,
+                Err(e) => return ("invalid", responses::error(&e, head)),
+            };
+            let label = route_label(&parsed.route);
+            if let Some(auth) = &self.client_auth {
+                let given = req
+                    .headers()
+                    .get(header::AUTHORIZATION)
+                    .and_then(|v| v.to_str().ok());
+                if !auth.allows(given) {
+                    return (label, responses::unauthorized(parsed.head));
+                }
+            }
+            return (label, self.pull(req.headers(), &parsed).await);
+        }
+        match (req.method(), path) {
+            (&Method::GET, "/metrics") => ("metrics", metrics_response(&self.proxy)),
+            (&Method::GET | &Method::HEAD, "/healthz") => {
+                ("health", responses::text(StatusCode::OK, "ok\n"))
+            }
+            _ => ("other", responses::error(&route::not_found(), head)),
+        }
+    }
+
+    /// A pull-API request, routed to its upstream and answered by the cache.
+    async fn pull(&self, headers: &http::HeaderMap, req: &PullRequest) -> Response<Body> {
+        let proxy = &self.proxy;
+        let (name, asked) = match &req.route {
+            Route::Base => return base(req.head),
+            Route::Manifest { name, .. } => (name, Asked::Manifest),
+            Route::Blob { name, .. } => (name, Asked::Blob),
+            Route::TagsList { name, .. } => (name, Asked::TagList),
+            Route::Referrers { name, .. } => (name, Asked::Referrers),
         };
-        return (label, resp);
+        let target = match proxy.route(req.ns.as_deref(), name) {
+            Ok(t) => t,
+            Err(e) => return responses::error(&errors::route_error(&e), req.head),
+        };
+        let answer = match &req.route {
+            Route::Base => unreachable!("answered above"),
+            Route::Manifest { reference, .. } => proxy
+                .manifest(&target, reference, req.head)
+                .await
+                .map(|m| responses::manifest(headers, &m.digest, &m.media_type, m.size, m.body)),
+            Route::Blob { digest, .. } => {
+                let range =
+                    RangeRequest::parse(headers.get(header::RANGE).and_then(|v| v.to_str().ok()));
+                proxy
+                    .blob(&target, digest, range, req.head)
+                    .await
+                    .map(|a| responses::blob(proxy.metrics(), digest, a.total, a.range, a.body))
+            }
+            Route::TagsList { page, .. } => proxy
+                .tags_list(&target, name, page, req.ns.as_deref())
+                .await
+                .map(|page| {
+                    let mut resp = responses::sized(responses::JSON, page.body, req.head);
+                    if let Some(link) = page.link.and_then(|l| HeaderValue::from_str(&l).ok()) {
+                        resp.headers_mut().insert(header::LINK, link);
+                    }
+                    resp
+                }),
+            Route::Referrers {
+                digest,
+                artifact_type,
+                ..
+            } => proxy
+                .referrers(&target, digest, artifact_type.as_deref())
+                .await
+                .map(|r| {
+                    let content_type = HeaderValue::from_static(OCI_INDEX);
+                    let mut resp = responses::sized(content_type, r.body, req.head);
+                    if r.filtered {
+                        resp.headers_mut().insert(
+                            OCI_FILTERS_APPLIED,
+                            HeaderValue::from_static("artifactType"),
+                        );
+                    }
+                    resp
+                }),
+        };
+        let mut resp = answer.unwrap_or_else(|e| {
+            tracing::debug!(?target, error = %e, "answering with an error");
+            responses::error(&errors::cache_error(&e, asked), req.head)
+        });
+        if let Some(ns) = req
+            .ns
+            .as_deref()
+            .and_then(|ns| HeaderValue::from_str(ns).ok())
+        {
+            resp.headers_mut().insert(OCI_NAMESPACE, ns);
+        }
+        resp
     }
-    match (req.method(), path) {
-        (&Method::GET, "/metrics") => ("metrics", metrics_response(&app.proxy)),
-        (&Method::GET | &Method::HEAD, "/healthz") => ("health", text(StatusCode::OK, "ok\n")),
-        _ => (
-            "other",
-            error_response(&route::not_found(), req.method() == Method::HEAD),
-        ),
-    }
+}
+
+/// `/v2/`: the API version check.
+fn base(head: bool) -> Response<Body> {
+    let mut resp = responses::sized(responses::JSON, Bytes::from_static(b"{}"), head);
+    *resp.status_mut() = StatusCode::OK;
+    resp
 }
 
 fn route_label(route: &Route) -> &'static str {
@@ -123,271 +213,10 @@ fn method_label(m: &Method) -> &'static str {
     }
 }
 
-async fn pull(
-    app: &App,
-    headers: &HeaderMap,
-    req: &PullRequest,
-) -> Result<Response<Body>, OciError> {
-    let proxy = &app.proxy;
-    let name = match &req.route {
-        Route::Base => {
-            let body = if req.head {
-                empty()
-            } else {
-                full(Bytes::from_static(b"{}"))
-            };
-            let mut resp = Response::new(body);
-            resp.headers_mut().insert(header::CONTENT_TYPE, JSON);
-            resp.headers_mut()
-                .insert(header::CONTENT_LENGTH, HeaderValue::from_static("2"));
-            return Ok(resp);
-        }
-        Route::Manifest { name, .. }
-        | Route::Blob { name, .. }
-        | Route::TagsList { name, .. }
-        | Route::Referrers { name, .. } => name,
-    };
-    let (up, repo) = proxy.router.route(req.ns.as_deref(), name)?;
-    let mut resp = match &req.route {
-        Route::Base => unreachable!("answered above"),
-        Route::Manifest { reference, .. } => {
-            let (digest, media_type, size, body) = match reference {
-                Reference::Tag(tag) => {
-                    let meta = proxy.resolve_tag(&up, &repo, tag, !req.head).await?;
-                    if req.head {
-                        (meta.digest, meta.media_type, meta.size, None)
-                    } else {
-                        let m = proxy.ensure_manifest(&up, &repo, &meta.digest).await?;
-                        (meta.digest, m.media_type, m.body.len() as u64, Some(m.body))
-                    }
-                }
-                Reference::Digest(d) => {
-                    let m = proxy.ensure_manifest(&up, &repo, d).await?;
-                    (d.clone(), m.media_type, m.body.len() as u64, Some(m.body))
-                }
-            };
-            manifest_response(
-                headers,
-                &digest,
-                &media_type,
-                size,
-                body.filter(|_| !req.head),
-            )
-        }
-        Route::Blob { digest, .. } => {
-            let range =
-                RangeRequest::parse(headers.get(header::RANGE).and_then(|v| v.to_str().ok()));
-            let answer = proxy.blob(&up, &repo, digest, range, req.head).await?;
-            blob_response(proxy, digest, answer.total, answer.range, answer.body)
-        }
-        Route::TagsList { page, .. } => {
-            let (body, link) = proxy
-                .tags_list(&up, &repo, name, page, req.ns.as_deref())
-                .await?;
-            let mut resp = sized(JSON, body, req.head);
-            if let Some(link) = link.and_then(|l| HeaderValue::from_str(&l).ok()) {
-                resp.headers_mut().insert(header::LINK, link);
-            }
-            resp
-        }
-        Route::Referrers {
-            digest,
-            artifact_type,
-            ..
-        } => {
-            let (body, filtered) = proxy
-                .referrers(&up, &repo, digest, artifact_type.as_deref())
-                .await?;
-            let mut resp = sized(HeaderValue::from_static(OCI_INDEX), body, req.head);
-            if filtered {
-                resp.headers_mut().insert(
-                    OCI_FILTERS_APPLIED,
-                    HeaderValue::from_static("artifactType"),
-                );
-            }
-            resp
-        }
-    };
-    if let Some(ns) = req
-        .ns
-        .as_deref()
-        .and_then(|ns| HeaderValue::from_str(ns).ok())
-    {
-        resp.headers_mut().insert(OCI_NAMESPACE, ns);
-    }
-    Ok(resp)
-}
-
-fn manifest_response(
-    req_headers: &HeaderMap,
-    digest: &Digest,
-    media_type: &str,
-    size: u64,
-    body: Option<Bytes>,
-) -> Response<Body> {
-    let etag = format!("\"{digest}\"");
-    let not_modified = req_headers
-        .get_all(header::IF_NONE_MATCH)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|t| t.trim() == etag || t.trim() == "*");
-    let mut resp = if not_modified {
-        let mut r = Response::new(empty());
-        *r.status_mut() = StatusCode::NOT_MODIFIED;
-        r
-    } else {
-        Response::new(body.map_or_else(empty, full))
-    };
-    let h = resp.headers_mut();
-    if let Ok(v) = HeaderValue::from_str(media_type) {
-        h.insert(header::CONTENT_TYPE, v);
-    }
-    if !not_modified {
-        h.insert(header::CONTENT_LENGTH, HeaderValue::from(size));
-    }
-    insert_digest(h, digest);
-    if let Ok(v) = HeaderValue::from_str(&etag) {
-        h.insert(header::ETAG, v);
-    }
-    resp
-}
-
-fn blob_response(
-    proxy: &Arc<Proxy>,
-    digest: &Digest,
-    total: Option<u64>,
-    range: Option<(u64, u64)>,
-    body: Option<ByteStream>,
-) -> Response<Body> {
-    let metrics = proxy.metrics.clone();
-    let body = match body {
-        None => empty(),
-        Some(stream) => {
-            let counted = stream.map_ok(move |b| {
-                metrics
-                    .bytes_served
-                    .fetch_add(b.len() as u64, Ordering::Relaxed);
-                Frame::data(b)
-            });
-            StreamBody::new(counted).boxed_unsync()
-        }
-    };
-    let mut resp = Response::new(body);
-    let h = resp.headers_mut();
-    h.insert(header::CONTENT_TYPE, OCTET_STREAM);
-    insert_digest(h, digest);
-    h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
-    h.insert(
-        header::CACHE_CONTROL,
-        HeaderValue::from_static("max-age=31536000, immutable"),
-    );
-    if let Ok(v) = HeaderValue::from_str(&format!("\"{digest}\"")) {
-        h.insert(header::ETAG, v);
-    }
-    match (range, total) {
-        (Some((start, end)), Some(total)) => {
-            h.insert(header::CONTENT_LENGTH, HeaderValue::from(end + 1 - start));
-            if let Ok(v) = HeaderValue::from_str(&format!("bytes {start}-{end}/{total}")) {
-                h.insert(header::CONTENT_RANGE, v);
-            }
-            *resp.status_mut() = StatusCode::PARTIAL_CONTENT;
-        }
-        (_, Some(total)) => {
-            h.insert(header::CONTENT_LENGTH, HeaderValue::from(total));
-        }
-        _ => {}
-    }
-    resp
-}
-
-fn insert_digest(h: &mut HeaderMap, digest: &Digest) {
-    if let Ok(v) = HeaderValue::from_str(digest.as_str()) {
-        h.insert(CONTENT_DIGEST, v);
-    }
-}
-
-/// 401 with a Basic challenge: docker, containerd and podman then send the
-/// credentials they were given for this host.
-fn unauthorized(head: bool) -> Response<Body> {
-    let e = OciError::new(
-        crate::oci::ErrorCode::Unauthorized,
-        "authentication required",
-    );
-    let mut resp = error_response(&e, head);
-    resp.headers_mut().insert(
-        header::WWW_AUTHENTICATE,
-        HeaderValue::from_static("Basic realm=\"ferry\""),
-    );
-    resp
-}
-
-/// An OCI error response (`HEAD` gets the headers without the body).
-pub fn error_response(e: &OciError, head: bool) -> Response<Body> {
-    let body = Bytes::from(e.body());
-    let mut resp = sized(JSON, body, head);
-    *resp.status_mut() = e.status;
-    let h = resp.headers_mut();
-    if let Some(secs) = e.retry_after {
-        h.insert(header::RETRY_AFTER, HeaderValue::from(secs));
-    }
-    if let Some(size) = e.unsatisfied_size {
-        if let Ok(v) = HeaderValue::from_str(&format!("bytes */{size}")) {
-            h.insert(header::CONTENT_RANGE, v);
-        }
-    }
-    if e.status.is_server_error() {
-        tracing::debug!(error = %e, "answering with a server error");
-    }
-    resp
-}
-
-/// The Prometheus text of `/metrics`.
-pub fn metrics_text(proxy: &Proxy) -> String {
-    let stats = proxy.store.stats();
-    proxy.metrics.render(&StoreGauges {
-        bytes: proxy.store.total_bytes(),
-        blobs: proxy.store.blob_count(),
-        max_bytes: proxy.store.max_size(),
-        evictions: stats.evictions.load(Ordering::Relaxed),
-        bytes_evicted: stats.bytes_evicted.load(Ordering::Relaxed),
-    })
-}
-
 fn metrics_response(proxy: &Proxy) -> Response<Body> {
-    let text = metrics_text(proxy);
-    sized(
-        HeaderValue::from_static("text/plain; version=0.0.4"),
-        Bytes::from(text),
+    responses::sized(
+        HeaderValue::from_static(crate::metrics::CONTENT_TYPE),
+        Bytes::from(proxy.metrics_text()),
         false,
     )
-}
-
-pub(crate) fn text(status: StatusCode, body: &'static str) -> Response<Body> {
-    let mut r = sized(
-        HeaderValue::from_static("text/plain"),
-        Bytes::from_static(body.as_bytes()),
-        false,
-    );
-    *r.status_mut() = status;
-    r
-}
-
-/// A complete body with `Content-Type` and `Content-Length` (kept on `HEAD`).
-pub(crate) fn sized(content_type: HeaderValue, body: Bytes, head: bool) -> Response<Body> {
-    let len = body.len();
-    let mut resp = Response::new(if head { empty() } else { full(body) });
-    resp.headers_mut()
-        .insert(header::CONTENT_TYPE, content_type);
-    resp.headers_mut()
-        .insert(header::CONTENT_LENGTH, HeaderValue::from(len));
-    resp
-}
-
-fn full(b: Bytes) -> Body {
-    Full::new(b).map_err(|never| match never {}).boxed_unsync()
-}
-
-fn empty() -> Body {
-    Empty::new().map_err(|never| match never {}).boxed_unsync()
 }

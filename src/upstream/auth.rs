@@ -5,11 +5,16 @@ use std::collections::HashMap;
 /// One challenge from a `WWW-Authenticate` header.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Challenge {
+    /// A bearer token is fetched from `realm`.
     Bearer {
+        /// The token endpoint.
         realm: String,
+        /// The `service` to ask a token for.
         service: Option<String>,
+        /// The scope the registry named, if any.
         scope: Option<String>,
     },
+    /// HTTP Basic.
     Basic,
 }
 
@@ -96,13 +101,16 @@ pub fn preferred(challenges: &[Challenge]) -> Option<&Challenge> {
 /// A token endpoint's answer (`token` and `access_token` are synonyms).
 #[derive(serde::Deserialize)]
 pub struct TokenResponse {
+    /// The token.
     pub token: Option<String>,
+    /// The same, under its OAuth2 name.
     pub access_token: Option<String>,
     /// Seconds; the spec's default when absent is 60.
     pub expires_in: Option<u64>,
 }
 
 impl TokenResponse {
+    /// The token and its lifetime in seconds.
     pub fn into_token(self) -> Option<(String, u64)> {
         let token = self.token.or(self.access_token).filter(|t| !t.is_empty())?;
         Some((token, self.expires_in.unwrap_or(60).max(1)))

@@ -11,7 +11,7 @@
 pub mod auth;
 mod router;
 
-pub use router::Router;
+pub use router::{RouteError, Router, Target};
 
 use crate::clock::Clock;
 use crate::config::{authority, Timeouts, UpstreamConfig};
@@ -22,10 +22,11 @@ use auth::{Challenge, TokenResponse};
 use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderValue};
 use http::{Method, StatusCode};
+use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 use url::Url;
 
 /// Longest a 429 without `Retry-After` holds requests back.
@@ -37,18 +38,26 @@ const MAX_REDIRECTS: usize = 10;
 /// Why an upstream request did not produce what was asked.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum UpstreamError {
+    /// 404.
     #[error("not found upstream")]
     NotFound,
     /// 401/403 even after authenticating: Docker Hub's answer for an unknown or
     /// private repository.
     #[error("upstream denied access")]
     Unauthorized,
+    /// 429, or held back after one.
     #[error("upstream rate limit (retry after {retry_after:?})")]
-    RateLimited { retry_after: Duration },
+    RateLimited {
+        /// How long upstream asked to wait.
+        retry_after: Duration,
+    },
+    /// Any other unexpected status.
     #[error("upstream answered {0}")]
     Status(StatusCode),
+    /// No response: connection refused, reset, TLS failure.
     #[error("upstream unreachable: {0}")]
     Transport(String),
+    /// No response headers within the response timeout, or a body gone silent.
     #[error("upstream timed out")]
     Timeout,
     /// Upstream answered, but with something unusable (oversized, wrong digest…).
@@ -75,21 +84,28 @@ type Result<T> = std::result::Result<T, UpstreamError>;
 /// What a manifest `HEAD` tells.
 #[derive(Clone, Debug)]
 pub struct ManifestHead {
+    /// `Docker-Content-Digest`.
     pub digest: Option<Digest>,
+    /// `Content-Type`.
     pub media_type: Option<String>,
+    /// `Content-Length`.
     pub size: Option<u64>,
 }
 
 /// A manifest body as upstream sent it.
 #[derive(Clone, Debug)]
 pub struct FetchedManifest {
+    /// The exact bytes.
     pub body: Bytes,
+    /// `Content-Type`.
     pub content_type: Option<String>,
+    /// `Docker-Content-Digest`.
     pub digest_header: Option<Digest>,
 }
 
 /// A blob response, positioned at the offset asked for.
 pub struct BlobResponse {
+    /// The response, its body not yet read.
     pub response: reqwest::Response,
     /// The blob's full size, when upstream says.
     pub total: Option<u64>,
@@ -111,7 +127,7 @@ struct CachedToken {
 
 /// A client for one upstream registry.
 pub struct Upstream {
-    pub config: UpstreamConfig,
+    config: UpstreamConfig,
     http: reqwest::Client,
     timeouts: Timeouts,
     metrics: Arc<Metrics>,
@@ -128,6 +144,7 @@ pub struct Upstream {
 }
 
 impl Upstream {
+    /// A client for one upstream; builds its HTTP client.
     pub fn new(
         config: UpstreamConfig,
         timeouts: Timeouts,
@@ -153,8 +170,14 @@ impl Upstream {
         })
     }
 
+    /// The upstream's configured name.
     pub fn name(&self) -> &str {
         &self.config.name
+    }
+
+    /// What it was configured with.
+    pub fn config(&self) -> &UpstreamConfig {
+        &self.config
     }
 
     /// Idle timeout for reading a body chunk.
@@ -162,6 +185,7 @@ impl Upstream {
         self.timeouts.idle
     }
 
+    /// What a tag or digest resolves to, from a `HEAD` (full `Accept` list).
     pub async fn head_manifest(&self, repo: &RepoName, reference: &str) -> Result<ManifestHead> {
         let path = format!("/v2/{repo}/manifests/{reference}");
         let resp = self
@@ -181,6 +205,7 @@ impl Upstream {
         })
     }
 
+    /// A manifest by tag or digest, read whole (at most 4 MiB).
     pub async fn get_manifest(&self, repo: &RepoName, reference: &str) -> Result<FetchedManifest> {
         let path = format!("/v2/{repo}/manifests/{reference}");
         let resp = self
@@ -326,9 +351,7 @@ impl Upstream {
             }
             buf.extend_from_slice(&chunk);
         }
-        self.metrics
-            .bytes_fetched
-            .fetch_add(buf.len() as u64, Ordering::Relaxed);
+        self.metrics.bytes_fetched.inc_by(buf.len() as u64);
         Ok(buf.freeze())
     }
 
@@ -395,7 +418,9 @@ impl Upstream {
                 match auth::preferred(&challenges).cloned() {
                     Some(challenge @ Challenge::Bearer { .. }) => {
                         reauthenticated.push(host.clone());
-                        lock(&self.challenges).insert(host.clone(), challenge.clone());
+                        self.challenges
+                            .lock()
+                            .insert(host.clone(), challenge.clone());
                         self.fetch_token(&challenge, &scope, host == upstream_host, sent_token)
                             .await?;
                         continue;
@@ -404,7 +429,9 @@ impl Upstream {
                         if self.config.credentials.is_some() && host == upstream_host =>
                     {
                         reauthenticated.push(host.clone());
-                        lock(&self.challenges).insert(host.clone(), Challenge::Basic);
+                        self.challenges
+                            .lock()
+                            .insert(host.clone(), Challenge::Basic);
                         continue;
                     }
                     _ => return Err(UpstreamError::Unauthorized),
@@ -432,25 +459,31 @@ impl Upstream {
         if let Some(auth) = authorization {
             req = req.header(header::AUTHORIZATION, auth);
         }
-        let method_label = method_label(method);
-        match tokio::time::timeout(self.timeouts.response, req.send()).await {
-            Err(_) => {
-                self.metrics
-                    .upstream_request(self.name(), method_label, None);
-                Err(UpstreamError::Timeout)
-            }
+        self.exchange(req, method_label(method)).await
+    }
+
+    /// Sends one HTTP request with the response timeout, counting it (with its
+    /// latency) in the upstream metrics under `method`.
+    async fn exchange(
+        &self,
+        req: reqwest::RequestBuilder,
+        method: &'static str,
+    ) -> Result<reqwest::Response> {
+        let started = Instant::now();
+        let sent = tokio::time::timeout(self.timeouts.response, req.send()).await;
+        let status = match &sent {
+            Ok(Ok(resp)) => Some(resp.status().as_u16()),
+            _ => None,
+        };
+        self.metrics
+            .upstream_request(self.name(), method, status, started.elapsed());
+        match sent {
+            Err(_) => Err(UpstreamError::Timeout),
             Ok(Err(e)) => {
-                self.metrics
-                    .upstream_request(self.name(), method_label, None);
                 tracing::debug!(upstream = self.name(), error = %error_chain(&e), "upstream request failed");
                 Err(UpstreamError::Transport(error_chain(&e)))
             }
             Ok(Ok(resp)) => {
-                self.metrics.upstream_request(
-                    self.name(),
-                    method_label,
-                    Some(resp.status().as_u16()),
-                );
                 if let Some(rem) = header_str(resp.headers(), "ratelimit-remaining")
                     .and_then(|v| v.split(';').next())
                     .and_then(|v| v.trim().parse().ok())
@@ -507,12 +540,12 @@ impl Upstream {
     /// asked for one, Basic credentials if the upstream's own host asked for
     /// them, else nothing (so nothing crosses to a redirect target uninvited).
     fn authorization(&self, host: &str, scope: &str, upstream_host: &str) -> Auth {
-        let Some(challenge) = lock(&self.challenges).get(host).cloned() else {
+        let Some(challenge) = self.challenges.lock().get(host).cloned() else {
             return Auth::None;
         };
         match &challenge {
             Challenge::Bearer { realm, .. } => {
-                let tokens = lock(&self.tokens);
+                let tokens = self.tokens.lock();
                 match tokens.get(&(realm.clone(), scope.to_string())) {
                     Some(t) if t.expires_ms > self.clock.now_ms() => {
                         match sensitive(&format!("Bearer {}", t.token)) {
@@ -553,7 +586,7 @@ impl Upstream {
         };
         let key = (realm.clone(), scope.to_string());
         let _one_at_a_time = self.token_fetch.lock().await;
-        let usable = lock(&self.tokens).get(&key).is_some_and(|t| {
+        let usable = self.tokens.lock().get(&key).is_some_and(|t| {
             t.expires_ms > self.clock.now_ms() && refused.as_deref() != Some(t.token.as_str())
         });
         if usable {
@@ -572,20 +605,8 @@ impl Upstream {
         if let (true, Some(c)) = (send_credentials, &self.config.credentials) {
             req = req.basic_auth(&c.username, Some(&c.password));
         }
-        let resp = match tokio::time::timeout(self.timeouts.response, req.send()).await {
-            Err(_) => {
-                self.metrics.upstream_request(self.name(), "TOKEN", None);
-                return Err(UpstreamError::Timeout);
-            }
-            Ok(Err(e)) => {
-                self.metrics.upstream_request(self.name(), "TOKEN", None);
-                return Err(UpstreamError::Transport(error_chain(&e)));
-            }
-            Ok(Ok(r)) => r,
-        };
+        let resp = self.exchange(req, "TOKEN").await?;
         let status = resp.status();
-        self.metrics
-            .upstream_request(self.name(), "TOKEN", Some(status.as_u16()));
         if status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error() {
             return Err(UpstreamError::Status(status));
         }
@@ -600,7 +621,9 @@ impl Upstream {
         // Renew a little early so a token never expires in flight.
         let lifetime_ms = expires_in * 1000;
         let expires_ms = self.clock.now_ms() + lifetime_ms - (lifetime_ms / 10).min(10_000);
-        lock(&self.tokens).insert(key, CachedToken { token, expires_ms });
+        self.tokens
+            .lock()
+            .insert(key, CachedToken { token, expires_ms });
         Ok(())
     }
 }
@@ -661,10 +684,6 @@ fn error_chain(e: &dyn std::error::Error) -> String {
         cur = c.source();
     }
     s
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 #[cfg(test)]

@@ -4,25 +4,62 @@
 //! no configured upstream is refused and nothing is contacted.
 
 use super::Upstream;
-use crate::oci::{ErrorCode, OciError, RepoName};
+use crate::oci::RepoName;
 use std::collections::HashMap;
 use std::sync::Arc;
 
+/// The repository a request is for, on the upstream that serves it.
+#[derive(Clone)]
+pub struct Target {
+    /// The upstream registry.
+    pub upstream: Arc<Upstream>,
+    /// The repository name as that upstream knows it (`library/` applied).
+    pub repo: RepoName,
+}
+
+impl std::fmt::Debug for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.upstream.name(), self.repo)
+    }
+}
+
+/// Why a request names no configured upstream.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum RouteError {
+    /// `?ns=` names a registry this proxy does not serve.
+    #[error("ns={0:?} is not an upstream of this proxy")]
+    UnknownNamespace(String),
+    /// A `host:port/` first component that names no upstream.
+    #[error("{0}: the registry prefix names no upstream of this proxy")]
+    UnknownPrefix(String),
+    /// An admin or resolve request names an upstream that is not configured.
+    #[error("no upstream named {0:?}")]
+    UnknownUpstream(String),
+}
+
+/// The table of upstreams and the rules that pick one for a request.
 pub struct Router {
     upstreams: Vec<Arc<Upstream>>,
-    default: usize,
+    default: Arc<Upstream>,
     /// Lower-case alias (`host[:port]`, name) → index into `upstreams`.
     by_alias: HashMap<String, usize>,
 }
 
 impl Router {
-    pub fn new(upstreams: Vec<Arc<Upstream>>, default: usize) -> Router {
+    /// A router over `upstreams`; `default` names the one for requests that name none.
+    /// Panics if `default` is not among them (the configuration guarantees it is).
+    pub fn new(upstreams: Vec<Arc<Upstream>>, default: &str) -> Router {
         let mut by_alias = HashMap::new();
         for (i, u) in upstreams.iter().enumerate() {
-            for a in &u.config.aliases {
+            for a in &u.config().aliases {
                 by_alias.insert(a.clone(), i);
             }
         }
+        let default = upstreams
+            .iter()
+            .find(|u| u.name() == default)
+            .cloned()
+            .expect("the default upstream is configured");
         Router {
             upstreams,
             default,
@@ -30,6 +67,7 @@ impl Router {
         }
     }
 
+    /// Every configured upstream.
     pub fn upstreams(&self) -> &[Arc<Upstream>] {
         &self.upstreams
     }
@@ -48,6 +86,15 @@ impl Router {
             .map(|&i| &self.upstreams[i])
     }
 
+    /// `repo` on the upstream named `upstream` (a name or alias), as an admin
+    /// or resolve request names it: Docker Hub's `library/` rule applies.
+    pub fn named(&self, upstream: &str, repo: RepoName) -> Result<Target, RouteError> {
+        let up = self
+            .by_name(upstream)
+            .ok_or_else(|| RouteError::UnknownUpstream(upstream.to_string()))?;
+        Ok(target(up, repo))
+    }
+
     /// The upstream and the repository name to ask it for.
     ///
     /// 1. `ns` → that upstream; a first path component that is one of its own
@@ -56,50 +103,38 @@ impl Router {
     /// 3. the default upstream.
     ///
     /// Single-component names get `library/` on upstreams that want it (Hub).
-    pub fn route(
-        &self,
-        ns: Option<&str>,
-        name: &RepoName,
-    ) -> Result<(Arc<Upstream>, RepoName), OciError> {
+    pub fn route(&self, ns: Option<&str>, name: &RepoName) -> Result<Target, RouteError> {
         let first = name.components().next().unwrap_or("");
         if let Some(ns) = ns {
             let Some(up) = self.lookup(ns) else {
-                return Err(OciError::new(
-                    ErrorCode::Denied,
-                    format!("ns={ns:?} is not an upstream of this proxy"),
-                ));
+                return Err(RouteError::UnknownNamespace(ns.to_string()));
             };
             let repo = match name.strip_first() {
-                Some(rest) if up.config.aliases.iter().any(|a| a == first) => rest,
+                Some(rest) if up.config().aliases.iter().any(|a| a == first) => rest,
                 _ => name.clone(),
             };
-            return Ok((up.clone(), normalise(up, plain(repo)?)));
+            return Ok(target(up, plain(repo)?));
         }
         if let (Some(up), Some(rest)) = (self.lookup(first), name.strip_first()) {
-            return Ok((up.clone(), normalise(up, plain(rest)?)));
+            return Ok(target(up, plain(rest)?));
         }
-        let up = &self.upstreams[self.default];
-        Ok((up.clone(), normalise(up, plain(name.clone())?)))
+        Ok(target(&self.default, plain(name.clone())?))
+    }
+}
+
+fn target(up: &Arc<Upstream>, repo: RepoName) -> Target {
+    Target {
+        upstream: up.clone(),
+        repo: up.config().repository(repo),
     }
 }
 
 /// A `host:port` first component is only meaningful as a routing prefix.
-fn plain(repo: RepoName) -> Result<RepoName, OciError> {
+fn plain(repo: RepoName) -> Result<RepoName, RouteError> {
     if repo.has_port_prefix() {
-        return Err(OciError::new(
-            ErrorCode::NameInvalid,
-            format!("{repo}: the registry prefix names no upstream of this proxy"),
-        ));
+        return Err(RouteError::UnknownPrefix(repo.to_string()));
     }
     Ok(repo)
-}
-
-fn normalise(up: &Upstream, repo: RepoName) -> RepoName {
-    if up.config.library_prefix {
-        repo.with_library_prefix()
-    } else {
-        repo
-    }
 }
 
 #[cfg(test)]
@@ -140,15 +175,15 @@ mod tests {
                 )
             })
             .collect();
-        Router::new(ups, config.default_upstream)
+        Router::new(ups, &config.default_upstream)
     }
 
-    fn route(ns: Option<&str>, name: &str) -> Result<(String, String), OciError> {
-        let (u, r) = router().route(ns, &RepoName::parse_prefixed(name).unwrap())?;
-        Ok((u.name().to_string(), r.to_string()))
+    fn route(ns: Option<&str>, name: &str) -> Result<(String, String), RouteError> {
+        let t = router().route(ns, &RepoName::parse_prefixed(name).unwrap())?;
+        Ok((t.upstream.name().to_string(), t.repo.to_string()))
     }
 
-    fn ok(up: &str, repo: &str) -> Result<(String, String), OciError> {
+    fn ok(up: &str, repo: &str) -> Result<(String, String), RouteError> {
         Ok((up.to_string(), repo.to_string()))
     }
 
@@ -175,7 +210,7 @@ mod tests {
     #[test]
     fn unknown_ns_is_refused() {
         let e = route(Some("evil.example"), "x").unwrap_err();
-        assert!(e.status.is_client_error());
+        assert_eq!(e, RouteError::UnknownNamespace("evil.example".into()));
     }
 
     #[test]
@@ -198,7 +233,28 @@ mod tests {
             route(None, "127.0.0.1:5001/library/test"),
             ok("local", "library/test")
         );
-        assert!(route(None, "10.0.0.1:5001/library/test").is_err());
+        assert_eq!(
+            route(None, "10.0.0.1:5001/library/test"),
+            Err(RouteError::UnknownPrefix(
+                "10.0.0.1:5001/library/test".into()
+            ))
+        );
+    }
+
+    #[test]
+    fn admin_names_an_upstream_by_name_or_alias_with_the_library_rule() {
+        let r = router();
+        let t = r.named("hub", RepoName::parse("alpine").unwrap()).unwrap();
+        assert_eq!(
+            (t.upstream.name(), t.repo.as_str()),
+            ("hub", "library/alpine")
+        );
+        let t = r.named("ghcr.io", RepoName::parse("o/i").unwrap()).unwrap();
+        assert_eq!(t.upstream.name(), "ghcr");
+        assert_eq!(
+            r.named("nope", RepoName::parse("x").unwrap()).unwrap_err(),
+            RouteError::UnknownUpstream("nope".into())
+        );
     }
 
     #[test]

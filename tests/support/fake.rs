@@ -86,7 +86,8 @@ pub struct Faults {
     pub head_without_digest: bool,
     /// `/referrers/` answers 404 (no referrers API).
     pub no_referrers_api: bool,
-    /// Blob `GET`s are sent with chunked encoding (no `Content-Length`).
+    /// Blob `GET`s are sent with chunked encoding and blob `HEAD`s carry no
+    /// `Content-Length`.
     pub chunked_blobs: bool,
     /// Every registry answer waits this long first (so concurrent requests overlap).
     pub delay: Option<Duration>,
@@ -340,6 +341,13 @@ impl FakeRegistry {
         self.state.requests.lock().unwrap().len()
     }
 
+    /// Every token the auth listener has handed out.
+    pub fn issued_tokens(&self) -> Vec<String> {
+        (0..self.tokens_issued())
+            .map(|n| format!("tok-{n}-8c1f2e"))
+            .collect()
+    }
+
     pub fn tokens_issued(&self) -> usize {
         self.state.tokens_issued.load(Ordering::SeqCst)
     }
@@ -589,7 +597,8 @@ fn token(state: &State, req: &Request<Incoming>, query: Option<&str>) -> Respons
         .map(|(_, v)| v.into_owned())
         .unwrap_or_default();
     let n = state.tokens_issued.fetch_add(1, Ordering::SeqCst);
-    let tok = format!("tok-{n}");
+    // Distinctive, so a test can search logs for any token ever issued.
+    let tok = format!("tok-{n}-8c1f2e");
     if req.uri().path() == "/cdn-token" {
         state.cdn_tokens.lock().unwrap().insert(tok.clone());
     } else {
@@ -675,7 +684,11 @@ fn blob(
         .and_then(|v| v.parse::<usize>().ok())
         .filter(|_| !faults.ignore_range);
     let from = start.unwrap_or(0).min(total);
-    let mut r = if method == Method::HEAD {
+    let mut r = if method == Method::HEAD && faults.chunked_blobs {
+        // A body of unknown size: hyper then sends no Content-Length at all.
+        let empty = futures_util::stream::empty::<Result<Frame<Bytes>, std::io::Error>>();
+        Response::new(StreamBody::new(empty).boxed_unsync())
+    } else if method == Method::HEAD {
         full(if start.is_some() { 206 } else { 200 }, "")
     } else {
         let drop_after = {
@@ -701,7 +714,7 @@ fn blob(
         }
         r
     };
-    if !faults.chunked_blobs || method == Method::HEAD {
+    if !faults.chunked_blobs {
         r.headers_mut()
             .insert("content-length", (total - from).into());
     }

@@ -1,13 +1,18 @@
 //! Test harness: a real Ferry on `127.0.0.1:0` in front of a [`FakeRegistry`].
 
 pub mod fake;
+pub mod process;
+pub mod tls;
 
 pub use fake::{sha256, Auth, FakeRegistry};
+pub use process::FerryProcess;
+pub use tls::TestCa;
 
 use ferry::clock::Clock;
 use ferry::config::{Config, Overrides, RawConfig};
 use ferry::proxy::Proxy;
-use ferry::Ferry;
+use ferry::{Ferry, Listeners};
+use ferry_storage::Store;
 use sha2::{Digest as _, Sha256};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -20,6 +25,8 @@ pub const CONTAINERD_ACCEPT: &str = "application/vnd.docker.distribution.manifes
 /// A running Ferry.
 pub struct Proxied {
     pub addr: SocketAddr,
+    /// The admin API's address, when the configuration turned it on.
+    pub admin_addr: Option<SocketAddr>,
     pub proxy: Arc<Proxy>,
     pub clock: Clock,
     pub client: reqwest::Client,
@@ -69,21 +76,27 @@ impl Proxied {
             .with_env_filter(tracing_subscriber::EnvFilter::from_env("TEST_LOG"))
             .with_test_writer()
             .try_init();
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
+        let mut config = config;
+        config.listen = "127.0.0.1:0".parse().unwrap();
+        if config.admin_listen.is_some() {
+            config.admin_listen = Some("127.0.0.1:0".parse().unwrap());
+        }
+        let listeners = Listeners::bind(&config).await.unwrap();
+        let addr = listeners.client.local_addr().unwrap();
+        let admin_addr = listeners.admin.as_ref().map(|l| l.local_addr().unwrap());
         let ferry = Ferry::open_with_clock(config, clock.clone()).unwrap();
         let proxy = ferry.proxy().clone();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let done = tokio::spawn(async move {
             ferry
-                .serve(listener, async move {
+                .serve(listeners, async move {
                     let _ = stopped.await;
                 })
-                .await
-                .unwrap();
+                .await;
         });
         Proxied {
             addr,
+            admin_addr,
             proxy,
             clock,
             client: reqwest::Client::builder()
@@ -136,10 +149,17 @@ impl Proxied {
 
     /// The size of a blob in Ferry's store, `None` when it is not cached.
     pub fn stored_size(&self, digest: &str) -> Option<u64> {
-        self.proxy
-            .store
-            .blob_size(&digest.parse().unwrap())
-            .unwrap()
+        self.store().blob_size(&digest.parse().unwrap()).unwrap()
+    }
+
+    /// Ferry's store, to inspect it or inject faults.
+    pub fn store(&self) -> &Store {
+        self.proxy.store_for_tests()
+    }
+
+    /// `http://ADMIN_ADDR`; panics unless the admin API is on.
+    pub fn admin_url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.admin_addr.expect("admin API on"))
     }
 
     /// Waits until no blob fetch is in flight: a fetch releases the last byte
@@ -157,7 +177,7 @@ impl Proxied {
     }
 
     pub fn metric(&self, name_and_labels: &str) -> u64 {
-        let text = ferry::server::metrics_text(&self.proxy);
+        let text = self.proxy.metrics_text();
         text.lines()
             .find_map(|l| {
                 l.strip_prefix(name_and_labels)

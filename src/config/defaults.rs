@@ -1,0 +1,44 @@
+//! Every default in one table. The configuration file, `--help` and the store
+//! all read them from here, so a default is changed in one place.
+
+use std::time::Duration;
+
+/// Client-facing address.
+pub const LISTEN: &str = "127.0.0.1:5000";
+/// Where blobs, the index and temp files live.
+pub const DATA_DIR: &str = "./ferry-data";
+/// Docker Hub's API endpoint, the upstream when none is configured.
+pub const DOCKER_HUB_URL: &str = "https://registry-1.docker.io";
+
+/// How long a tag→digest answer is served without asking upstream: short enough
+/// that a moved tag is seen within a minute, long enough that a burst of
+/// `imagePullPolicy: Always` starts across a cluster costs one `HEAD`.
+pub const TAG_TTL: Duration = Duration::from_secs(30);
+/// Past the TTL, how long a cached answer may still be served while upstream
+/// fails: a day of upstream outage is survivable.
+pub const STALE_IF_ERROR: Duration = Duration::from_secs(24 * 3600);
+/// How long an upstream "no such tag" is remembered.
+pub const NEGATIVE_TTL: Duration = Duration::from_secs(15);
+
+/// Eviction starts above this fraction of the size budget…
+pub const HIGH_WATERMARK: f64 = ferry_storage::DEFAULT_HIGH_WATERMARK;
+/// …and stops below this one.
+pub const LOW_WATERMARK: f64 = ferry_storage::DEFAULT_LOW_WATERMARK;
+
+/// Upstream TCP (and TLS) connect timeout.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Upstream: from sending a request to its response headers.
+pub const RESPONSE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Upstream: the longest silence inside a body before the transfer is
+/// abandoned (and resumed with `Range`).
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// `--help` text for a flag that overrides a setting with this default.
+pub fn help(what: &str, default: impl std::fmt::Display) -> String {
+    format!("{what} [default: {default}]")
+}
+
+/// A duration as `--help` and `config check` print it (`30s`, `1day`).
+pub fn show(d: Duration) -> String {
+    humantime::format_duration(d).to_string()
+}

@@ -1,0 +1,147 @@
+//! Phase one: the configuration file as written. Unknown keys are errors;
+//! absent keys stay `None` here and take their default from
+//! [`super::defaults`] in phase two.
+
+use super::units::RawDuration;
+use super::ConfigError;
+use serde::Deserialize;
+use std::path::PathBuf;
+
+/// The file as written.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    /// Client-facing address.
+    pub listen: Option<String>,
+    /// Address of the admin API (purge, prefetch, fsck); off when absent.
+    pub admin_listen: Option<String>,
+    /// Where blobs and the index live.
+    pub data_dir: Option<PathBuf>,
+    /// Name of the upstream used when a request names none.
+    pub default_upstream: Option<String>,
+    /// Log one line per request.
+    #[serde(default)]
+    pub access_log: bool,
+    /// Serve the client port over TLS with this PEM certificate chain…
+    pub tls_cert: Option<PathBuf>,
+    /// …and this PEM private key.
+    pub tls_key: Option<PathBuf>,
+    /// The blob store's size budget.
+    #[serde(default)]
+    pub cache: RawCache,
+    /// Freshness defaults for every upstream.
+    #[serde(default)]
+    pub freshness: RawFreshness,
+    /// Upstream timeouts.
+    #[serde(default)]
+    pub timeouts: RawTimeouts,
+    /// The upstream registries.
+    #[serde(default, rename = "upstream")]
+    pub upstreams: Vec<RawUpstream>,
+    /// When any is set, clients must authenticate (HTTP Basic) as one of them.
+    #[serde(default, rename = "client")]
+    pub clients: Vec<RawClient>,
+}
+
+/// One `[[client]]`: a username and its password.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawClient {
+    /// The Basic username.
+    pub username: String,
+    /// The password, inline…
+    pub password: Option<String>,
+    /// …or read from this environment variable.
+    pub password_env: Option<String>,
+}
+
+/// `[cache]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCache {
+    /// Size budget for blobs, e.g. `"10GiB"`; unbounded when absent.
+    pub max_size: Option<String>,
+    /// Eviction starts above `max_size` × this.
+    pub high_watermark: Option<f64>,
+    /// Eviction stops below `max_size` × this.
+    pub low_watermark: Option<f64>,
+}
+
+/// Freshness settings; at the top level they are the defaults, inside an
+/// upstream they override them.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawFreshness {
+    /// How long a tag is answered from the cache.
+    pub tag_ttl: Option<RawDuration>,
+    /// How long past the TTL a cached answer is served while upstream fails.
+    pub stale_if_error: Option<RawDuration>,
+    /// How long an upstream 404 for a tag is remembered.
+    pub negative_ttl: Option<RawDuration>,
+    /// Regexes (whole-tag match) of tags that never move once cached.
+    pub immutable_tags: Option<Vec<String>>,
+}
+
+/// `[timeouts]` for upstream requests.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTimeouts {
+    /// TCP and TLS connect.
+    pub connect: Option<RawDuration>,
+    /// Until upstream's response headers arrive.
+    pub response: Option<RawDuration>,
+    /// Longest silence inside a body before the transfer is abandoned (and resumed).
+    pub idle: Option<RawDuration>,
+}
+
+/// One `[[upstream]]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawUpstream {
+    /// The name metrics, purge and `default_upstream` use.
+    pub name: String,
+    /// The registry's base URL.
+    pub url: String,
+    /// Extra names (`host[:port]`) that route to it.
+    #[serde(default)]
+    pub aliases: Vec<String>,
+    /// Ferry's own credentials for it.
+    pub username: Option<String>,
+    /// The password, inline…
+    pub password: Option<String>,
+    /// …or read from this environment variable.
+    pub password_env: Option<String>,
+    /// Map single-component names to `library/<name>` (default: on for Docker Hub).
+    pub library_prefix: Option<bool>,
+    /// Overrides of the freshness defaults.
+    #[serde(default)]
+    pub freshness: RawFreshness,
+    /// Per repository/tag pattern overrides; the first match wins.
+    #[serde(default, rename = "rule")]
+    pub rules: Vec<RawRule>,
+}
+
+/// One `[[upstream.rule]]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRule {
+    /// Regex matched against the whole upstream repository name.
+    pub repository: Option<String>,
+    /// Regex matched against the whole tag.
+    pub tag: Option<String>,
+    /// Overrides `tag_ttl`.
+    pub tag_ttl: Option<RawDuration>,
+    /// Overrides `stale_if_error`.
+    pub stale_if_error: Option<RawDuration>,
+    /// Overrides `negative_ttl`.
+    pub negative_ttl: Option<RawDuration>,
+    /// Cached answers for matching tags are never revalidated.
+    pub immutable: Option<bool>,
+}
+
+impl RawConfig {
+    /// Parses the TOML text of a configuration file.
+    pub fn from_toml(text: &str) -> Result<RawConfig, ConfigError> {
+        toml::from_str(text).map_err(|e| ConfigError(e.to_string()))
+    }
+}

@@ -1,0 +1,166 @@
+use super::*;
+
+fn load(toml: &str) -> Result<Config, ConfigError> {
+    Config::from_raw(RawConfig::from_toml(toml)?, Overrides::default())
+}
+
+fn default_upstream(c: &Config) -> &UpstreamConfig {
+    c.upstream(&c.default_upstream).expect("the default exists")
+}
+
+#[test]
+fn client_entries_turn_authentication_on() {
+    assert!(load("").unwrap().client_auth.is_none());
+    let c = load("[[client]]\nusername = \"node\"\npassword = \"s3:cret\"\n").unwrap();
+    assert!(c.client_auth.is_some());
+    for bad in [
+        "[[client]]\nusername = \"a:b\"\npassword = \"x\"\n",
+        "[[client]]\nusername = \"a\"\n",
+        "[[client]]\nusername = \"a\"\npassword = \"\"\n",
+        "[[client]]\nusername = \"a\"\npassword = \"x\"\n[[client]]\nusername = \"a\"\npassword = \"y\"\n",
+        "[[client]]\nusername = \"a\"\npassword_env = \"FERRY_TEST_UNSET_VAR\"\n",
+    ] {
+        assert!(load(bad).is_err(), "{bad}");
+    }
+}
+
+#[test]
+fn defaults_to_docker_hub() {
+    let c = load("").unwrap();
+    assert_eq!(c.listen, defaults::LISTEN.parse().unwrap());
+    assert_eq!(c.data_dir, PathBuf::from(defaults::DATA_DIR));
+    assert_eq!(c.upstreams.len(), 1);
+    let hub = default_upstream(&c);
+    assert_eq!(hub.name, "docker.io");
+    assert!(hub.library_prefix);
+    for a in ["docker.io", "index.docker.io", "registry-1.docker.io"] {
+        assert!(hub.aliases.iter().any(|x| x == a), "{a}");
+    }
+    assert_eq!(
+        hub.policy.for_tag("library/alpine", "latest").tag_ttl,
+        defaults::TAG_TTL
+    );
+    assert_eq!(c.cache.high_watermark, defaults::HIGH_WATERMARK);
+    assert_eq!(c.timeouts.idle, defaults::IDLE_TIMEOUT);
+}
+
+#[test]
+fn cli_upstream_is_known_by_host_and_port() {
+    let c = Config::for_upstream("http://127.0.0.1:5001", "/tmp/x").unwrap();
+    let u = default_upstream(&c);
+    assert_eq!(u.name, "127.0.0.1:5001");
+    assert!(u.aliases.contains(&"127.0.0.1:5001".to_string()));
+    assert!(!u.library_prefix);
+}
+
+#[test]
+fn full_file_with_rules() {
+    let c = load(
+        r#"
+        listen = "0.0.0.0:5000"
+        default_upstream = "hub"
+        [cache]
+        max_size = "10GiB"
+        [freshness]
+        tag_ttl = "1m"
+        immutable_tags = ['v?\d+\.\d+\.\d+']
+        [[upstream]]
+        name = "hub"
+        url = "https://registry-1.docker.io"
+        username = "u"
+        password = "secret"
+        [[upstream.rule]]
+        repository = "library/.*"
+        tag = "latest"
+        tag_ttl = 10
+        [[upstream]]
+        name = "ghcr"
+        url = "https://ghcr.io"
+        aliases = ["GHCR.IO"]
+        [upstream.freshness]
+        tag_ttl = "5m"
+        "#,
+    )
+    .unwrap();
+    assert_eq!(c.cache.max_size, Some(10 << 30));
+    let hub = default_upstream(&c);
+    assert_eq!(hub.name, "hub");
+    assert!(hub.aliases.contains(&"docker.io".to_string()));
+    let p = &hub.policy;
+    assert_eq!(
+        p.for_tag("library/alpine", "latest").tag_ttl,
+        Duration::from_secs(10)
+    );
+    assert_eq!(
+        p.for_tag("user/app", "latest").tag_ttl,
+        Duration::from_secs(60)
+    );
+    assert!(p.for_tag("user/app", "1.2.3").immutable);
+    assert!(p.for_tag("user/app", "v1.2.3").immutable);
+    assert!(!p.for_tag("user/app", "1.2.3-rc1").immutable);
+    assert!(!format!("{hub:?}").contains("secret"));
+    let ghcr = c.upstream("ghcr.io").expect("found by alias");
+    assert_eq!(ghcr.name, "ghcr");
+    assert_eq!(
+        ghcr.policy.for_tag("o/i", "x").tag_ttl,
+        Duration::from_secs(300)
+    );
+}
+
+#[test]
+fn library_rule_lives_with_the_upstream() {
+    let c = load("").unwrap();
+    let hub = default_upstream(&c);
+    let name = |s: &str| crate::oci::RepoName::parse(s).unwrap();
+    assert_eq!(hub.repository(name("alpine")).as_str(), "library/alpine");
+    assert_eq!(hub.repository(name("me/app")).as_str(), "me/app");
+    let c = Config::for_upstream("http://127.0.0.1:5001", "/tmp/x").unwrap();
+    assert_eq!(
+        default_upstream(&c).repository(name("alpine")).as_str(),
+        "alpine"
+    );
+}
+
+#[test]
+fn cli_tag_ttl_overrides_the_file() {
+    let raw = RawConfig::from_toml("[freshness]\ntag_ttl = 99").unwrap();
+    let c = Config::from_raw(
+        raw,
+        Overrides {
+            tag_ttl: Some(5),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert_eq!(
+        c.upstreams[0].policy.defaults.tag_ttl,
+        Duration::from_secs(5)
+    );
+}
+
+#[test]
+fn bad_configs_say_what_is_wrong() {
+    let cases = [
+        ("listen = \"nope\"", "listen"),
+        ("bogus = 1", "unknown field"),
+        ("[freshness]\ntag_ttl = \"soon\"", "tag_ttl"),
+        ("[cache]\nmax_size = \"10 parsecs\"", "unit"),
+        ("[cache]\nlow_watermark = 0.99", "watermarks"),
+        ("[[upstream]]\nname = \"a\"\nurl = \"ftp://x\"", "http"),
+        ("[[upstream]]\nname = \"a\"\nurl = \"https://x\"\nusername = \"u\"", "together"),
+        (
+            "[[upstream]]\nname = \"a\"\nurl = \"https://x\"\n[[upstream]]\nname = \"b\"\nurl = \"https://x\"",
+            "default_upstream",
+        ),
+        (
+            "default_upstream = \"a\"\n[[upstream]]\nname = \"a\"\nurl = \"https://x\"\n[[upstream]]\nname = \"b\"\nurl = \"https://x\"",
+            "both answer",
+        ),
+        ("default_upstream = \"zz\"", "names no"),
+        ("[freshness]\nimmutable_tags = ['(']", "regex"),
+    ];
+    for (toml, needle) in cases {
+        let e = load(toml).unwrap_err().to_string();
+        assert!(e.contains(needle), "{toml:?} gave {e:?}");
+    }
+}

@@ -1,0 +1,278 @@
+//! The fetching leader: one task per cold blob downloads it into a temp file,
+//! hashing as it writes, and publishes its progress on a `watch` channel that
+//! every response follows. The bytes are released in full only once they
+//! verify; then the blob is made durable and indexed, and the fetch deregisters.
+//!
+//! The network read is pipelined against a writer thread: upstream chunks are
+//! gathered into batches and appended with `writev` (the store hashes them on a
+//! thread of its own), so receiving, writing and hashing overlap.
+
+use super::inflight::Registration;
+use super::progress::{FetchFailure, FetchState, Phase, RecentBytes};
+use crate::metrics::Metrics;
+use crate::oci::Digest;
+use crate::proxy::store_health::StoreHealth;
+use crate::upstream::Target;
+use bytes::Bytes;
+use ferry_storage::{BlobWriter, Store};
+use std::io;
+use std::sync::Arc;
+use tokio::sync::{mpsc, watch};
+
+/// Bytes gathered from upstream before each write to the temp file.
+const WRITE_BATCH: usize = 256 * 1024;
+/// Batches queued for the writer thread: bounds the memory a fetch holds when the
+/// disk is slower than the network.
+const PIPELINE_BATCHES: usize = 8;
+/// How many times a dropped upstream transfer is resumed with `Range`.
+const MAX_RESUMES: u32 = 3;
+
+/// What a leader needs besides its blob.
+#[derive(Clone)]
+pub(crate) struct Context {
+    pub store: Store,
+    pub metrics: Arc<Metrics>,
+    pub health: Arc<StoreHealth>,
+}
+
+/// Starts the leader task for `digest`, publishing on `tx`. The registration
+/// is dropped when the task ends, however it ends.
+pub(crate) fn start(
+    cx: Context,
+    target: Target,
+    digest: Digest,
+    registration: Registration,
+    tx: watch::Sender<FetchState>,
+) {
+    tokio::spawn(async move {
+        let _registration = registration;
+        cx.metrics.inflight_fetches.inc();
+        let _gauge = scopeguard(|| {
+            cx.metrics.inflight_fetches.dec();
+        });
+        let phase = match download(&cx, &target, &digest, &tx).await {
+            Ok(()) => Phase::Verified,
+            Err(f) => {
+                if let FetchFailure::Broken(why) = &f {
+                    tracing::warn!(%digest, ?target, "blob fetch failed: {why}");
+                }
+                Phase::Failed(f)
+            }
+        };
+        tx.send_modify(|s| s.phase = phase);
+    });
+}
+
+/// Runs `f` when dropped.
+fn scopeguard(f: impl FnOnce()) -> impl Drop {
+    struct Guard<F: FnOnce()>(Option<F>);
+    impl<F: FnOnce()> Drop for Guard<F> {
+        fn drop(&mut self) {
+            if let Some(f) = self.0.take() {
+                f();
+            }
+        }
+    }
+    Guard(Some(f))
+}
+
+async fn download(
+    cx: &Context,
+    target: &Target,
+    digest: &Digest,
+    tx: &watch::Sender<FetchState>,
+) -> Result<(), FetchFailure> {
+    let upstream = &target.upstream;
+    let mut resp = upstream
+        .get_blob(&target.repo, digest, 0)
+        .await
+        .map_err(|e| FetchFailure::Upstream(e.into()))?;
+    let total = resp.total;
+    let store = cx.store.clone();
+    let d = digest.clone();
+    let writer = match tokio::task::spawn_blocking(move || store.begin_blob(&d)).await {
+        Ok(Ok(w)) => w,
+        Ok(Err(e)) => {
+            cx.health.failed(&e.to_string());
+            return Err(FetchFailure::StoreUnavailable);
+        }
+        Err(_) => return Err(FetchFailure::StoreUnavailable),
+    };
+    tx.send_modify(|s| {
+        s.phase = Phase::Streaming;
+        s.total = total;
+        s.file = Some(writer.reader());
+    });
+
+    let mut sink = Sink::start(writer, tx.clone());
+    let mut received = 0u64;
+    let mut resumes = 0;
+    loop {
+        let step = upstream.next_chunk(&mut resp.response).await;
+        let dropped = match step {
+            Ok(Some(chunk)) => {
+                cx.metrics.bytes_fetched.inc_by(chunk.len() as u64);
+                received += chunk.len() as u64;
+                if total.is_some_and(|t| received > t) {
+                    cx.metrics.integrity_failures.inc();
+                    return Err(FetchFailure::Broken(
+                        "upstream sent more bytes than its Content-Length".into(),
+                    ));
+                }
+                sink.push(chunk, cx).await?;
+                continue;
+            }
+            Ok(None) if total.is_none_or(|t| received == t) => break,
+            Ok(None) => "upstream closed the body early".to_string(),
+            Err(e) => e.to_string(),
+        };
+        if resumes == MAX_RESUMES {
+            return Err(FetchFailure::Broken(format!(
+                "{dropped}; gave up after {MAX_RESUMES} resumes"
+            )));
+        }
+        resumes += 1;
+        cx.metrics.fetch_resumes.inc();
+        tracing::info!(%digest, offset = received, "resuming blob transfer: {dropped}");
+        resp = upstream
+            .get_blob(&target.repo, digest, received)
+            .await
+            .map_err(|e| FetchFailure::Broken(format!("resume failed: {e}")))?;
+        if resp.total.is_some() && total.is_some() && resp.total != total {
+            return Err(FetchFailure::Broken(
+                "resume answered a different size".into(),
+            ));
+        }
+    }
+    let writer = sink.finish(cx).await?;
+    commit(writer, total, digest, cx, tx).await
+}
+
+/// The writing side of a fetch. Upstream chunks are gathered into batches and
+/// handed to a blocking thread that appends them to the temp file (hashing as
+/// it goes) and publishes how far it got, so the network read of the next batch
+/// overlaps the write and hash of the previous one.
+struct Sink {
+    pending: Vec<Bytes>,
+    pending_len: usize,
+    batches: mpsc::Sender<Vec<Bytes>>,
+    thread: tokio::task::JoinHandle<io::Result<BlobWriter>>,
+}
+
+impl Sink {
+    fn start(mut writer: BlobWriter, tx: watch::Sender<FetchState>) -> Sink {
+        let (batches, mut rx) = mpsc::channel::<Vec<Bytes>>(PIPELINE_BATCHES);
+        let thread = tokio::task::spawn_blocking(move || {
+            writer.hash_in_background()?;
+            while let Some(batch) = rx.blocking_recv() {
+                let offset = writer.written();
+                writer.write_all(&batch)?;
+                let written = writer.written();
+                tx.send_modify(|s| {
+                    s.recent = Arc::new(RecentBytes::after(&s.recent, offset, &batch));
+                    s.written = written;
+                });
+            }
+            Ok(writer)
+        });
+        Sink {
+            pending: Vec::new(),
+            pending_len: 0,
+            batches,
+            thread,
+        }
+    }
+
+    /// Queues a chunk; a full batch goes to the thread. After an error the
+    /// sink is spent (its thread is joined): drop it.
+    async fn push(&mut self, chunk: Bytes, cx: &Context) -> Result<(), FetchFailure> {
+        self.pending_len += chunk.len();
+        self.pending.push(chunk);
+        if self.pending_len < WRITE_BATCH {
+            return Ok(());
+        }
+        self.pending_len = 0;
+        let batch = std::mem::take(&mut self.pending);
+        if self.batches.send(batch).await.is_ok() {
+            return Ok(());
+        }
+        // The thread stopped: it hit a write error. Collect it.
+        Err(Sink::join(&mut self.thread, cx)
+            .await
+            .err()
+            .unwrap_or(FetchFailure::StoreUnavailable))
+    }
+
+    /// Writes what is left and returns the writer once every byte is in the file.
+    async fn finish(self, cx: &Context) -> Result<BlobWriter, FetchFailure> {
+        let Sink {
+            pending,
+            batches,
+            mut thread,
+            ..
+        } = self;
+        if !pending.is_empty() {
+            // A failed send means the thread already stopped; its error comes from join.
+            let _ = batches.send(pending).await;
+        }
+        drop(batches);
+        Sink::join(&mut thread, cx).await
+    }
+
+    async fn join(
+        thread: &mut tokio::task::JoinHandle<io::Result<BlobWriter>>,
+        cx: &Context,
+    ) -> Result<BlobWriter, FetchFailure> {
+        match thread.await {
+            Ok(Ok(writer)) => Ok(writer),
+            Ok(Err(e)) => {
+                cx.health.failed(&e.to_string());
+                Err(FetchFailure::StoreUnavailable)
+            }
+            Err(_) => Err(FetchFailure::StoreUnavailable),
+        }
+    }
+}
+
+/// Verifies the written bytes, releases them to every follower, then makes them
+/// durable. Followers get their last byte as soon as the digest checks out; the
+/// fetch stays registered until the blob is persisted, so a request arriving
+/// meanwhile joins it instead of fetching again.
+async fn commit(
+    writer: BlobWriter,
+    total: Option<u64>,
+    digest: &Digest,
+    cx: &Context,
+    tx: &watch::Sender<FetchState>,
+) -> Result<(), FetchFailure> {
+    let verified = tokio::task::spawn_blocking(move || writer.verify(total))
+        .await
+        .map_err(|_| FetchFailure::StoreUnavailable)?;
+    let verified = match verified {
+        Ok(v) => v,
+        Err(e) => {
+            cx.metrics.integrity_failures.inc();
+            tracing::warn!(%digest, "upstream blob rejected: {e}");
+            return Err(FetchFailure::Broken(e.to_string()));
+        }
+    };
+    tx.send_modify(|s| s.phase = Phase::Verified);
+    let store = cx.store.clone();
+    match tokio::task::spawn_blocking(move || verified.persist()).await {
+        Ok(Ok(_)) => {
+            cx.health.recovered();
+            if store.over_budget() {
+                // Off the request path: clients already have their bytes.
+                tokio::task::spawn_blocking(move || {
+                    if let Err(e) = store.evict_if_over_budget() {
+                        tracing::error!(error = %e, "eviction failed");
+                    }
+                });
+            }
+        }
+        // The bytes verified and are already released: they are served, uncached.
+        Ok(Err(e)) => cx.health.failed(&e.to_string()),
+        Err(_) => cx.health.failed("persist task panicked"),
+    }
+    Ok(())
+}

@@ -1,0 +1,146 @@
+//! Manifests by digest: immutable, so once stored they are served without
+//! asking upstream. A miss is fetched once (single-flight), verified against
+//! its digest, and kept byte for byte with its upstream media type.
+
+use super::error::{Error, Result};
+use super::flight::SingleFlight;
+use crate::metrics::{Kind, Metrics};
+use crate::oci::media::{self, MAX_MANIFEST_BYTES};
+use crate::oci::{Digest, Tag};
+use crate::upstream::{FetchedManifest, Target, UpstreamError};
+use bytes::Bytes;
+use ferry_storage::{Store, StoredManifest};
+use std::sync::Arc;
+
+/// What a tag resolves to: enough to answer a `HEAD` without the body.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ManifestMeta {
+    /// The manifest's digest (an index digest for a multi-arch image).
+    pub digest: Digest,
+    /// Its media type as upstream declared it.
+    pub media_type: String,
+    /// Its size in bytes.
+    pub size: u64,
+}
+
+/// The manifest store and its upstream fetches.
+pub(crate) struct Manifests {
+    store: Store,
+    metrics: Arc<Metrics>,
+    /// One upstream `GET` per digest at a time.
+    flights: SingleFlight<Digest, Result<StoredManifest>>,
+}
+
+impl Manifests {
+    pub fn new(store: Store, metrics: Arc<Metrics>) -> Manifests {
+        Manifests {
+            store,
+            metrics,
+            flights: SingleFlight::default(),
+        }
+    }
+
+    /// The manifest with this digest, from the store or (once) from upstream.
+    pub async fn by_digest(
+        self: &Arc<Self>,
+        target: &Target,
+        digest: &Digest,
+    ) -> Result<StoredManifest> {
+        if let Some(m) = self.stored(digest) {
+            self.metrics.hit(Kind::Manifest);
+            return Ok(m);
+        }
+        self.metrics.miss(Kind::Manifest);
+        let (this, target2, digest2) = (self.clone(), target.clone(), digest.clone());
+        let (result, joined) = self
+            .flights
+            .run(digest.clone(), move || async move {
+                if let Some(m) = this.stored(&digest2) {
+                    return Ok(m);
+                }
+                let fetched = target2
+                    .upstream
+                    .get_manifest(&target2.repo, digest2.as_str())
+                    .await?;
+                if !digest2.verifies(&fetched.body) {
+                    this.metrics.integrity_failures.inc();
+                    return Err(Error::Integrity(format!(
+                        "upstream sent a manifest that does not match {digest2}"
+                    )));
+                }
+                this.keep(&digest2, fetched.content_type.as_deref(), fetched.body)
+            })
+            .await;
+        if joined {
+            self.metrics.coalesced.inc();
+        }
+        result.unwrap_or_else(|| Err(Error::Internal("manifest fetch ended unexpectedly".into())))
+    }
+
+    /// `GET` by tag: learns the digest and stores the body in one request.
+    pub async fn by_tag(&self, target: &Target, tag: &Tag) -> Result<ManifestMeta> {
+        let fetched = target
+            .upstream
+            .get_manifest(&target.repo, tag.as_str())
+            .await?;
+        let digest = self.digest_of(&fetched)?;
+        let stored = self.keep(&digest, fetched.content_type.as_deref(), fetched.body)?;
+        Ok(ManifestMeta {
+            digest,
+            size: stored.body.len() as u64,
+            media_type: stored.media_type,
+        })
+    }
+
+    /// The digest of a manifest fetched by tag: upstream's `Docker-Content-Digest`
+    /// when the bytes match it, else their SHA-256.
+    fn digest_of(&self, fetched: &FetchedManifest) -> Result<Digest> {
+        match &fetched.digest_header {
+            Some(d) if d.verifies(&fetched.body) => Ok(d.clone()),
+            Some(d) if d.algorithm() != ferry_storage::Algorithm::Sha256 => Err(Error::Upstream(
+                UpstreamError::Invalid(format!("manifest does not match {d}")),
+            )),
+            Some(d) => {
+                self.metrics.integrity_failures.inc();
+                Err(Error::Integrity(format!(
+                    "manifest bytes do not match upstream's Docker-Content-Digest {d}"
+                )))
+            }
+            None => Ok(Digest::sha256_of(&fetched.body)),
+        }
+    }
+
+    /// A stored manifest; a store that cannot be read is a miss (upstream still answers).
+    fn stored(&self, digest: &Digest) -> Option<StoredManifest> {
+        match self.store.manifest(digest) {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::warn!(%digest, error = %e, "manifest lookup failed; asking upstream");
+                None
+            }
+        }
+    }
+
+    /// Checks a verified manifest body and stores it. A store that cannot
+    /// write is logged, and the manifest is still served (asked again next time).
+    fn keep(
+        &self,
+        digest: &Digest,
+        content_type: Option<&str>,
+        body: Bytes,
+    ) -> Result<StoredManifest> {
+        let invalid = |why: &str| Error::Upstream(UpstreamError::Invalid(why.into()));
+        if body.len() > MAX_MANIFEST_BYTES {
+            return Err(invalid("manifest larger than 4 MiB"));
+        }
+        let media_type = media::manifest_media_type(content_type, &body)
+            .ok_or_else(|| invalid("manifest has no recognisable media type"))?;
+        if media::is_schema1(&media_type) {
+            return Err(invalid("schema1 manifests are not supported"));
+        }
+        if let Err(e) = self.store.put_manifest(digest, &media_type, &body) {
+            tracing::warn!(%digest, error = %e, "could not store manifest");
+        }
+        Ok(StoredManifest { media_type, body })
+    }
+}
