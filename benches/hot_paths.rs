@@ -54,6 +54,7 @@ fn store_lookups(c: &mut Criterion) {
             media_type: "application/vnd.oci.image.index.v1+json".into(),
             size: 1234,
             checked_at_ms: 1,
+            expired: false,
         };
         store.put_tag(&key, &rec).unwrap();
     }
@@ -137,6 +138,7 @@ fn serving(c: &mut Criterion) {
                 media_type: media_type.into(),
                 size: manifest.len() as u64,
                 checked_at_ms: ferry::clock::Clock::System.now_ms(),
+                expired: false,
             },
         )
         .unwrap();

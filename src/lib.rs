@@ -8,6 +8,8 @@
 //! - [`oci`]: protocol types with no I/O (routes, names, digests, ranges, errors);
 //! - [`server`]: the HTTP edge (dispatch, responses, errors, admin API, accept loops);
 //! - [`access`]: who may pull (client authentication);
+//! - [`events`]: registry push events, parsed from every sender's format;
+//! - [`node_config`]: each node's client mirror configuration, from Ferry's upstreams;
 //! - [`upstream`]: one client per upstream registry (auth, redirects, 429) and the router;
 //! - [`proxy`]: the cache (freshness, single-flight, blobs, stale-if-error);
 //! - [`metrics`]: the Prometheus families;
@@ -22,9 +24,12 @@
 pub mod access;
 pub mod clock;
 pub mod config;
+pub mod events;
 pub mod metrics;
+pub mod node_config;
 pub mod oci;
 pub mod proxy;
+pub mod reload;
 pub mod server;
 pub mod upstream;
 
@@ -43,8 +48,6 @@ use upstream::{Router, Upstream};
 
 /// How often batched blob access times are written and the size budget checked.
 const MAINTENANCE_INTERVAL: Duration = Duration::from_secs(30);
-/// How long blob fetches in flight may take to land at shutdown.
-const LANDING_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Why Ferry could not start.
 #[derive(Debug, thiserror::Error)]
@@ -141,45 +144,206 @@ impl Ferry {
     }
 
     /// Serves `listeners` until `shutdown` resolves, then lets open requests
-    /// finish and blob fetches in flight land (both bounded).
+    /// finish and blob fetches in flight land, within `shutdown_grace`.
     pub async fn serve(
         self,
         listeners: Listeners,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) {
-        let app = self.app();
-        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-        tokio::spawn(async move {
-            shutdown.await;
-            let _ = stop_tx.send(true);
-        });
-        if let Some(admin) = listeners.admin {
-            if let Ok(addr) = admin.local_addr() {
-                tracing::info!(%addr, "admin API listening");
-            }
-            let proxy = self.proxy.clone();
-            tokio::spawn(server::accept::serve(
-                admin,
-                None,
-                stop_rx.clone(),
-                move |req| server::admin::handle(proxy.clone(), req),
-            ));
-        }
-        let maintenance = tokio::spawn(maintain(self.proxy.clone()));
-        let tls = self.config.tls.clone().map(tokio_rustls::TlsAcceptor::from);
-        server::accept::serve(listeners.client, tls, stop_rx, move |req| {
-            let app = app.clone();
-            async move { app.handle(req).await }
+        let config = self.config.clone();
+        let (_keep, reloads) = tokio::sync::mpsc::channel(1);
+        let _ = serve_gated(config, listeners, shutdown, reloads, |_| async move {
+            Ok(Some(self))
         })
         .await;
-        maintenance.abort();
-        // A fetch whose clients are served may still be making its blob durable.
-        if !self.proxy.shutdown(LANDING_TIMEOUT).await {
-            tracing::warn!(
-                in_flight = self.proxy.fetches_in_flight(),
-                "blob fetches still in flight after {}s; stopping anyway",
-                LANDING_TIMEOUT.as_secs()
-            );
+    }
+}
+
+/// Runs Ferry on `listeners` from the first moment: while the store opens (a
+/// previous Ferry may still hold its lock during a rolling update), `/healthz`
+/// answers (alive) and `/readyz` and the pull API answer `503`. Then it serves
+/// until `shutdown` resolves, and stops within `shutdown_grace`.
+///
+/// Each configuration received on `reloads` (SIGHUP) is applied where that is
+/// safe (see [`reload`]), and what was applied or refused is logged.
+pub async fn run(
+    config: Config,
+    listeners: Listeners,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    reloads: tokio::sync::mpsc::Receiver<Config>,
+) -> Result<(), StartError> {
+    let cfg = config.clone();
+    serve_gated(config, listeners, shutdown, reloads, move |mut stop| async move {
+        let mut logged = false;
+        loop {
+            match Ferry::open(cfg.clone()) {
+                Ok(f) => return Ok(Some(f)),
+                Err(StartError::Store { source, .. }) if source.is_locked() => {
+                    if !logged {
+                        tracing::warn!(error = %source, "the store is locked (another Ferry still running?); not ready until it is free");
+                        logged = true;
+                    }
+                }
+                Err(e) => return Err(e),
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                _ = stop.wait_for(|s| *s) => return Ok(None),
+            }
+        }
+    })
+    .await
+}
+
+/// Serves the listeners from the start; the cache answers once `open` yields a
+/// Ferry (`Ok(None)`: shutdown came first).
+async fn serve_gated<F, Fut>(
+    config: Config,
+    listeners: Listeners,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    mut reloads: tokio::sync::mpsc::Receiver<Config>,
+    open: F,
+) -> Result<(), StartError>
+where
+    F: FnOnce(tokio::sync::watch::Receiver<bool>) -> Fut,
+    Fut: Future<Output = Result<Option<Ferry>, StartError>>,
+{
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stop_tx = Arc::new(stop_tx);
+    let (gate_tx, gate) = tokio::sync::watch::channel::<Option<Arc<App>>>(None);
+    let (proxy_tx, proxy_gate) = tokio::sync::watch::channel::<Option<Arc<Proxy>>>(None);
+    let on_signal = stop_tx.clone();
+    tokio::spawn(async move {
+        shutdown.await;
+        let _ = on_signal.send(true);
+    });
+    let grace = config.shutdown_grace;
+    let admin = listeners.admin.map(|admin| {
+        if let Ok(addr) = admin.local_addr() {
+            tracing::info!(%addr, "admin API listening");
+        }
+        tokio::spawn(server::accept::serve(
+            admin,
+            None,
+            stop_rx.clone(),
+            grace,
+            move |req| {
+                let proxy = proxy_gate.borrow().clone();
+                async move {
+                    match proxy {
+                        Some(p) => server::admin::handle(p, req).await,
+                        None => server::starting(&req),
+                    }
+                }
+            },
+        ))
+    });
+    let tls = config
+        .tls
+        .as_ref()
+        .map(|t| tokio_rustls::TlsAcceptor::from(t.server.clone()));
+    if let Some(t) = &config.tls {
+        tokio::spawn(watch_certificate(t.certs.clone()));
+    }
+    let started = std::time::Instant::now();
+    let client = tokio::spawn(server::accept::serve(
+        listeners.client,
+        tls,
+        stop_rx.clone(),
+        grace,
+        move |req| {
+            let app = gate.borrow().clone();
+            async move {
+                match app {
+                    Some(app) => app.handle(req).await,
+                    None => server::starting(&req),
+                }
+            }
+        },
+    ));
+    let ferry = match open(stop_rx.clone()).await {
+        Ok(Some(f)) => f,
+        other => {
+            let _ = stop_tx.send(true);
+            let _ = client.await;
+            return other.map(drop);
+        }
+    };
+    let app = ferry.app();
+    let proxy = ferry.proxy.clone();
+    let _ = proxy_tx.send(Some(proxy.clone()));
+    let _ = gate_tx.send(Some(app.clone()));
+    let (blobs, bytes) = proxy.store_usage();
+    tracing::info!(
+        after_ms = started.elapsed().as_millis() as u64,
+        blobs,
+        bytes,
+        "ready"
+    );
+    let maintenance = tokio::spawn(maintain(proxy.clone()));
+    let reloading = {
+        let (proxy, mut current) = (proxy.clone(), config.clone());
+        tokio::spawn(async move {
+            while let Some(new) = reloads.recv().await {
+                let r = reload::apply(&proxy, &current, &new);
+                if r.applied.is_empty() && r.need_restart.is_empty() {
+                    tracing::info!("configuration reloaded: nothing changed");
+                }
+                for what in &r.applied {
+                    tracing::info!("configuration reloaded: {what}");
+                }
+                for why in &r.need_restart {
+                    tracing::warn!("configuration reload: {why}");
+                }
+                current = new;
+            }
+        })
+    };
+    let mut stop = stop_rx;
+    let _ = stop.wait_for(|s| *s).await;
+    app.drain();
+    let stopping = std::time::Instant::now();
+    let _ = client.await;
+    if let Some(admin) = admin {
+        let _ = admin.await;
+    }
+    maintenance.abort();
+    reloading.abort();
+    // A fetch whose clients are served may still be making its blob durable.
+    let left = grace.saturating_sub(stopping.elapsed());
+    if !proxy.shutdown(left).await {
+        tracing::warn!(
+            in_flight = proxy.fetches_in_flight(),
+            "blob fetches cut short at the end of shutdown_grace ({}s); their temp files are swept at the next start",
+            grace.as_secs()
+        );
+    }
+    tracing::info!(took_ms = stopping.elapsed().as_millis() as u64, "stopped");
+    Ok(())
+}
+
+/// How often the TLS certificate files are checked for a rotation.
+const CERT_CHECK_INTERVAL: Duration = Duration::from_secs(10);
+
+/// Reloads the client port's certificate when its files change (cert-manager
+/// rotates them in place); new connections get the new one.
+async fn watch_certificate(certs: Arc<config::tls::CertFiles>) {
+    let mut tick = tokio::time::interval(CERT_CHECK_INTERVAL);
+    let mut failing = false;
+    loop {
+        tick.tick().await;
+        match certs.reload_if_changed() {
+            Ok(true) => {
+                let (cert, _) = certs.paths();
+                tracing::info!(cert = %cert.display(), "TLS certificate reloaded");
+                failing = false;
+            }
+            Ok(false) => {}
+            Err(e) if !failing => {
+                tracing::error!(error = %e, "TLS certificate changed but cannot be loaded; still serving the previous one");
+                failing = true;
+            }
+            Err(_) => {}
         }
     }
 }

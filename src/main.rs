@@ -3,7 +3,7 @@
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
-use ferry::config::{defaults, Config, Overrides, RawConfig};
+use ferry::config::{defaults, Config, LogFormat, Overrides, RawConfig};
 use ferry::oci::RepoName;
 use ferry_storage::{Digest, Store, StoreOptions};
 use std::path::PathBuf;
@@ -45,6 +45,49 @@ enum Command {
     Purge(PurgeArgs),
     /// Cache an image (every platform, every layer) through a running Ferry.
     Prefetch(PrefetchArgs),
+    /// Write this node's mirror configuration for containerd, CRI-O/podman and
+    /// Docker from Ferry's upstreams (idempotent; --remove takes it back).
+    NodeConfig(NodeConfigArgs),
+    /// Exit 0 if URL answers 2xx within 5 s, else 1 (health checks in images
+    /// without curl).
+    Probe {
+        /// e.g. http://127.0.0.1:5000/readyz
+        url: String,
+    },
+}
+
+#[derive(Args)]
+struct NodeConfigArgs {
+    /// Ferry as the nodes reach it, e.g. http://10.96.0.50:5000.
+    #[arg(long)]
+    ferry_url: Option<String>,
+    /// Ferry's configuration: its upstreams are the registries configured.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// containerd's registry config_path (one hosts.toml per registry).
+    #[arg(long, value_name = "DIR")]
+    containerd_dir: Option<PathBuf>,
+    /// CRI-O/podman drop-in directory (writes 50-ferry.conf).
+    #[arg(long, value_name = "DIR")]
+    registries_d: Option<PathBuf>,
+    /// Docker's daemon.json (registry-mirrors, Docker Hub only).
+    #[arg(long, value_name = "FILE")]
+    docker_daemon_json: Option<PathBuf>,
+    /// CA bundle (a path on the node) that signed Ferry's TLS certificate.
+    #[arg(long, value_name = "FILE")]
+    ca: Option<PathBuf>,
+    /// Authorization header value for Ferry's client authentication…
+    #[arg(long, value_name = "VALUE", conflicts_with = "auth_header_file")]
+    auth_header: Option<String>,
+    /// …or read from this file (a mounted Secret).
+    #[arg(long, value_name = "FILE")]
+    auth_header_file: Option<PathBuf>,
+    /// Print what would change; write nothing.
+    #[arg(long)]
+    dry_run: bool,
+    /// Remove what ferry node-config wrote (daemon.json: needs --ferry-url).
+    #[arg(long)]
+    remove: bool,
 }
 
 #[derive(Subcommand)]
@@ -104,7 +147,6 @@ struct PurgeArgs {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_tracing();
     match run(cli.command) {
         Ok(code) => code,
         Err(e) => {
@@ -114,23 +156,37 @@ fn main() -> ExitCode {
     }
 }
 
-fn init_tracing() {
+/// Logs to stderr, filtered by `RUST_LOG` (default `info`).
+fn init_tracing(format: LogFormat) {
+    use std::io::IsTerminal as _;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    use std::io::IsTerminal as _;
-    tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_writer(std::io::stderr);
+    match format {
+        // One object per line with timestamp, level, target, fields and message:
+        // what log pipelines index.
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .init(),
         // Colour codes only for a person at a terminal, never into files or container logs.
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
+        LogFormat::Text => builder.with_ansi(std::io::stderr().is_terminal()).init(),
+    }
 }
 
 fn run(command: Command) -> Result<ExitCode> {
+    match &command {
+        Command::Serve(_) => {}
+        _ => init_tracing(LogFormat::Text),
+    }
     match command {
         Command::Serve(args) => {
             let config = load_config(&args)?;
-            serve(config)?;
+            init_tracing(config.log_format);
+            serve(config, args)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Config {
@@ -169,6 +225,8 @@ fn run(command: Command) -> Result<ExitCode> {
         } => fsck(data_dir, verify, repair),
         Command::Purge(args) => purge(args),
         Command::Prefetch(args) => prefetch(args),
+        Command::NodeConfig(args) => node_config(args),
+        Command::Probe { url } => probe(&url),
     }
 }
 
@@ -188,29 +246,45 @@ fn load_config(args: &ServeArgs) -> Result<Config> {
     Config::from_raw(raw, args.overrides.clone()).context(context)
 }
 
-fn serve(config: Config) -> Result<()> {
+fn serve(config: Config, args: ServeArgs) -> Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("starting the async runtime")?;
     runtime.block_on(async move {
         let listeners = ferry::Listeners::bind(&config).await?;
-        let ferry = ferry::Ferry::open(config.clone())?;
-        let (blobs, bytes) = ferry.proxy().store_usage();
         let admin = listeners.admin.as_ref().and_then(|l| l.local_addr().ok());
         tracing::info!(
             listen = %listeners.client.local_addr()?,
             admin = ?admin,
             data_dir = %config.data_dir.display(),
             default_upstream = %config.default_upstream,
-            blobs,
-            bytes,
             "ferry serving"
         );
-        ferry.serve(listeners, shutdown_signal()).await;
-        tracing::info!("ferry stopped");
+        let (reload_tx, reloads) = tokio::sync::mpsc::channel(4);
+        tokio::spawn(reload_on_sighup(args, reload_tx));
+        ferry::run(config, listeners, shutdown_signal(), reloads).await?;
         Ok(())
     })
+}
+
+/// On SIGHUP, reads the configuration again (file and flags) and hands it to
+/// the running Ferry; a configuration that does not validate changes nothing.
+async fn reload_on_sighup(args: ServeArgs, reloads: tokio::sync::mpsc::Sender<Config>) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let Ok(mut hup) = signal(SignalKind::hangup()) else {
+        return;
+    };
+    while hup.recv().await.is_some() {
+        match load_config(&args) {
+            Ok(config) => {
+                if reloads.send(config).await.is_err() {
+                    return;
+                }
+            }
+            Err(e) => tracing::error!("configuration not reloaded: {e:#}"),
+        }
+    }
 }
 
 async fn shutdown_signal() {
@@ -326,12 +400,71 @@ fn admin_post(admin: &str, endpoint: &str, query: &str) -> Result<ExitCode> {
 }
 
 fn prefetch(args: PrefetchArgs) -> Result<ExitCode> {
+    use std::io::IsTerminal as _;
     let query = url::form_urlencoded::Serializer::new(String::new())
         .append_pair("upstream", &args.upstream)
         .append_pair("repository", &args.repository)
         .append_pair("reference", &args.reference)
         .finish();
-    admin_post(&args.admin, "prefetch", &query)
+    if !std::io::stderr().is_terminal() {
+        return admin_post(&args.admin, "prefetch", &query);
+    }
+    // On a terminal: progress on stderr as it goes, the report on stdout.
+    let url = format!(
+        "{}/admin/prefetch?{query}",
+        args.admin.trim_end_matches('/')
+    );
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime
+        .block_on(async {
+            let mut resp = reqwest::Client::new()
+                .post(&url)
+                .header("accept", "application/x-ndjson")
+                .send()
+                .await?;
+            let started = std::time::Instant::now();
+            let mut pending = Vec::new();
+            let mut last = None;
+            while let Some(chunk) = resp.chunk().await? {
+                pending.extend_from_slice(&chunk);
+                while let Some(nl) = pending.iter().position(|&b| b == b'\n') {
+                    let line: Vec<u8> = pending.drain(..=nl).collect();
+                    let Ok(v) = serde_json::from_slice::<serde_json::Value>(&line) else {
+                        continue;
+                    };
+                    if v.get("done").is_some() || v.get("error").is_some() {
+                        last = Some(v);
+                    } else {
+                        eprint!("\r{}", progress_line(&v, started.elapsed()));
+                    }
+                }
+            }
+            eprintln!();
+            let ok = last.as_ref().is_some_and(|v| v.get("done").is_some());
+            if let Some(v) = last {
+                println!("{v}");
+            }
+            Ok::<_, reqwest::Error>(if ok {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            })
+        })
+        .map_err(Into::into)
+}
+
+/// `prefetch: 3/5 blobs, 120.4 MiB, 45.2 MiB/s`.
+fn progress_line(v: &serde_json::Value, elapsed: std::time::Duration) -> String {
+    let n = |k: &str| v.get(k).and_then(serde_json::Value::as_u64).unwrap_or(0);
+    let mib = n("bytes") as f64 / (1024.0 * 1024.0);
+    let rate = mib / elapsed.as_secs_f64().max(0.001);
+    format!(
+        "prefetch: {}/{} blobs, {mib:.1} MiB, {rate:.1} MiB/s   ",
+        n("blobs_done"),
+        n("blobs")
+    )
 }
 
 /// The stored upstream name and repository for an offline tag purge: resolved
@@ -349,4 +482,96 @@ fn offline_names(args: &PurgeArgs) -> Result<(String, String)> {
         (Some(u), None) => (u.name.clone(), repo),
         (None, _) => (upstream, repo),
     })
+}
+
+fn node_config(args: NodeConfigArgs) -> Result<ExitCode> {
+    use ferry::node_config::{apply, plan, NodeTargets, Step};
+    let raw = match &args.config {
+        Some(p) => RawConfig::from_toml(
+            &std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?,
+        )
+        .with_context(|| format!("in {}", p.display()))?,
+        None => RawConfig::default(),
+    };
+    let config = Config::from_raw(raw, Overrides::default()).context("invalid configuration")?;
+    let auth_header = match (&args.auth_header, &args.auth_header_file) {
+        (Some(h), _) => Some(h.clone()),
+        (None, Some(f)) => Some(
+            std::fs::read_to_string(f)
+                .with_context(|| format!("reading {}", f.display()))?
+                .trim()
+                .to_string(),
+        ),
+        (None, None) => None,
+    };
+    let targets = NodeTargets {
+        ferry_url: args
+            .ferry_url
+            .as_deref()
+            .map(url::Url::parse)
+            .transpose()
+            .context("--ferry-url")?,
+        containerd_dir: args.containerd_dir.clone(),
+        registries_d: args.registries_d.clone(),
+        docker_daemon_json: args.docker_daemon_json.clone(),
+        ca: args.ca.clone(),
+        auth_header,
+    };
+    if targets.containerd_dir.is_none()
+        && targets.registries_d.is_none()
+        && targets.docker_daemon_json.is_none()
+    {
+        bail!("nothing to configure: give --containerd-dir, --registries-d and/or --docker-daemon-json");
+    }
+    let steps = plan(&config, &targets, args.remove, |p| {
+        std::fs::read_to_string(p).ok()
+    })
+    .map_err(anyhow::Error::msg)?;
+    for s in &steps {
+        match s {
+            Step::Write { path, content } if args.dry_run => {
+                println!("would write {}:\n{content}", path.display())
+            }
+            Step::Write { path, .. } => println!("wrote {}", path.display()),
+            Step::Remove { path } if args.dry_run => println!("would remove {}", path.display()),
+            Step::Remove { path } => println!("removed {}", path.display()),
+            Step::Unchanged { path } => println!("unchanged {}", path.display()),
+            Step::Skip { path, why } => eprintln!("ferry: left {} alone: {why}", path.display()),
+        }
+    }
+    if !args.dry_run {
+        apply(&steps).context("writing the node's configuration")?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn probe(url: &str) -> Result<ExitCode> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let ok = runtime.block_on(async {
+        let client = reqwest::Client::builder()
+            .timeout(std::time::Duration::from_secs(5))
+            .build()?;
+        Ok::<_, reqwest::Error>(client.get(url).send().await?.status().is_success())
+    });
+    Ok(match ok {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) | Err(_) => ExitCode::from(1),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn progress_line_shows_blobs_bytes_and_rate() {
+        let v = serde_json::json!({"blobs_done": 3, "blobs": 5, "bytes": 10 * 1024 * 1024});
+        let line = progress_line(&v, std::time::Duration::from_secs(2));
+        assert!(
+            line.starts_with("prefetch: 3/5 blobs, 10.0 MiB, 5.0 MiB/s"),
+            "{line}"
+        );
+    }
 }

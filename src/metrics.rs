@@ -84,6 +84,13 @@ struct UpstreamNameLabels {
     upstream: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct EventLabels {
+    upstream: String,
+    format: &'static str,
+    outcome: &'static str,
+}
+
 type Histograms<L> = Family<L, Histogram, fn() -> Histogram>;
 
 /// Seconds from 0.5 ms to about 33 s, doubling: a warm `HEAD` lands in the
@@ -104,6 +111,7 @@ pub struct Metrics {
     ratelimit_remaining: Family<UpstreamNameLabels, Gauge>,
     hits: Family<KindLabels, Counter>,
     misses: Family<KindLabels, Counter>,
+    events: Family<EventLabels, Counter>,
     /// Body bytes sent to clients.
     pub bytes_served: Counter,
     /// Body bytes received from upstreams.
@@ -169,6 +177,7 @@ impl Metrics {
             ratelimit_remaining: Family::default(),
             hits: Family::default(),
             misses: Family::default(),
+            events: Family::default(),
             bytes_served: Counter::default(),
             bytes_fetched: Counter::default(),
             stale_answers: Counter::default(),
@@ -214,6 +223,11 @@ impl Metrics {
             self.request_seconds
         );
         reg!("cache_hits", "Answers from the cache, by kind.", self.hits);
+        reg!(
+            "events",
+            "Push events received, by upstream, format and outcome (applied, ignored, duplicate, outdated, foreign, invalid, rejected).",
+            self.events
+        );
         reg!(
             "cache_misses",
             "Lookups that needed upstream, by kind.",
@@ -363,6 +377,17 @@ impl Metrics {
                 upstream: upstream.to_string(),
             })
             .set(remaining.min(i64::MAX as u64) as i64);
+    }
+
+    /// `n` push events from `upstream` in `format` ended as `outcome`.
+    pub fn event(&self, upstream: &str, format: &'static str, outcome: &'static str, n: u64) {
+        self.events
+            .get_or_create(&EventLabels {
+                upstream: upstream.to_string(),
+                format,
+                outcome,
+            })
+            .inc_by(n);
     }
 
     /// A lookup answered from the cache.

@@ -751,3 +751,63 @@ async fn tls_listener_serves_https_over_http2_and_http1() {
     let raw = ferry::config::RawConfig::from_toml(&bad).unwrap();
     assert!(ferry::config::Config::from_raw(raw, ferry::config::Overrides::default()).is_err());
 }
+
+/// Every sample name `/metrics` can carry, from its `# TYPE` lines (a family
+/// with no sample yet has those too): counters end in `_total`, histograms
+/// have `_bucket`, `_sum` and `_count`.
+fn exported_names(text: &str) -> std::collections::BTreeSet<String> {
+    let mut names = std::collections::BTreeSet::new();
+    for l in text.lines() {
+        let mut w = l.split_whitespace();
+        if let (Some("#"), Some("TYPE"), Some(name), Some(kind)) =
+            (w.next(), w.next(), w.next(), w.next())
+        {
+            match kind {
+                "counter" => {
+                    names.insert(format!("{name}_total"));
+                }
+                "histogram" => {
+                    for suffix in ["_bucket", "_sum", "_count"] {
+                        names.insert(format!("{name}{suffix}"));
+                    }
+                }
+                _ => {
+                    names.insert(name.to_string());
+                }
+            }
+        }
+    }
+    names
+}
+
+#[tokio::test]
+async fn the_grafana_dashboard_uses_only_exported_metrics() {
+    let up = FakeRegistry::start().await;
+    up.add_image("library/app", "1", &[b"l"]);
+    let p = Proxied::start(&up).await;
+    // Traffic, so that every labelled family has a sample.
+    p.head("/v2/library/app/manifests/1").await;
+    p.get("/v2/library/app/manifests/1").await;
+    let exported = exported_names(&p.get("/metrics").await.text().await.unwrap());
+    let dashboard = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/docker/grafana/ferry.json"
+    ))
+    .unwrap();
+    serde_json::from_str::<serde_json::Value>(&dashboard).expect("importable JSON");
+    let used: std::collections::BTreeSet<String> = regex::Regex::new(r"ferry_[a-z_]+")
+        .unwrap()
+        .find_iter(&dashboard)
+        .map(|m| m.as_str().to_string())
+        .collect();
+    assert!(
+        used.len() >= 10,
+        "the dashboard shows Ferry's metrics: {used:?}"
+    );
+    for name in &used {
+        assert!(
+            exported.contains(name),
+            "{name} is not exported; exported: {exported:?}"
+        );
+    }
+}

@@ -8,5 +8,7 @@ mod api;
 mod auth;
 mod blobs;
 mod crash;
+mod events;
 mod freshness;
+mod lifecycle;
 mod storage;

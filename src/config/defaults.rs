@@ -17,6 +17,10 @@ pub const TAG_TTL: Duration = Duration::from_secs(30);
 /// Past the TTL, how long a cached answer may still be served while upstream
 /// fails: a day of upstream outage is survivable.
 pub const STALE_IF_ERROR: Duration = Duration::from_secs(24 * 3600);
+/// The tag TTL of an upstream that sends push events: moves are seen from the
+/// events within about a second, so the TTL is only a safety net for an event
+/// that never arrived.
+pub const EVENTS_TAG_TTL: Duration = Duration::from_secs(3600);
 /// How long an upstream "no such tag" is remembered.
 pub const NEGATIVE_TTL: Duration = Duration::from_secs(15);
 
@@ -24,6 +28,10 @@ pub const NEGATIVE_TTL: Duration = Duration::from_secs(15);
 pub const HIGH_WATERMARK: f64 = ferry_storage::DEFAULT_HIGH_WATERMARK;
 /// …and stops below this one.
 pub const LOW_WATERMARK: f64 = ferry_storage::DEFAULT_LOW_WATERMARK;
+
+/// How long a stopping Ferry lets in-flight responses finish and blob fetches
+/// land: fits inside Kubernetes' default `terminationGracePeriodSeconds` (30).
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(25);
 
 /// Upstream TCP (and TLS) connect timeout.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);

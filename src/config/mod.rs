@@ -8,13 +8,13 @@
 //! - [`defaults`]: every default, shared with `--help` and the store;
 //! - [`raw`]: the file as written; [`overrides`]: the flags that beat it;
 //! - [`upstream`]: one upstream registry; [`freshness`]: its freshness policy;
-//! - `units`: durations and sizes; `tls`: the client port's certificate.
+//! - `units`: durations and sizes; [`tls`]: the client port's certificate.
 
 pub mod defaults;
 pub mod freshness;
 pub mod overrides;
 pub mod raw;
-mod tls;
+pub mod tls;
 pub mod units;
 pub mod upstream;
 
@@ -29,7 +29,6 @@ use raw::RawClient;
 use regex::Regex;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Duration;
 use units::{duration_or, RawDuration};
 
@@ -61,10 +60,37 @@ pub struct Config {
     pub timeouts: Timeouts,
     /// Log one line per request (target `ferry::access`).
     pub access_log: bool,
+    /// How logs are written.
+    pub log_format: LogFormat,
+    /// How long SIGTERM waits for in-flight responses and blob fetches.
+    pub shutdown_grace: Duration,
     /// Who may pull; `None`: anyone who can reach the listener.
     pub client_auth: Option<ClientAuth>,
     /// TLS for the client port; plain HTTP when `None`.
-    pub tls: Option<Arc<rustls::ServerConfig>>,
+    pub tls: Option<tls::Tls>,
+}
+
+/// How logs are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LogFormat {
+    /// Lines for people (colours only on a terminal).
+    #[default]
+    Text,
+    /// One JSON object per line: timestamp, level, target, message, fields.
+    Json,
+}
+
+impl LogFormat {
+    /// `text` or `json`.
+    pub fn parse(s: &str) -> Result<LogFormat, ConfigError> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "text" => Ok(LogFormat::Text),
+            "json" => Ok(LogFormat::Json),
+            other => err(format!(
+                "log_format: {other:?} is neither \"text\" nor \"json\""
+            )),
+        }
+    }
 }
 
 /// `[cache]`, validated.
@@ -195,6 +221,17 @@ impl Config {
             cache,
             timeouts,
             access_log: raw.access_log || o.access_log,
+            log_format: o
+                .log_format
+                .or(raw.log_format)
+                .map(|f| LogFormat::parse(&f))
+                .transpose()?
+                .unwrap_or_default(),
+            shutdown_grace: duration_or(
+                &raw.shutdown_grace,
+                "shutdown_grace",
+                defaults::SHUTDOWN_GRACE,
+            )?,
             client_auth: client_auth(&raw.clients)?,
             tls: tls::server_config(
                 o.tls_cert.or(raw.tls_cert).as_deref(),

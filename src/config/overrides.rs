@@ -31,6 +31,9 @@ pub struct Overrides {
     /// Log one line per request.
     #[arg(long)]
     pub access_log: bool,
+    /// Log format: text or json.
+    #[arg(long, value_name = "FORMAT", help = help("Log format: text or json (one object per line)", "text"))]
+    pub log_format: Option<String>,
     /// Serve the client port over TLS: PEM certificate chain (with --tls-key).
     #[arg(long, value_name = "PEM", requires = "tls_key")]
     pub tls_cert: Option<PathBuf>,

@@ -22,6 +22,10 @@ pub struct RawConfig {
     /// Log one line per request.
     #[serde(default)]
     pub access_log: bool,
+    /// `text` (for people) or `json` (one object per line, for log pipelines).
+    pub log_format: Option<String>,
+    /// How long SIGTERM waits for in-flight responses and blob fetches.
+    pub shutdown_grace: Option<RawDuration>,
     /// Serve the client port over TLS with this PEM certificate chain…
     pub tls_cert: Option<PathBuf>,
     /// …and this PEM private key.
@@ -119,6 +123,23 @@ pub struct RawUpstream {
     /// Per repository/tag pattern overrides; the first match wins.
     #[serde(default, rename = "rule")]
     pub rules: Vec<RawRule>,
+    /// Push events from this upstream (`POST /events/<name>`); off when absent.
+    pub events: Option<RawEvents>,
+}
+
+/// `[upstream.events]`: the upstream tells Ferry when a tag moves.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawEvents {
+    /// The shared secret senders prove (a bearer token, or the HMAC key)…
+    pub secret: Option<String>,
+    /// …or read from this environment variable.
+    pub secret_env: Option<String>,
+    /// The tag TTL while events are on (a safety net for missed events).
+    pub tag_ttl: Option<RawDuration>,
+    /// Repository regexes whose pushed images are fetched at once (pre-warm).
+    #[serde(default)]
+    pub prewarm: Vec<String>,
 }
 
 /// One `[[upstream.rule]]`.

@@ -3,7 +3,7 @@
 
 use super::freshness::{Freshness, FreshnessPolicy, Rule};
 use super::raw::{RawFreshness, RawUpstream};
-use super::units::parse_opt;
+use super::units::{duration_or, parse_opt};
 use super::{compile, compile_all, defaults, err, secret, ConfigError};
 use crate::oci::RepoName;
 use regex::Regex;
@@ -29,6 +29,26 @@ pub struct UpstreamConfig {
     pub library_prefix: bool,
     /// How long its tags stay fresh.
     pub policy: FreshnessPolicy,
+    /// Push events it sends, when configured.
+    pub events: Option<EventsConfig>,
+}
+
+/// `[upstream.events]`, validated.
+#[derive(Clone)]
+pub struct EventsConfig {
+    /// The shared secret (bearer token or HMAC key). `Debug` hides it.
+    pub secret: Vec<u8>,
+    /// Pushed images in matching repositories are fetched at once.
+    pub prewarm: Vec<Regex>,
+}
+
+impl fmt::Debug for EventsConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("EventsConfig")
+            .field("secret", &"<redacted>")
+            .field("prewarm", &self.prewarm)
+            .finish()
+    }
 }
 
 impl fmt::Debug for UpstreamConfig {
@@ -39,6 +59,7 @@ impl fmt::Debug for UpstreamConfig {
             .field("aliases", &self.aliases)
             .field("credentials", &self.credentials)
             .field("library_prefix", &self.library_prefix)
+            .field("events", &self.events)
             .finish()
     }
 }
@@ -87,7 +108,7 @@ pub(crate) fn from_raw(
         return err("every [[upstream]] needs a name");
     }
     let url = parse_url(&ctx, &u.url)?;
-    let policy = policy(
+    let mut policy = policy(
         &ctx,
         &u.freshness,
         &u.rules,
@@ -95,6 +116,29 @@ pub(crate) fn from_raw(
         global_immutable,
         cli_ttl,
     )?;
+    let events = match &u.events {
+        None => None,
+        Some(e) => {
+            let ectx = format!("{ctx}: events");
+            let Some(secret) = secret(&ectx, &e.secret, &e.secret_env)? else {
+                return err(format!("{ectx}: set secret or secret_env"));
+            };
+            if secret.len() < 16 {
+                return err(format!("{ectx}: the secret must be at least 16 characters"));
+            }
+            if cli_ttl.is_none() {
+                policy.defaults.tag_ttl = duration_or(
+                    &e.tag_ttl,
+                    &format!("{ectx}: tag_ttl"),
+                    defaults::EVENTS_TAG_TTL,
+                )?;
+            }
+            Some(EventsConfig {
+                secret: secret.into_bytes(),
+                prewarm: compile_all(&e.prewarm, &format!("{ectx}: prewarm"))?,
+            })
+        }
+    };
     let password = secret(&ctx, &u.password, &u.password_env)?;
     let credentials = match (&u.username, password) {
         (Some(username), Some(password)) => Some(Credentials {
@@ -120,6 +164,7 @@ pub(crate) fn from_raw(
         credentials,
         library_prefix: u.library_prefix.unwrap_or(is_hub),
         policy,
+        events,
     })
 }
 

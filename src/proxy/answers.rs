@@ -5,6 +5,10 @@
 //!
 //! Bounded by count and by bytes; the oldest answers go first, and one answer
 //! over a quarter of the byte budget is served but not kept.
+//!
+//! Every answer kept is also written to the store's index, and an answer not
+//! in memory is looked up there, so after a restart with upstream down the
+//! answers given before are still given (within `stale_if_error`).
 
 use super::error::{Error, Result};
 use super::flight::SingleFlight;
@@ -13,15 +17,40 @@ use crate::clock::Clock;
 use crate::config::Freshness;
 use crate::metrics::{Kind, Metrics};
 use crate::upstream::UpstreamError;
+use ferry_storage::Store;
 use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::future::Future;
 use std::hash::Hash;
 use std::sync::Arc;
 
-/// The memory an answer holds, for the byte budget.
-pub(crate) trait Weigh {
+/// An answer the cache can keep: its weight for the byte budget, and its
+/// bytes in the store.
+pub(crate) trait Answer: Sized {
+    /// The memory it holds.
     fn weight(&self) -> usize;
+    /// Its bytes in the index.
+    fn encode(&self) -> Vec<u8>;
+    /// Back from those bytes (`None`: unreadable, as if absent).
+    fn decode(bytes: &[u8]) -> Option<Self>;
+}
+
+/// An answer cache's key: where it lives in the index. Keys of one
+/// repository share a prefix ([`repo_prefix`]).
+pub(crate) trait AnswerKey {
+    /// The index key.
+    fn index_key(&self) -> Vec<u8>;
+}
+
+/// The index-key prefix of every answer of `kind` about one repository.
+pub(crate) fn repo_prefix(kind: u8, upstream: &str, repo: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(upstream.len() + repo.len() + 3);
+    k.push(kind);
+    k.extend_from_slice(upstream.as_bytes());
+    k.push(0);
+    k.extend_from_slice(repo.as_bytes());
+    k.push(0);
+    k
 }
 
 /// Bounds of one answer cache.
@@ -47,6 +76,8 @@ pub(crate) struct Answers<K, V> {
     budget: Budget,
     clock: Clock,
     metrics: Arc<Metrics>,
+    /// Where answers are kept across restarts.
+    store: Store,
     entries: Mutex<Entries<K, V>>,
     /// One upstream fetch per key at a time.
     flights: SingleFlight<K, Result<Kept<V>>>,
@@ -66,15 +97,22 @@ struct Kept<V> {
 
 impl<K, V> Answers<K, V>
 where
-    K: Hash + Eq + Clone + Send + Sync + 'static,
-    V: Weigh + Clone + Send + Sync + 'static,
+    K: AnswerKey + Hash + Eq + Clone + Send + Sync + 'static,
+    V: Answer + Clone + Send + Sync + 'static,
 {
-    pub fn new(kind: Kind, budget: Budget, clock: Clock, metrics: Arc<Metrics>) -> Answers<K, V> {
+    pub fn new(
+        kind: Kind,
+        budget: Budget,
+        clock: Clock,
+        metrics: Arc<Metrics>,
+        store: Store,
+    ) -> Answers<K, V> {
         Answers {
             kind,
             budget,
             clock,
             metrics,
+            store,
             entries: Mutex::new(Entries {
                 map: HashMap::new(),
                 bytes: 0,
@@ -94,7 +132,7 @@ where
     where
         F: Future<Output = std::result::Result<V, UpstreamError>> + Send + 'static,
     {
-        let kept = self.entries.lock().map.get(&key).cloned();
+        let kept = self.kept(&key);
         if let Some(k) = kept.as_ref() {
             if freshness::is_fresh(k.fetched_at_ms, &policy, self.clock.now_ms()) {
                 self.metrics.hit(self.kind);
@@ -141,8 +179,32 @@ where
             .map(|k| k.value)
     }
 
-    /// Drops every kept answer whose key `matches`.
-    pub fn forget(&self, matches: impl Fn(&K) -> bool) {
+    /// The answer kept for `key`, from memory, else from the index.
+    fn kept(&self, key: &K) -> Option<Kept<V>> {
+        if let Some(k) = self.entries.lock().map.get(key) {
+            return Some(k.clone());
+        }
+        let (fetched_at_ms, bytes) = match self.store.answer(&key.index_key()) {
+            Ok(found) => found?,
+            Err(e) => {
+                tracing::warn!(kind = ?self.kind, error = %e, "kept answer unreadable");
+                return None;
+            }
+        };
+        let kept = Kept {
+            value: V::decode(&bytes)?,
+            fetched_at_ms,
+        };
+        self.remember(key.clone(), kept.clone());
+        Some(kept)
+    }
+
+    /// Drops every kept answer whose key `matches`, in memory and (by the
+    /// keys' common `prefix`) in the index.
+    pub fn forget(&self, prefix: &[u8], matches: impl Fn(&K) -> bool) {
+        if let Err(e) = self.store.forget_answers(prefix, None) {
+            tracing::warn!(kind = ?self.kind, error = %e, "could not forget kept answers");
+        }
         let mut e = self.entries.lock();
         let gone: usize = e
             .map
@@ -159,9 +221,25 @@ where
         if let Some(old) = e.map.remove(key) {
             e.bytes -= old.value.weight();
         }
+        drop(e);
+        if let Err(e) = self.store.forget_answers(&key.index_key(), None) {
+            tracing::warn!(kind = ?self.kind, error = %e, "could not forget a kept answer");
+        }
     }
 
+    /// Keeps a fresh answer, in memory and in the index.
     fn keep(&self, key: K, kept: Kept<V>) {
+        let stored =
+            self.store
+                .put_answer(&key.index_key(), kept.fetched_at_ms, &kept.value.encode());
+        if let Err(e) = stored {
+            tracing::warn!(kind = ?self.kind, error = %e, "could not keep an answer in the index");
+        }
+        self.remember(key, kept);
+    }
+
+    /// Holds an answer in memory, within the budget.
+    fn remember(&self, key: K, kept: Kept<V>) {
         let weight = kept.value.weight();
         if weight > self.budget.bytes / 4 {
             return; // one huge answer would push out everything else
@@ -192,9 +270,23 @@ mod tests {
     use super::*;
     use bytes::Bytes;
 
-    impl Weigh for Bytes {
+    impl Answer for Bytes {
         fn weight(&self) -> usize {
             self.len()
+        }
+        fn encode(&self) -> Vec<u8> {
+            self.to_vec()
+        }
+        fn decode(bytes: &[u8]) -> Option<Self> {
+            Some(Bytes::copy_from_slice(bytes))
+        }
+    }
+
+    impl AnswerKey for u32 {
+        fn index_key(&self) -> Vec<u8> {
+            let mut k = repo_prefix(9, "up", "repo");
+            k.extend_from_slice(&self.to_be_bytes());
+            k
         }
     }
 
@@ -203,13 +295,17 @@ mod tests {
         bytes: 4096,
     };
 
-    fn answers() -> Arc<Answers<u32, Bytes>> {
-        Arc::new(Answers::new(
+    fn answers() -> (tempfile::TempDir, Arc<Answers<u32, Bytes>>) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(ferry_storage::StoreOptions::new(dir.path())).unwrap();
+        let a = Answers::new(
             Kind::TagList,
             BUDGET,
             Clock::manual(),
             Arc::default(),
-        ))
+            store,
+        );
+        (dir, Arc::new(a))
     }
 
     fn kept(n: usize, at: u64) -> Kept<Bytes> {
@@ -225,7 +321,7 @@ mod tests {
 
     #[test]
     fn the_byte_budget_pushes_out_the_oldest_answers() {
-        let a = answers();
+        let (_dir, a) = answers();
         let quarter = BUDGET.bytes / 4;
         for i in 0..4u32 {
             a.keep(i, kept(quarter, u64::from(i)));
@@ -239,7 +335,7 @@ mod tests {
 
     #[test]
     fn the_count_budget_holds() {
-        let a = answers();
+        let (_dir, a) = answers();
         for i in 0..20u32 {
             a.keep(i, kept(1, u64::from(i)));
         }
@@ -250,16 +346,43 @@ mod tests {
 
     #[test]
     fn huge_answers_are_not_kept_and_replacing_one_keeps_the_count_right() {
-        let a = answers();
-        a.keep(1, kept(BUDGET.bytes / 4 + 1, 0));
+        let (_dir, a) = answers();
+        a.remember(1, kept(BUDGET.bytes / 4 + 1, 0));
         assert!(a.entries.lock().map.is_empty());
         a.keep(1, kept(100, 0));
         a.keep(1, kept(50, 1));
         a.keep(2, kept(7, 2));
         assert_eq!(bytes(&a), 57);
-        a.forget(|k| *k == 1);
+        a.forget(&1u32.index_key(), |k| *k == 1);
         assert_eq!(bytes(&a), 7);
         a.remove(&2);
         assert_eq!(bytes(&a), 0);
+    }
+
+    #[test]
+    fn kept_answers_are_found_in_the_index_after_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let open = || {
+            let store = Store::open(ferry_storage::StoreOptions::new(dir.path())).unwrap();
+            Answers::<u32, Bytes>::new(
+                Kind::TagList,
+                BUDGET,
+                Clock::manual(),
+                Arc::default(),
+                store,
+            )
+        };
+        {
+            let a = open();
+            a.keep(7, kept(3, 1234));
+            a.keep(8, kept(4, 1235));
+            a.remove(&8);
+        }
+        let a = open();
+        let k = a.kept(&7).expect("from the index");
+        assert_eq!((k.value.len(), k.fetched_at_ms), (3, 1234));
+        assert!(a.kept(&8).is_none(), "a removed answer stays removed");
+        a.forget(&repo_prefix(9, "up", "repo"), |_| true);
+        assert!(a.kept(&7).is_none());
     }
 }

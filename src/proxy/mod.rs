@@ -30,6 +30,7 @@ mod negative;
 mod prefetch;
 pub mod referrers;
 mod store_health;
+pub mod tag_events;
 pub mod tag_lists;
 pub mod tags;
 
@@ -37,8 +38,9 @@ pub use blobs::{BlobAnswer, ByteStream};
 pub use error::{Error, Result};
 pub use flight::SingleFlight;
 pub use manifests::ManifestMeta;
-pub use prefetch::PrefetchReport;
+pub use prefetch::{PrefetchReport, Progress};
 pub use referrers::ReferrersAnswer;
+pub use tag_events::EventReport;
 pub use tag_lists::TagListAnswer;
 pub use tags::{Resolved, Source};
 
@@ -79,11 +81,14 @@ pub struct Proxy {
     router: Router,
     store: Store,
     metrics: Arc<Metrics>,
+    clock: Clock,
     manifests: Arc<Manifests>,
     tags: Arc<Tags>,
-    blobs: Blobs,
+    blobs: Arc<Blobs>,
     tag_lists: TagLists,
     referrers: Referrers,
+    /// Push-event ids already applied.
+    seen_events: tag_events::SeenIds,
 }
 
 impl Proxy {
@@ -99,13 +104,25 @@ impl Proxy {
                 manifests.clone(),
                 NEGATIVE_CAPACITY,
             )),
-            blobs: Blobs::new(store.clone(), metrics.clone(), health),
-            tag_lists: TagLists::new(Budget::DEFAULT, clock.clone(), metrics.clone()),
-            referrers: Referrers::new(Budget::DEFAULT, clock, metrics.clone()),
+            blobs: Arc::new(Blobs::new(store.clone(), metrics.clone(), health)),
+            tag_lists: TagLists::new(
+                Budget::DEFAULT,
+                clock.clone(),
+                metrics.clone(),
+                store.clone(),
+            ),
+            referrers: Referrers::new(
+                Budget::DEFAULT,
+                clock.clone(),
+                metrics.clone(),
+                store.clone(),
+            ),
             manifests,
             router,
             store,
             metrics,
+            clock,
+            seen_events: tag_events::SeenIds::default(),
         }
     }
 
@@ -192,9 +209,93 @@ impl Proxy {
         self.referrers.get(target, digest, artifact_type).await
     }
 
-    /// Caches an image (a tag or a digest) with every platform and layer.
-    pub async fn prefetch(&self, target: &Target, reference: &Reference) -> Result<PrefetchReport> {
-        prefetch::run(&self.tags, &self.manifests, &self.blobs, target, reference).await
+    /// Caches an image (a tag or a digest) with every platform and layer,
+    /// counting into `progress` as it goes.
+    pub async fn prefetch(
+        &self,
+        target: &Target,
+        reference: &Reference,
+        progress: &Progress,
+    ) -> Result<PrefetchReport> {
+        prefetch::run(
+            &self.tags,
+            &self.manifests,
+            &self.blobs,
+            target,
+            reference,
+            progress,
+        )
+        .await
+    }
+
+    /// Replaces the running settings of the upstream `new` names (freshness,
+    /// credentials, events): what changed, or why it cannot change without a
+    /// restart; `None` for an upstream not running.
+    pub fn reconfigure_upstream(
+        &self,
+        new: &crate::config::UpstreamConfig,
+    ) -> Option<std::result::Result<Vec<String>, String>> {
+        let up = self
+            .router
+            .upstreams()
+            .iter()
+            .find(|u| u.name() == new.name)?;
+        Some(up.reconfigure(new))
+    }
+
+    // ------------------------------------------------------------ push events
+
+    /// The events secret of the upstream with this name, if it receives events.
+    pub fn events_secret(&self, upstream: &str) -> Option<Vec<u8>> {
+        let up = self.router.by_name(upstream)?;
+        up.config().events.as_ref().map(|e| e.secret.clone())
+    }
+
+    /// Applies the events an upstream posted: tags set, dropped or expired
+    /// as a revalidation would, tag lists forgotten, pushed images in
+    /// `prewarm` repositories fetched in the background.
+    pub fn apply_events(
+        &self,
+        upstream: &str,
+        parsed: &crate::events::Parsed,
+    ) -> Result<EventReport, RouteError> {
+        let up = self
+            .router
+            .by_name(upstream)
+            .filter(|u| u.config().events.is_some())
+            .ok_or_else(|| RouteError::UnknownUpstream(upstream.to_string()))?;
+        let (report, follow) = tag_events::apply_all(
+            &self.tags,
+            &self.seen_events,
+            up,
+            parsed,
+            self.clock.now_ms(),
+        );
+        for t in &follow.changed {
+            self.tag_lists.forget(t.upstream.name(), t.repo.as_str());
+        }
+        for (target, tag, digest) in follow.manifests {
+            let tags = self.tags.clone();
+            tokio::spawn(async move { tags.complete_pushed(&target, &tag, &digest).await });
+        }
+        for (target, digest) in follow.prewarm {
+            let (tags, manifests, blobs) = (
+                self.tags.clone(),
+                self.manifests.clone(),
+                self.blobs.clone(),
+            );
+            tokio::spawn(async move {
+                prefetch::with_retries(
+                    &tags,
+                    &manifests,
+                    &blobs,
+                    &target,
+                    &Reference::Digest(digest),
+                )
+                .await
+            });
+        }
+        Ok(report)
     }
 
     // ------------------------------------------------------------ operations
@@ -217,6 +318,21 @@ impl Proxy {
         blocking(move || store.purge_tags(&up, &repo, tag.as_deref())).await
     }
 
+    /// Drops kept tag-list and referrers answers older than any policy could serve.
+    fn prune_answers(&self) -> Result<()> {
+        let oldest = self.router.upstreams().iter().map(|u| {
+            let d = u.config().policy.defaults;
+            d.tag_ttl.saturating_add(d.stale_if_error)
+        });
+        let keep = oldest
+            .max()
+            .unwrap_or_default()
+            .max(Duration::from_secs(7 * 24 * 3600));
+        let limit = self.clock.now_ms().saturating_sub(keep.as_millis() as u64);
+        self.store.forget_answers(b"", Some(limit))?;
+        Ok(())
+    }
+
     /// Checks the store (report only on a live store).
     pub async fn fsck(&self, verify: bool) -> Result<FsckReport> {
         let store = self.store.clone();
@@ -225,14 +341,16 @@ impl Proxy {
         Ok(report)
     }
 
-    /// One maintenance pass: write batched access times, keep the store in budget.
+    /// One maintenance pass: write batched access times, keep the store in
+    /// budget, drop answers too old to serve.
     pub async fn maintain(&self) -> Result<()> {
         let store = self.store.clone();
         blocking(move || {
             store.flush_access_times()?;
             store.evict_if_over_budget().map(drop)
         })
-        .await
+        .await?;
+        self.prune_answers()
     }
 
     /// Lets blob fetches in flight land (at most `within`) and writes what is

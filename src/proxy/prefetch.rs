@@ -12,6 +12,7 @@ use crate::oci::{media, Digest, RangeRequest, Reference};
 use crate::upstream::{Target, UpstreamError};
 use futures_util::{stream, StreamExt};
 use std::collections::{BTreeSet, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 /// Blobs fetched at once by one prefetch.
@@ -36,14 +37,37 @@ pub struct PrefetchReport {
     pub bytes_fetched: u64,
 }
 
+/// How far a prefetch has got, readable while it runs (for a progress display).
+#[derive(Debug, Default)]
+pub struct Progress {
+    /// Blobs the image uses (known once its manifests are read).
+    pub blobs: AtomicU64,
+    /// Blobs done (cached already, or fetched).
+    pub blobs_done: AtomicU64,
+    /// Bytes fetched so far, counted as they arrive.
+    pub bytes: AtomicU64,
+}
+
+impl Progress {
+    /// `(blobs done, blobs, bytes)` now.
+    pub fn snapshot(&self) -> (u64, u64, u64) {
+        (
+            self.blobs_done.load(Ordering::Relaxed),
+            self.blobs.load(Ordering::Relaxed),
+            self.bytes.load(Ordering::Relaxed),
+        )
+    }
+}
+
 /// Caches `target:reference` (a tag or a digest) with every manifest an index
-/// lists and every blob those manifests use.
+/// lists and every blob those manifests use, counting into `progress`.
 pub(crate) async fn run(
     tags: &Arc<Tags>,
     manifests: &Arc<Manifests>,
     blobs: &Blobs,
     target: &Target,
     reference: &Reference,
+    progress: &Progress,
 ) -> Result<PrefetchReport> {
     let root = match reference {
         Reference::Digest(d) => d.clone(),
@@ -68,8 +92,13 @@ pub(crate) async fn run(
         wanted.extend(refs.blobs);
     }
     report.blobs = wanted.len();
+    progress.blobs.store(wanted.len() as u64, Ordering::Relaxed);
     let results: Vec<Result<Option<u64>>> = stream::iter(wanted)
-        .map(|d| blob(blobs, target, d))
+        .map(|d| async move {
+            let r = blob(blobs, target, d, progress).await;
+            progress.blobs_done.fetch_add(1, Ordering::Relaxed);
+            r
+        })
         .buffer_unordered(PARALLEL_BLOBS)
         .collect()
         .await;
@@ -85,9 +114,53 @@ pub(crate) async fn run(
     Ok(report)
 }
 
+/// Like [`run`], for an image upstream may not serve yet (a push event can
+/// arrive before the manifest is readable): retried with back-off while
+/// upstream answers "not found" or fails, five times over about 15 s.
+pub(crate) async fn with_retries(
+    tags: &Arc<Tags>,
+    manifests: &Arc<Manifests>,
+    blobs: &Blobs,
+    target: &Target,
+    reference: &Reference,
+) {
+    let mut wait = std::time::Duration::from_millis(500);
+    for attempt in 1..=5 {
+        match run(
+            tags,
+            manifests,
+            blobs,
+            target,
+            reference,
+            &Progress::default(),
+        )
+        .await
+        {
+            Ok(report) => {
+                tracing::info!(?target, ?report, "pre-warmed a pushed image");
+                return;
+            }
+            Err(e) if attempt < 5 && (e.is_absent() || e.allows_stale()) => {
+                tracing::debug!(?target, error = %e, attempt, "pushed image not readable yet; retrying");
+                tokio::time::sleep(wait).await;
+                wait *= 2;
+            }
+            Err(e) => {
+                tracing::warn!(?target, error = %e, "could not pre-warm a pushed image");
+                return;
+            }
+        }
+    }
+}
+
 /// `None` when the blob was cached; else the bytes fetched, verified and
 /// committed by the shared fetch this joined.
-async fn blob(blobs: &Blobs, target: &Target, digest: Digest) -> Result<Option<u64>> {
+async fn blob(
+    blobs: &Blobs,
+    target: &Target,
+    digest: Digest,
+    progress: &Progress,
+) -> Result<Option<u64>> {
     if blobs.size(&digest).is_some() {
         return Ok(None);
     }
@@ -103,6 +176,9 @@ async fn blob(blobs: &Blobs, target: &Target, digest: Digest) -> Result<Option<u
                 )))
             })?;
             bytes += chunk.len() as u64;
+            progress
+                .bytes
+                .fetch_add(chunk.len() as u64, Ordering::Relaxed);
         }
     }
     Ok(Some(bytes))

@@ -4,7 +4,7 @@
 //! repository's freshness policy. Upstream's referrers API is used when it has
 //! one, else the `sha256-<hex>` fallback tag, else the answer is an empty index.
 
-use super::answers::{Answers, Budget, Weigh};
+use super::answers::{repo_prefix, Answer, AnswerKey, Answers, Budget};
 use super::error::Result;
 use crate::clock::Clock;
 use crate::metrics::{Kind, Metrics};
@@ -12,10 +12,26 @@ use crate::oci::media;
 use crate::oci::Digest;
 use crate::upstream::{Target, UpstreamError};
 use bytes::Bytes;
+use ferry_storage::Store;
 use std::sync::Arc;
 
 /// (upstream, repository, subject, `artifactType`).
 type Key = (String, String, Digest, Option<String>);
+
+/// The index-key kind byte of referrers indexes.
+const KIND: u8 = 2;
+
+impl AnswerKey for Key {
+    fn index_key(&self) -> Vec<u8> {
+        let mut k = repo_prefix(KIND, &self.0, &self.1);
+        k.extend_from_slice(
+            serde_json::json!([self.2.as_str(), self.3])
+                .to_string()
+                .as_bytes(),
+        );
+        k
+    }
+}
 
 /// A referrers index and whether an `artifactType` filter was applied.
 #[derive(Clone)]
@@ -26,9 +42,25 @@ pub struct ReferrersAnswer {
     pub filtered: bool,
 }
 
-impl Weigh for ReferrersAnswer {
+impl Answer for ReferrersAnswer {
     fn weight(&self) -> usize {
         self.body.len()
+    }
+
+    /// One byte (filtered or not), then the body.
+    fn encode(&self) -> Vec<u8> {
+        let mut v = Vec::with_capacity(1 + self.body.len());
+        v.push(u8::from(self.filtered));
+        v.extend_from_slice(&self.body);
+        v
+    }
+
+    fn decode(b: &[u8]) -> Option<ReferrersAnswer> {
+        let (&filtered, body) = b.split_first()?;
+        Some(ReferrersAnswer {
+            body: Bytes::copy_from_slice(body),
+            filtered: filtered == 1,
+        })
     }
 }
 
@@ -38,9 +70,9 @@ pub(crate) struct Referrers {
 }
 
 impl Referrers {
-    pub fn new(budget: Budget, clock: Clock, metrics: Arc<Metrics>) -> Referrers {
+    pub fn new(budget: Budget, clock: Clock, metrics: Arc<Metrics>, store: Store) -> Referrers {
         Referrers {
-            answers: Arc::new(Answers::new(Kind::Referrers, budget, clock, metrics)),
+            answers: Arc::new(Answers::new(Kind::Referrers, budget, clock, metrics, store)),
         }
     }
 
@@ -71,7 +103,10 @@ impl Referrers {
 
     /// Drops the indexes kept for a repository.
     pub fn forget(&self, upstream: &str, repo: &str) {
-        self.answers.forget(|(u, r, ..)| u == upstream && r == repo);
+        self.answers
+            .forget(&repo_prefix(KIND, upstream, repo), |(u, r, ..)| {
+                u == upstream && r == repo
+            });
     }
 }
 

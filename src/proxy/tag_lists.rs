@@ -4,25 +4,62 @@
 //! to the client's view: its `name`, and a `Link` to the next page that keeps
 //! the client's `ns`.
 
-use super::answers::{Answers, Budget, Weigh};
+use super::answers::{repo_prefix, Answer, AnswerKey, Answers, Budget};
 use super::error::{Error, Result};
 use crate::clock::Clock;
 use crate::metrics::{Kind, Metrics};
 use crate::oci::{RepoName, TagsPage};
 use crate::upstream::{Target, UpstreamError};
 use bytes::Bytes;
+use ferry_storage::Store;
 use std::sync::Arc;
 
 /// (upstream, repository, `n`, `last`).
 type Key = (String, String, Option<usize>, Option<String>);
 
+/// The index-key kind byte of tag-list pages.
+const KIND: u8 = 1;
+
+impl AnswerKey for Key {
+    fn index_key(&self) -> Vec<u8> {
+        let mut k = repo_prefix(KIND, &self.0, &self.1);
+        k.extend_from_slice(serde_json::json!([self.2, self.3]).to_string().as_bytes());
+        k
+    }
+}
+
 /// Upstream's page: body and `Link` header.
 #[derive(Clone)]
 struct Page(Bytes, Option<String>);
 
-impl Weigh for Page {
+impl Answer for Page {
     fn weight(&self) -> usize {
         self.0.len() + self.1.as_ref().map_or(0, String::len)
+    }
+
+    /// The `Link` header's length (u32 LE; `u32::MAX`: none), the header, the body.
+    fn encode(&self) -> Vec<u8> {
+        let link = self.1.as_deref().unwrap_or("");
+        let len = if self.1.is_some() {
+            link.len() as u32
+        } else {
+            u32::MAX
+        };
+        let mut v = Vec::with_capacity(4 + link.len() + self.0.len());
+        v.extend_from_slice(&len.to_le_bytes());
+        v.extend_from_slice(link.as_bytes());
+        v.extend_from_slice(&self.0);
+        v
+    }
+
+    fn decode(b: &[u8]) -> Option<Page> {
+        let len = u32::from_le_bytes(b.get(..4)?.try_into().ok()?);
+        if len == u32::MAX {
+            return Some(Page(Bytes::copy_from_slice(&b[4..]), None));
+        }
+        let end = 4 + len as usize;
+        let link = std::str::from_utf8(b.get(4..end)?).ok()?.to_string();
+        Some(Page(Bytes::copy_from_slice(&b[end..]), Some(link)))
     }
 }
 
@@ -40,9 +77,9 @@ pub(crate) struct TagLists {
 }
 
 impl TagLists {
-    pub fn new(budget: Budget, clock: Clock, metrics: Arc<Metrics>) -> TagLists {
+    pub fn new(budget: Budget, clock: Clock, metrics: Arc<Metrics>, store: Store) -> TagLists {
         TagLists {
-            answers: Arc::new(Answers::new(Kind::TagList, budget, clock, metrics)),
+            answers: Arc::new(Answers::new(Kind::TagList, budget, clock, metrics, store)),
         }
     }
 
@@ -128,7 +165,10 @@ impl TagLists {
 
     /// Drops the pages kept for a repository.
     pub fn forget(&self, upstream: &str, repo: &str) {
-        self.answers.forget(|(u, r, ..)| u == upstream && r == repo);
+        self.answers
+            .forget(&repo_prefix(KIND, upstream, repo), |(u, r, ..)| {
+                u == upstream && r == repo
+            });
     }
 }
 
@@ -144,6 +184,22 @@ fn link_last(link: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pages_round_trip_through_the_index_encoding() {
+        for p in [
+            Page(Bytes::from_static(b"{\"tags\":[]}"), None),
+            Page(
+                Bytes::from_static(b"{}"),
+                Some("</v2/x/tags/list?last=b>; rel=\"next\"".into()),
+            ),
+            Page(Bytes::new(), Some(String::new())),
+        ] {
+            let back = Page::decode(&p.encode()).unwrap();
+            assert_eq!((back.0, back.1), (p.0, p.1));
+        }
+        assert!(Page::decode(b"\x01").is_none());
+    }
 
     #[test]
     fn link_parsing() {

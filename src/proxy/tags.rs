@@ -20,6 +20,7 @@ use crate::metrics::{Kind, Metrics};
 use crate::oci::{media, Tag};
 use crate::upstream::{Target, UpstreamError};
 use ferry_storage::{Store, TagKey, TagRecord};
+use parking_lot::Mutex;
 use std::sync::Arc;
 
 /// Where a tag's answer came from.
@@ -54,7 +55,13 @@ pub(crate) struct Tags {
     negative: NegativeCache,
     /// One revalidation per tag at a time.
     flights: SingleFlight<TagKey, Result<Resolved>>,
+    /// Record writes of one tag (a revalidation landing, a push event) are
+    /// serialised by this stripe, so neither undoes a newer confirmation.
+    writes: [Mutex<()>; WRITE_STRIPES],
 }
+
+/// Locks serialising tag-record writes, by hash of the key.
+const WRITE_STRIPES: usize = 64;
 
 impl Tags {
     pub fn new(
@@ -71,7 +78,15 @@ impl Tags {
             manifests,
             negative: NegativeCache::new(negative_capacity),
             flights: SingleFlight::default(),
+            writes: std::array::from_fn(|_| Mutex::new(())),
         }
+    }
+
+    fn write_lock(&self, key: &TagKey) -> parking_lot::MutexGuard<'_, ()> {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        key.hash(&mut h);
+        self.writes[h.finish() as usize % WRITE_STRIPES].lock()
     }
 
     /// Resolves `repo:tag`. `want_body`: the client will `GET` the manifest, so
@@ -98,10 +113,12 @@ impl Tags {
                 (None, Some(Error::from(e)))
             }
         };
-        if let Some(r) = &record {
+        if let Some(r) = record.as_ref().filter(|r| !r.expired) {
             if freshness::is_fresh(r.checked_at_ms, &policy, now) {
-                self.metrics.hit(Kind::Tag);
-                return Ok(resolved(r, Source::Cache));
+                if let Some(r) = self.with_meta(target, &key, r).await {
+                    self.metrics.hit(Kind::Tag);
+                    return Ok(resolved(&r, Source::Cache));
+                }
             }
         }
         if self.negative.contains(&key, now) {
@@ -132,6 +149,42 @@ impl Tags {
         }
     }
 
+    /// A fresh record ready to answer a `HEAD`: a push event may have set the
+    /// digest without its media type and size, which the manifest (read by
+    /// digest, verified) then supplies. `None` when it cannot be read yet
+    /// (upstream may not serve it yet): the tag is revalidated instead.
+    async fn with_meta(&self, target: &Target, key: &TagKey, r: &TagRecord) -> Option<TagRecord> {
+        if !r.media_type.is_empty() {
+            return Some(r.clone());
+        }
+        let m = self.manifests.by_digest(target, &r.digest).await.ok()?;
+        let full = TagRecord {
+            media_type: m.media_type,
+            size: m.body.len() as u64,
+            ..r.clone()
+        };
+        let _w = self.write_lock(key);
+        if self.store.tag(key).ok().flatten().as_ref() == Some(r) {
+            if let Err(e) = self.store.put_tag(key, &full) {
+                tracing::warn!(?target, error = %e, "could not store tag record");
+            }
+        }
+        Some(full)
+    }
+
+    /// A record whose media type is known, from the stored manifest if need be.
+    fn complete_from_store(&self, r: TagRecord) -> Option<TagRecord> {
+        if !r.media_type.is_empty() {
+            return Some(r);
+        }
+        let m = self.store.manifest(&r.digest).ok().flatten()?;
+        Some(TagRecord {
+            media_type: m.media_type,
+            size: m.body.len() as u64,
+            ..r
+        })
+    }
+
     /// Asks upstream about a tag whose record is missing or stale. Runs once per
     /// tag at a time (single-flight); its answer is shared by every waiter.
     async fn revalidate(
@@ -148,6 +201,7 @@ impl Tags {
             .config()
             .policy
             .for_tag(repo.as_str(), tag.as_str());
+        let asked_at = self.clock.now_ms();
         let fresh = if record.is_none() && want_body {
             self.manifests.by_tag(target, tag).await
         } else {
@@ -161,14 +215,32 @@ impl Tags {
                     media_type: meta.media_type.clone(),
                     size: meta.size,
                     checked_at_ms: now,
+                    expired: false,
                 };
+                let _w = self.write_lock(key);
+                if let Ok(Some(current)) = self.store.tag(key) {
+                    // A push event confirmed the tag after this request was
+                    // sent: it is newer than this answer and stays.
+                    if current.checked_at_ms > asked_at && !current.expired {
+                        return Ok(resolved(&current, Source::Upstream));
+                    }
+                    // A push event named a manifest upstream does not serve
+                    // yet (replication lag): answer with what upstream says
+                    // now, keep the event's digest for when it does.
+                    if current.media_type.is_empty()
+                        && current.digest != meta.digest
+                        && !current.expired
+                    {
+                        return Ok(resolved(&new, Source::Upstream));
+                    }
+                }
                 if let Err(e) = self.store.put_tag(key, &new) {
                     tracing::warn!(?target, %tag, error = %e, "could not store tag record");
                 }
                 self.negative.remove(key);
                 Ok(resolved(&new, Source::Upstream))
             }
-            Err(e) if e.allows_stale() => match record {
+            Err(e) if e.allows_stale() => match record.and_then(|r| self.complete_from_store(r)) {
                 Some(r) if freshness::servable_on_error(r.checked_at_ms, &policy, now) => {
                     self.metrics.stale_answers.inc();
                     tracing::info!(?target, %tag, error = %e, "serving stale tag");
@@ -179,6 +251,7 @@ impl Tags {
             Err(e) if e.is_absent() => {
                 // Upstream's word is final: forget the tag, and remember briefly
                 // that it is missing so a crash-looping pod cannot hammer upstream.
+                let _w = self.write_lock(key);
                 if let Err(err) = self.store.delete_tag(key) {
                     tracing::warn!(?target, %tag, error = %err, "could not drop tag record");
                 }
@@ -209,7 +282,7 @@ impl Tags {
             tracing::debug!(?target, %tag, "HEAD without Docker-Content-Digest; using GET");
             return self.manifests.by_tag(target, tag).await;
         };
-        if let Some(old) = old.filter(|o| o.digest == digest) {
+        if let Some(old) = old.filter(|o| o.digest == digest && !o.media_type.is_empty()) {
             return Ok(meta_of(old));
         }
         let media_type = head
@@ -234,6 +307,132 @@ impl Tags {
                 })
             }
         }
+    }
+}
+
+/// What applying a push event did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Applied {
+    /// The record changed.
+    Done,
+    /// The record now names a manifest whose media type is not known yet.
+    NeedsManifest,
+    /// There was nothing to expire or drop.
+    Nothing,
+    /// The record was confirmed after the event happened: unchanged.
+    Outdated,
+}
+
+/// What a push event says about a tag (see `proxy::tag_events`).
+pub(crate) enum TagChange {
+    /// Points at this digest now (media type and size when the sender says).
+    Pushed {
+        /// The manifest.
+        digest: crate::oci::Digest,
+        /// Its media type, if known.
+        media_type: Option<String>,
+        /// Its size, if known.
+        size: Option<u64>,
+    },
+    /// Moved somewhere unknown: revalidate on next use.
+    Moved,
+    /// Gone.
+    Deleted,
+}
+
+impl Tags {
+    /// A push event set `tag` to `digest` without its media type: reads the
+    /// manifest by digest (verified), retrying with back-off while upstream
+    /// does not serve it yet, and completes the record, so `HEAD`s are then
+    /// answered from the cache.
+    pub async fn complete_pushed(
+        self: &Arc<Self>,
+        target: &Target,
+        tag: &Tag,
+        digest: &crate::oci::Digest,
+    ) {
+        let key = TagKey::new(target.upstream.name(), target.repo.as_str(), tag.as_str());
+        let mut wait = std::time::Duration::from_millis(250);
+        for attempt in 1..=6 {
+            let pending = match self.store.tag(&key) {
+                Ok(Some(r)) if r.digest == *digest && r.media_type.is_empty() => r,
+                _ => return, // moved on, or already complete
+            };
+            match self.with_meta(target, &key, &pending).await {
+                Some(_) => return,
+                None if attempt < 6 => {
+                    tokio::time::sleep(wait).await;
+                    wait *= 2;
+                }
+                None => {
+                    tracing::warn!(?target, %tag, %digest, "pushed manifest still not readable upstream")
+                }
+            }
+        }
+    }
+
+    /// Applies an upstream push event that happened at `at_ms`, as a
+    /// revalidation at that instant would have. Whether it changed anything:
+    /// `false` when the record was confirmed after the event (it arrived late).
+    pub fn apply(
+        &self,
+        target: &Target,
+        tag: &Tag,
+        change: TagChange,
+        at_ms: u64,
+    ) -> Result<Applied> {
+        let key = TagKey::new(target.upstream.name(), target.repo.as_str(), tag.as_str());
+        let _w = self.write_lock(&key);
+        let current = self.store.tag(&key)?;
+        if current.as_ref().is_some_and(|r| r.checked_at_ms > at_ms) {
+            return Ok(Applied::Outdated);
+        }
+        match change {
+            TagChange::Pushed {
+                digest,
+                media_type,
+                size,
+            } => {
+                // The sender may not say the media type: keep what is known.
+                let known = current
+                    .as_ref()
+                    .filter(|r| r.digest == digest && !r.media_type.is_empty());
+                let (media_type, size) = match (media_type, size, known) {
+                    (Some(mt), Some(size), _) => (mt, size),
+                    (_, _, Some(r)) => (r.media_type.clone(), r.size),
+                    _ => match self.store.manifest(&digest).ok().flatten() {
+                        Some(m) => (m.media_type, m.body.len() as u64),
+                        None => (String::new(), 0),
+                    },
+                };
+                let pending = media_type.is_empty();
+                self.store.put_tag(
+                    &key,
+                    &TagRecord {
+                        digest,
+                        media_type,
+                        size,
+                        checked_at_ms: at_ms,
+                        expired: false,
+                    },
+                )?;
+                self.negative.remove(&key);
+                if pending {
+                    return Ok(Applied::NeedsManifest);
+                }
+            }
+            TagChange::Moved => match current {
+                Some(r) if !r.expired => self
+                    .store
+                    .put_tag(&key, &TagRecord { expired: true, ..r })?,
+                _ => return Ok(Applied::Nothing),
+            },
+            TagChange::Deleted => match current {
+                Some(_) => self.store.delete_tag(&key)?,
+                None => return Ok(Applied::Nothing),
+            },
+        }
+        Ok(Applied::Done)
     }
 }
 

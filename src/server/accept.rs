@@ -10,21 +10,23 @@ use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use std::convert::Infallible;
 use std::future::Future;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 /// A client that connects to the TLS port and sends nothing is dropped after this.
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long open connections may take to finish their requests at shutdown.
-const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Accepts connections on `listener` until `stop` turns true, then waits
-/// (bounded) for open connections to finish their requests.
+/// Accepts connections on `listener` until `stop` turns true, then waits up to
+/// `grace` for open connections to finish their requests, and says how many
+/// it had to cut short.
 pub async fn serve<F, Fut>(
     listener: TcpListener,
     tls: Option<tokio_rustls::TlsAcceptor>,
     mut stop: watch::Receiver<bool>,
+    grace: Duration,
     handler: F,
 ) where
     F: Fn(http::Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
@@ -32,6 +34,9 @@ pub async fn serve<F, Fut>(
 {
     let graceful = GracefulShutdown::new();
     let builder = auto::Builder::new(TokioExecutor::new());
+    let open = Arc::new(AtomicUsize::new(0));
+    // Every connection's task, so the ones still busy at the deadline can be ended.
+    let mut connections = tokio::task::JoinSet::new();
     loop {
         tokio::select! {
             () = stopped(&mut stop) => break,
@@ -48,7 +53,10 @@ pub async fn serve<F, Fut>(
                 let _ = stream.set_nodelay(true);
                 let (handler, builder, tls) = (handler.clone(), builder.clone(), tls.clone());
                 let watcher = graceful.watcher();
-                tokio::spawn(async move {
+                let counted = Open::new(&open);
+                while connections.try_join_next().is_some() {}
+                connections.spawn(async move {
+                    let _counted = counted;
                     let service = service_fn(move |req| {
                         let fut = handler(req);
                         async move { Ok::<_, Infallible>(fut.await) }
@@ -85,9 +93,30 @@ pub async fn serve<F, Fut>(
     }
     tokio::select! {
         () = graceful.shutdown() => {}
-        _ = tokio::time::sleep(DRAIN_TIMEOUT) => {
-            tracing::warn!("connections still open after {}s; closing", DRAIN_TIMEOUT.as_secs());
+        _ = tokio::time::sleep(grace) => {
+            tracing::warn!(
+                connections = open.load(Ordering::Relaxed),
+                "connections still busy at the end of shutdown_grace ({}s); closing them",
+                grace.as_secs()
+            );
         }
+    }
+    connections.abort_all();
+}
+
+/// Counts a connection while it is open.
+struct Open(Arc<AtomicUsize>);
+
+impl Open {
+    fn new(n: &Arc<AtomicUsize>) -> Open {
+        n.fetch_add(1, Ordering::Relaxed);
+        Open(n.clone())
+    }
+}
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
 

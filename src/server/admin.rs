@@ -6,13 +6,15 @@
 //!   drops one tag, or every tag of a repository (they are resolved afresh next time);
 //! - `POST /admin/prefetch?upstream=docker.io&repository=library/alpine&reference=3.20`
 //!   caches an image (a tag or a digest; every platform of an index) and answers
-//!   when it is all in, with counts of manifests and blobs fetched;
+//!   when it is all in, with counts of manifests and blobs fetched; with
+//!   `Accept: application/x-ndjson` it streams a progress line every half
+//!   second (`{"blobs_done","blobs","bytes"}`) and ends with the report;
 //! - `GET /admin/fsck[?verify=true]` checks the store (report only; repair runs offline).
 
 use super::errors::{cache_error, route_error, Asked};
 use super::responses::{self, Body};
 use crate::oci::{route::query_param, Digest, ErrorCode, OciError, Reference, RepoName};
-use crate::proxy::Proxy;
+use crate::proxy::{Progress, Proxy};
 use crate::upstream::Target;
 use http::{Method, Request, Response, StatusCode};
 use std::sync::Arc;
@@ -22,7 +24,18 @@ pub async fn handle<B>(proxy: Arc<Proxy>, req: Request<B>) -> Response<Body> {
     let query = req.uri().query();
     let resp = match (req.method(), req.uri().path()) {
         (&Method::POST, "/admin/purge") => purge(&proxy, query).await,
-        (&Method::POST, "/admin/prefetch") => prefetch(&proxy, query).await,
+        (&Method::POST, "/admin/prefetch") => {
+            let ndjson = req
+                .headers()
+                .get(http::header::ACCEPT)
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|v| v.contains("application/x-ndjson"));
+            if ndjson {
+                prefetch_streaming(proxy.clone(), query)
+            } else {
+                prefetch(&proxy, query).await
+            }
+        }
         (&Method::GET, "/admin/fsck") => fsck(&proxy, query).await,
         (&Method::GET, "/healthz") => Ok(responses::text(StatusCode::OK, "ok\n")),
         _ => Err(
@@ -75,24 +88,91 @@ fn target(proxy: &Proxy, query: Option<&str>) -> Result<Target, OciError> {
     proxy.target(&upstream, repo).map_err(|e| route_error(&e))
 }
 
-/// Caches an image and everything it references; answers when it is all in.
-async fn prefetch(proxy: &Proxy, query: Option<&str>) -> Result<Response<Body>, OciError> {
-    let target = target(proxy, query)?;
+/// The `reference=` parameter (default `latest`).
+fn reference(query: Option<&str>) -> Result<Reference, OciError> {
     let reference = query_param(query, "reference").unwrap_or_else(|| "latest".into());
-    let reference = Reference::parse(&reference).map_err(|_| {
+    Reference::parse(&reference).map_err(|_| {
         OciError::new(
             ErrorCode::ManifestInvalid,
             format!("{reference:?} is neither a tag nor a digest"),
         )
-    })?;
+    })
+}
+
+/// Caches an image and everything it references; answers when it is all in.
+async fn prefetch(proxy: &Proxy, query: Option<&str>) -> Result<Response<Body>, OciError> {
+    let (target, reference) = (target(proxy, query)?, reference(query)?);
     let report = proxy
-        .prefetch(&target, &reference)
+        .prefetch(&target, &reference, &Progress::default())
         .await
         .map_err(|e| cache_error(&e, Asked::Manifest))?;
     tracing::info!(?target, ?report, "prefetched");
     let body = serde_json::to_string(&report)
         .map_err(|e| OciError::new(ErrorCode::Unknown, e.to_string()))?;
     Ok(responses::json(body))
+}
+
+/// How often a streaming prefetch reports progress.
+const PROGRESS_EVERY: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// The same as [`prefetch`], answered as NDJSON: progress lines while it runs,
+/// then the report (`"done": true`), or the error (`"error"`, `"status"`).
+fn prefetch_streaming(proxy: Arc<Proxy>, query: Option<&str>) -> Result<Response<Body>, OciError> {
+    use http_body_util::BodyExt;
+    let (target, reference) = (target(&proxy, query)?, reference(query)?);
+    let progress = Arc::new(Progress::default());
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+    let p = progress.clone();
+    tokio::spawn(async move {
+        let result = proxy.prefetch(&target, &reference, &p).await;
+        if let Ok(report) = &result {
+            tracing::info!(?target, ?report, "prefetched");
+        }
+        let _ = done_tx.send(result);
+    });
+    let line = |v: serde_json::Value| {
+        Ok(hyper::body::Frame::data(bytes::Bytes::from(format!(
+            "{v}\n"
+        ))))
+    };
+    let stream = futures_util::stream::unfold(Some(done_rx), move |state| {
+        let progress = progress.clone();
+        async move {
+            let mut done = state?;
+            let outcome = tokio::select! {
+                r = &mut done => Some(r),
+                () = tokio::time::sleep(PROGRESS_EVERY) => None,
+            };
+            match outcome {
+                None => {
+                    let (blobs_done, blobs, bytes) = progress.snapshot();
+                    let v = serde_json::json!({"blobs_done": blobs_done, "blobs": blobs, "bytes": bytes});
+                    Some((line(v), Some(done)))
+                }
+                Some(Ok(Ok(report))) => {
+                    let mut v = serde_json::to_value(&report).unwrap_or_default();
+                    v["done"] = true.into();
+                    Some((line(v), None))
+                }
+                Some(Ok(Err(e))) => {
+                    let o = cache_error(&e, Asked::Manifest);
+                    let v = serde_json::json!({"error": o.message, "code": o.code.as_str(), "status": o.status.as_u16()});
+                    Some((line(v), None))
+                }
+                Some(Err(_)) => {
+                    let v = serde_json::json!({"error": "prefetch task ended", "status": 500});
+                    Some((line(v), None))
+                }
+            }
+        }
+    });
+    let body = http_body_util::StreamBody::new(stream).boxed_unsync();
+    let mut resp = Response::new(body);
+    resp.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/x-ndjson"),
+    );
+    Ok(resp)
 }
 
 async fn fsck(proxy: &Proxy, query: Option<&str>) -> Result<Response<Body>, OciError> {

@@ -5,6 +5,7 @@
 //! - [`responses`]: response headers and bodies; [`errors`]: the one mapping of
 //!   a cache failure to a status and an OCI code;
 //! - [`admin`]: purge, prefetch, fsck on the admin listener;
+//! - [`events`]: the push-event receiver (`POST /events/<upstream>`);
 //! - [`accept`]: connections, TLS, graceful shutdown.
 //!
 //! [`App::handle`] answers one request and needs no socket, so tests can drive
@@ -13,6 +14,7 @@
 pub mod accept;
 pub mod admin;
 pub mod errors;
+pub mod events;
 pub mod responses;
 
 pub use responses::Body;
@@ -26,6 +28,7 @@ use bytes::Bytes;
 use errors::Asked;
 use http::header::{self, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -40,6 +43,8 @@ pub struct App {
     access_log: bool,
     /// When set, the pull API answers only authenticated clients.
     client_auth: Option<ClientAuth>,
+    /// Shutdown has begun: `/readyz` answers 503 so load balancers move on.
+    draining: AtomicBool,
 }
 
 impl App {
@@ -49,15 +54,39 @@ impl App {
             proxy,
             access_log: config.access_log,
             client_auth: config.client_auth.clone(),
+            draining: AtomicBool::new(false),
         }
     }
 
+    /// Shutdown has begun: readiness turns off, requests are still answered.
+    pub fn drain(&self) {
+        self.draining.store(true, Ordering::Relaxed);
+    }
+
     /// Answers one request; never fails (errors become OCI error responses).
-    /// The request body is not read.
-    pub async fn handle<B>(&self, req: Request<B>) -> Response<Body> {
+    /// Only an event post's body is read.
+    pub async fn handle<B>(&self, req: Request<B>) -> Response<Body>
+    where
+        B: http_body::Body<Data = Bytes>,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
         let started = Instant::now();
         let method = req.method().clone();
-        let (route_label, mut resp) = self.dispatch(&req).await;
+        let event_upstream = (method == Method::POST)
+            .then(|| req.uri().path().strip_prefix("/events/").map(str::to_owned))
+            .flatten();
+        // An event URL's query may carry its secret: never logged.
+        let logged = match event_upstream {
+            Some(_) => req.uri().path().to_string(),
+            None => req
+                .uri()
+                .path_and_query()
+                .map_or_else(String::new, |p| p.to_string()),
+        };
+        let (route_label, mut resp) = match event_upstream {
+            Some(upstream) => ("events", events::receive(&self.proxy, &upstream, req).await),
+            None => self.dispatch(&req).await,
+        };
         resp.headers_mut().insert(API_VERSION, REGISTRY_2);
         let status = resp.status().as_u16();
         self.proxy.metrics().request(
@@ -71,7 +100,7 @@ impl App {
                 target: "ferry::access",
                 "{} {} {} {}ms",
                 method,
-                req.uri().path_and_query().map_or("", |p| p.as_str()),
+                logged,
                 status,
                 started.elapsed().as_millis()
             );
@@ -103,6 +132,16 @@ impl App {
             (&Method::GET, "/metrics") => ("metrics", metrics_response(&self.proxy)),
             (&Method::GET | &Method::HEAD, "/healthz") => {
                 ("health", responses::text(StatusCode::OK, "ok\n"))
+            }
+            (&Method::GET | &Method::HEAD, "/readyz") => {
+                if self.draining.load(Ordering::Relaxed) {
+                    (
+                        "ready",
+                        responses::text(StatusCode::SERVICE_UNAVAILABLE, "draining\n"),
+                    )
+                } else {
+                    ("ready", responses::text(StatusCode::OK, "ready\n"))
+                }
             }
             _ => ("other", responses::error(&route::not_found(), head)),
         }
@@ -177,6 +216,23 @@ impl App {
             resp.headers_mut().insert(OCI_NAMESPACE, ns);
         }
         resp
+    }
+}
+
+/// The answer to any request while the store is still opening: alive
+/// (`/healthz`), not ready (`/readyz`), and `503` with `Retry-After` for the rest.
+pub fn starting<B>(req: &Request<B>) -> Response<Body> {
+    match req.uri().path() {
+        "/healthz" => responses::text(StatusCode::OK, "ok\n"),
+        "/readyz" => responses::text(StatusCode::SERVICE_UNAVAILABLE, "starting\n"),
+        _ => {
+            let e = crate::oci::OciError::new(
+                crate::oci::ErrorCode::Unavailable,
+                "Ferry is starting: its store is not open yet",
+            )
+            .with_retry_after(Some(1));
+            responses::error(&e, req.method() == Method::HEAD)
+        }
     }
 }
 

@@ -22,7 +22,7 @@ use auth::{Challenge, TokenResponse};
 use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderValue};
 use http::{Method, StatusCode};
-use parking_lot::Mutex;
+use parking_lot::{Mutex, RwLock};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -127,7 +127,11 @@ struct CachedToken {
 
 /// A client for one upstream registry.
 pub struct Upstream {
-    config: UpstreamConfig,
+    /// Its configured name (fixed for the process's life).
+    name: String,
+    /// What it was configured with; freshness rules, credentials and events
+    /// can be replaced while running (SIGHUP).
+    config: RwLock<Arc<UpstreamConfig>>,
     http: reqwest::Client,
     timeouts: Timeouts,
     metrics: Arc<Metrics>,
@@ -158,7 +162,8 @@ impl Upstream {
             .user_agent(concat!("ferry/", env!("CARGO_PKG_VERSION")))
             .build()?;
         Ok(Upstream {
-            config,
+            name: config.name.clone(),
+            config: RwLock::new(Arc::new(config)),
             http,
             timeouts,
             metrics,
@@ -172,12 +177,50 @@ impl Upstream {
 
     /// The upstream's configured name.
     pub fn name(&self) -> &str {
-        &self.config.name
+        &self.name
     }
 
-    /// What it was configured with.
-    pub fn config(&self) -> &UpstreamConfig {
-        &self.config
+    /// What it is configured with now.
+    pub fn config(&self) -> Arc<UpstreamConfig> {
+        self.config.read().clone()
+    }
+
+    /// Takes a new configuration for the settings that can change while
+    /// running (freshness policy, credentials, events), and says what changed;
+    /// changes that need a restart (URL, aliases, `library_prefix`) are
+    /// refused with the reason.
+    pub fn reconfigure(&self, new: &UpstreamConfig) -> std::result::Result<Vec<String>, String> {
+        let old = self.config();
+        if new.url != old.url
+            || new.aliases != old.aliases
+            || new.library_prefix != old.library_prefix
+        {
+            return Err(format!(
+                "upstream {:?}: a changed url, aliases or library_prefix needs a restart",
+                self.name
+            ));
+        }
+        let mut changed = Vec::new();
+        if format!("{:?}", new.policy) != format!("{:?}", old.policy) {
+            changed.push(format!("upstream {:?}: freshness policy", self.name));
+        }
+        let creds = |c: &Option<crate::config::Credentials>| {
+            c.as_ref().map(|c| (c.username.clone(), c.password.clone()))
+        };
+        if creds(&new.credentials) != creds(&old.credentials) {
+            changed.push(format!("upstream {:?}: credentials", self.name));
+            // Tokens were issued to the old credentials.
+            self.tokens.lock().clear();
+        }
+        let events = |e: &Option<crate::config::upstream::EventsConfig>| {
+            e.as_ref()
+                .map(|e| (e.secret.clone(), format!("{:?}", e.prewarm)))
+        };
+        if events(&new.events) != events(&old.events) {
+            changed.push(format!("upstream {:?}: events", self.name));
+        }
+        *self.config.write() = Arc::new(new.clone());
+        Ok(changed)
     }
 
     /// Idle timeout for reading a body chunk.
@@ -377,7 +420,7 @@ impl Upstream {
         self.check_backoff()?;
         let scope = format!("repository:{repo}:pull");
         let mut url = self.url_for(path)?;
-        let upstream_host = authority(&self.config.url);
+        let upstream_host = authority(&self.config().url);
         let mut reauthenticated = Vec::<String>::new();
         let mut redirects = 0;
         loop {
@@ -426,7 +469,7 @@ impl Upstream {
                         continue;
                     }
                     Some(Challenge::Basic)
-                        if self.config.credentials.is_some() && host == upstream_host =>
+                        if self.config().credentials.is_some() && host == upstream_host =>
                     {
                         reauthenticated.push(host.clone());
                         self.challenges
@@ -531,7 +574,8 @@ impl Upstream {
     }
 
     fn url_for(&self, path: &str) -> Result<Url> {
-        let base = self.config.url.as_str().trim_end_matches('/');
+        let config = self.config();
+        let base = config.url.as_str().trim_end_matches('/');
         Url::parse(&format!("{base}{path}"))
             .map_err(|e| UpstreamError::Invalid(format!("cannot build upstream URL: {e}")))
     }
@@ -558,7 +602,7 @@ impl Upstream {
             }
             Challenge::Basic if host == upstream_host => {
                 match self
-                    .config
+                    .config()
                     .credentials
                     .as_ref()
                     .and_then(|c| basic(&c.username, &c.password))
@@ -602,7 +646,7 @@ impl Upstream {
             q.append_pair("scope", scope);
         }
         let mut req = self.http.get(url);
-        if let (true, Some(c)) = (send_credentials, &self.config.credentials) {
+        if let (true, Some(c)) = (send_credentials, &self.config().credentials) {
             req = req.basic_auth(&c.username, Some(&c.password));
         }
         let resp = self.exchange(req, "TOKEN").await?;

@@ -3,6 +3,9 @@
 //! Column families:
 //! - `tags`: `upstream \0 repository \0 tag` → [`TagRecord`] (JSON; small, rarely written);
 //! - `manifests`: digest → media type length (u16 LE), media type, body;
+//! - `answers`: a cached upstream answer that is not content-addressed (a tag
+//!   list page, a referrers index), by the cache's own key → fetched-at (u64 LE),
+//!   then the answer's bytes;
 //! - `blobs`: digest → size (u64 LE), last access stamp (u64 LE): unix
 //!   nanoseconds made strictly increasing by the store, so two accesses never
 //!   tie (records from older versions hold unix seconds, and so sort as older).
@@ -16,6 +19,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 const CF_TAGS: &str = "tags";
 const CF_MANIFESTS: &str = "manifests";
 const CF_BLOBS: &str = "blobs";
+const CF_ANSWERS: &str = "answers";
 
 /// Identifies a tag on one upstream: the same `repo:tag` on two upstreams are
 /// different records.
@@ -55,11 +59,18 @@ impl TagKey {
 /// What a tag resolved to when it was last checked upstream.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TagRecord {
+    /// The manifest the tag points at.
     pub digest: Digest,
+    /// Its media type; empty when not known yet (a push event that did not
+    /// say): the manifest is then read by digest before a `HEAD` is answered.
     pub media_type: String,
+    /// Its size (0 with an unknown media type).
     pub size: u64,
     /// When upstream last confirmed this digest (unix milliseconds).
     pub checked_at_ms: u64,
+    /// Upstream said the tag moved without saying where (a push event without
+    /// a digest): not fresh, whatever its age, but still a stale answer.
+    pub expired: bool,
 }
 
 #[derive(serde::Serialize, serde::Deserialize)]
@@ -68,6 +79,8 @@ struct TagRecordJson<'a> {
     media_type: &'a str,
     size: u64,
     checked_at_ms: u64,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    expired: bool,
 }
 
 impl TagRecord {
@@ -77,17 +90,19 @@ impl TagRecord {
             media_type: &self.media_type,
             size: self.size,
             checked_at_ms: self.checked_at_ms,
+            expired: self.expired,
         })
         .expect("a tag record always serialises")
     }
 
-    fn decode(bytes: &[u8]) -> Option<TagRecord> {
+    pub(crate) fn decode(bytes: &[u8]) -> Option<TagRecord> {
         let j: TagRecordJson = serde_json::from_slice(bytes).ok()?;
         Some(TagRecord {
             digest: j.digest.parse().ok()?,
             media_type: j.media_type.to_owned(),
             size: j.size,
             checked_at_ms: j.checked_at_ms,
+            expired: j.expired,
         })
     }
 }
@@ -137,7 +152,7 @@ impl Index {
         opts.set_keep_log_file_num(3);
         opts.set_max_log_file_size(4 << 20);
         opts.set_recycle_log_file_num(2);
-        let db = DB::open_cf(&opts, path, [CF_TAGS, CF_MANIFESTS, CF_BLOBS])?;
+        let db = DB::open_cf(&opts, path, [CF_TAGS, CF_MANIFESTS, CF_BLOBS, CF_ANSWERS])?;
         Ok(Index {
             db,
             writes: AtomicU64::new(0),
@@ -355,6 +370,63 @@ impl Index {
             }
         }
         Ok(self.db.write(batch)?)
+    }
+
+    /// A kept answer: when it was fetched (unix ms) and its bytes.
+    pub fn answer(&self, key: &[u8]) -> Result<Option<(u64, Vec<u8>)>, StoreError> {
+        let Some(v) = self.db.get_pinned_cf(self.cf(CF_ANSWERS), key)? else {
+            return Ok(None);
+        };
+        let at = v
+            .get(..8)
+            .and_then(|b| b.try_into().ok())
+            .map(u64::from_le_bytes)
+            .ok_or_else(|| StoreError::CorruptRecord("answer".into()))?;
+        Ok(Some((at, v[8..].to_vec())))
+    }
+
+    /// Keeps an answer (not synced: losing one to a power cut costs one
+    /// upstream request).
+    pub fn put_answer(
+        &self,
+        key: &[u8],
+        fetched_at_ms: u64,
+        value: &[u8],
+    ) -> Result<(), StoreError> {
+        self.wrote();
+        let mut v = Vec::with_capacity(8 + value.len());
+        v.extend_from_slice(&fetched_at_ms.to_le_bytes());
+        v.extend_from_slice(value);
+        Ok(self.db.put_cf(self.cf(CF_ANSWERS), key, v)?)
+    }
+
+    /// Drops every answer whose key starts with `prefix`, or (with `older_than`)
+    /// only those fetched before that instant; how many.
+    pub fn delete_answers(
+        &self,
+        prefix: &[u8],
+        older_than_ms: Option<u64>,
+    ) -> Result<usize, StoreError> {
+        self.wrote();
+        let cf = self.cf(CF_ANSWERS);
+        let mut batch = WriteBatch::default();
+        let mut n = 0;
+        for item in self.db.prefix_iterator_cf(cf, prefix) {
+            let (k, v) = item?;
+            if !k.starts_with(prefix) {
+                break;
+            }
+            let at = v
+                .get(..8)
+                .and_then(|b| b.try_into().ok())
+                .map(u64::from_le_bytes);
+            if older_than_ms.is_none_or(|limit| at.is_none_or(|at| at < limit)) {
+                batch.delete_cf(cf, &k);
+                n += 1;
+            }
+        }
+        self.db.write(batch)?;
+        Ok(n)
     }
 
     /// Every blob entry whose key is a valid digest.

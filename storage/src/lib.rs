@@ -60,6 +60,20 @@ pub const DEFAULT_HIGH_WATERMARK: f64 = 0.95;
 /// …and stops below this one.
 pub const DEFAULT_LOW_WATERMARK: f64 = 0.85;
 
+impl StoreError {
+    /// The index is locked by another process (a second Ferry on the same
+    /// data directory, or the previous one still stopping).
+    pub fn is_locked(&self) -> bool {
+        match self {
+            StoreError::Index(e) => {
+                let m = e.to_string();
+                m.contains("LOCK") || m.contains("lock file")
+            }
+            _ => false,
+        }
+    }
+}
+
 /// What a store is opened with.
 #[derive(Clone, Debug)]
 pub struct StoreOptions {
@@ -336,6 +350,33 @@ impl Store {
 
     pub fn delete_tag(&self, key: &TagKey) -> Result<(), StoreError> {
         self.inner.index.delete_tag(key)
+    }
+
+    /// A kept upstream answer (tag list page, referrers index) by the cache's
+    /// key: when it was fetched (unix ms) and its bytes.
+    pub fn answer(&self, key: &[u8]) -> Result<Option<(u64, Vec<u8>)>, StoreError> {
+        self.inner.faults.check_read()?;
+        self.inner.index.answer(key)
+    }
+
+    /// Keeps an upstream answer so it survives a restart.
+    pub fn put_answer(
+        &self,
+        key: &[u8],
+        fetched_at_ms: u64,
+        value: &[u8],
+    ) -> Result<(), StoreError> {
+        self.inner.index.put_answer(key, fetched_at_ms, value)
+    }
+
+    /// Forgets the answers whose keys start with `prefix` (a repository's),
+    /// or with `older_than_ms` only those fetched before it.
+    pub fn forget_answers(
+        &self,
+        prefix: &[u8],
+        older_than_ms: Option<u64>,
+    ) -> Result<usize, StoreError> {
+        self.inner.index.delete_answers(prefix, older_than_ms)
     }
 
     /// Writes batched access times to the index (call periodically and at shutdown).

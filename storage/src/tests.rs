@@ -126,6 +126,7 @@ fn tags_are_per_upstream_and_purgeable_by_repo() {
         media_type: "m".into(),
         size: 1,
         checked_at_ms: 5,
+        expired: false,
     };
     let d1 = Digest::sha256_of(b"1");
     let d2 = Digest::sha256_of(b"2");
@@ -303,6 +304,7 @@ fn purge_digest_removes_blob_manifest_and_tags() {
             media_type: "t".into(),
             size: 2,
             checked_at_ms: 0,
+            expired: false,
         },
     )
     .unwrap();
@@ -493,4 +495,60 @@ fn stamps_strictly_increase() {
         assert!(now > last);
         last = now;
     }
+}
+
+#[test]
+fn answers_survive_a_reopen_and_are_forgotten_by_prefix_and_age() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let s = store(dir.path());
+        s.put_answer(b"\x01hub\0library/app\0p1", 100, b"one")
+            .unwrap();
+        s.put_answer(b"\x01hub\0library/app\0p2", 200, b"two")
+            .unwrap();
+        s.put_answer(b"\x01hub\0library/other\0p1", 300, b"three")
+            .unwrap();
+    }
+    let s = store(dir.path());
+    assert_eq!(
+        s.answer(b"\x01hub\0library/app\0p1").unwrap(),
+        Some((100, b"one".to_vec()))
+    );
+    assert_eq!(
+        s.forget_answers(b"\x01", Some(150)).unwrap(),
+        1,
+        "only the old one"
+    );
+    assert!(s.answer(b"\x01hub\0library/app\0p1").unwrap().is_none());
+    assert_eq!(
+        s.forget_answers(b"\x01hub\0library/app\0", None).unwrap(),
+        1
+    );
+    assert!(s.answer(b"\x01hub\0library/app\0p2").unwrap().is_none());
+    assert!(s.answer(b"\x01hub\0library/other\0p1").unwrap().is_some());
+}
+
+#[test]
+fn tag_records_keep_the_expired_flag_and_read_old_records() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = store(dir.path());
+    let key = TagKey::new("hub", "library/app", "1");
+    let d = Digest::sha256_of(b"m");
+    let mut r = TagRecord {
+        digest: d.clone(),
+        media_type: String::new(),
+        size: 0,
+        checked_at_ms: 7,
+        expired: true,
+    };
+    s.put_tag(&key, &r).unwrap();
+    assert_eq!(s.tag(&key).unwrap(), Some(r.clone()));
+    r.expired = false;
+    s.put_tag(&key, &r).unwrap();
+    assert_eq!(s.tag(&key).unwrap(), Some(r));
+    let old = TagRecord::decode(
+        format!(r#"{{"digest":"{d}","media_type":"x","size":1,"checked_at_ms":2}}"#).as_bytes(),
+    )
+    .unwrap();
+    assert!(!old.expired, "records written before the flag existed");
 }

@@ -651,6 +651,9 @@ fn manifest(
     };
     r.headers_mut()
         .insert("content-type", media_type.parse().unwrap());
+    // Docker Hub's pull quota header, on every manifest answer.
+    r.headers_mut()
+        .insert("ratelimit-remaining", "99;w=21600".parse().unwrap());
     if !(method == Method::HEAD && faults.head_without_digest) {
         r.headers_mut()
             .insert("docker-content-digest", digest.parse().unwrap());

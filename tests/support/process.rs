@@ -19,10 +19,13 @@ impl FerryProcess {
     /// `ferry serve ARGS --listen 127.0.0.1:0` with `RUST_LOG=rust_log`; waits
     /// until it serves.
     pub fn start(args: &[&str], rust_log: &str) -> FerryProcess {
+        let mut args: Vec<&str> = args.to_vec();
+        if !args.contains(&"--listen") {
+            args.extend(["--listen", "127.0.0.1:0"]);
+        }
         let mut child = Command::new(env!("CARGO_BIN_EXE_ferry"))
             .arg("serve")
-            .args(args)
-            .args(["--listen", "127.0.0.1:0"])
+            .args(&args)
             .env("RUST_LOG", rust_log)
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -49,12 +52,47 @@ impl FerryProcess {
                 panic!("ferry did not start:\n{}", log.lock().unwrap());
             }
         };
-        FerryProcess { child, addr, log }
+        let mut ferry = FerryProcess { child, addr, log };
+        // It binds before opening its store: wait until it says it is ready
+        // (`ready after_ms=…`, or in JSON `"message":"ready"`).
+        let ready =
+            |log: &str| log.contains(" ready after_ms=") || log.contains("\"message\":\"ready\"");
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while !ready(&ferry.log()) {
+            if std::time::Instant::now() > deadline {
+                ferry.kill();
+                panic!("ferry never became ready:\n{}", ferry.log());
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        ferry
     }
 
     /// `http://ADDR`.
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.addr)
+    }
+
+    /// Sends a signal (`"HUP"`, `"TERM"`).
+    pub fn signal(&self, name: &str) {
+        let ok = Command::new("kill")
+            .args([format!("-{name}"), self.child.id().to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill -{name}");
+    }
+
+    /// Waits (at most `within`) for the log to contain `needle`.
+    pub fn wait_for_log(&self, needle: &str, within: Duration) -> bool {
+        let deadline = std::time::Instant::now() + within;
+        while std::time::Instant::now() < deadline {
+            if self.log().contains(needle) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        false
     }
 
     /// SIGKILL, and reap.
@@ -75,10 +113,14 @@ impl Drop for FerryProcess {
     }
 }
 
-/// The address in Ferry's start-up line (`ferry serving listen=ADDR …`).
+/// The address in Ferry's start-up line (`ferry serving listen=ADDR …`, or
+/// with `--log-format json`, `{"message":"ferry serving","listen":"ADDR",…}`).
 fn serving_addr(line: &str) -> Option<SocketAddr> {
     if !line.contains("ferry serving") {
         return None;
+    }
+    if let Ok(v) = serde_json::from_str::<serde_json::Value>(line) {
+        return v["listen"].as_str()?.parse().ok();
     }
     let rest = line.split("listen=").nth(1)?;
     rest.split_whitespace().next()?.parse().ok()
