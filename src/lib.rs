@@ -8,6 +8,7 @@
 //! - [`oci`]: protocol types with no I/O (routes, names, digests, ranges, errors);
 //! - [`server`]: the HTTP edge (dispatch, responses, errors, admin API, accept loops);
 //! - [`access`]: who may pull (client authentication);
+//! - [`admission`]: the Kubernetes webhook that pins images to digests;
 //! - [`events`]: registry push events, parsed from every sender's format;
 //! - [`node_config`]: each node's client mirror configuration, from Ferry's upstreams;
 //! - [`upstream`]: one client per upstream registry (auth, redirects, 429) and the router;
@@ -22,6 +23,7 @@
 #![warn(missing_docs)]
 
 pub mod access;
+pub mod admission;
 pub mod clock;
 pub mod config;
 pub mod events;
@@ -76,6 +78,8 @@ pub struct Listeners {
     pub client: TcpListener,
     /// The admin API, when configured.
     pub admin: Option<TcpListener>,
+    /// The admission webhook (HTTPS), when configured.
+    pub webhook: Option<TcpListener>,
 }
 
 impl Listeners {
@@ -86,7 +90,15 @@ impl Listeners {
             Some(addr) => Some(bind(addr).await?),
             None => None,
         };
-        Ok(Listeners { client, admin })
+        let webhook = match &config.webhook {
+            Some(w) => Some(bind(w.listen).await?),
+            None => None,
+        };
+        Ok(Listeners {
+            client,
+            admin,
+            webhook,
+        })
     }
 }
 
@@ -238,6 +250,33 @@ where
             },
         ))
     });
+    let (admission_tx, admission_gate) =
+        tokio::sync::watch::channel::<Option<Arc<admission::Admission>>>(None);
+    let webhook = match (listeners.webhook, &config.webhook) {
+        (Some(listener), Some(w)) => {
+            if let Ok(addr) = listener.local_addr() {
+                tracing::info!(%addr, "admission webhook listening");
+            }
+            tokio::spawn(watch_certificate(w.tls.certs.clone()));
+            let acceptor = tokio_rustls::TlsAcceptor::from(w.tls.server.clone());
+            Some(tokio::spawn(server::accept::serve(
+                listener,
+                Some(acceptor),
+                stop_rx.clone(),
+                grace,
+                move |req| {
+                    let admission = admission_gate.borrow().clone();
+                    async move {
+                        match admission {
+                            Some(a) => a.handle(req).await,
+                            None => server::starting(&req),
+                        }
+                    }
+                },
+            )))
+        }
+        _ => None,
+    };
     let tls = config
         .tls
         .as_ref()
@@ -272,6 +311,12 @@ where
     let app = ferry.app();
     let proxy = ferry.proxy.clone();
     let _ = proxy_tx.send(Some(proxy.clone()));
+    if let Some(w) = &config.webhook {
+        let _ = admission_tx.send(Some(Arc::new(admission::Admission::new(
+            proxy.clone(),
+            w.clone(),
+        ))));
+    }
     let _ = gate_tx.send(Some(app.clone()));
     let (blobs, bytes) = proxy.store_usage();
     tracing::info!(
@@ -306,6 +351,9 @@ where
     let _ = client.await;
     if let Some(admin) = admin {
         let _ = admin.await;
+    }
+    if let Some(webhook) = webhook {
+        let _ = webhook.await;
     }
     maintenance.abort();
     reloading.abort();

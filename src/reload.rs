@@ -45,6 +45,18 @@ pub fn apply(proxy: &Proxy, old: &Config, new: &Config) -> Reloaded {
     if new.default_upstream != old.default_upstream {
         restart("default_upstream");
     }
+    let webhook = |c: &Config| {
+        c.webhook.as_ref().map(|w| {
+            let exclude: Vec<&str> = w.exclude.iter().map(|r| r.as_str()).collect();
+            format!(
+                "{} {} {:?} {exclude:?} {} {}",
+                w.listen, w.workloads, w.on_error, w.warm, w.warm_concurrency
+            )
+        })
+    };
+    if webhook(new) != webhook(old) {
+        restart("[webhook]");
+    }
     if new.access_log != old.access_log || new.log_format != old.log_format {
         restart("logging");
     }

@@ -12,3 +12,4 @@ mod events;
 mod freshness;
 mod lifecycle;
 mod storage;
+mod webhook;

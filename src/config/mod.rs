@@ -17,6 +17,7 @@ pub mod raw;
 pub mod tls;
 pub mod units;
 pub mod upstream;
+pub mod webhook;
 
 pub use freshness::{Freshness, FreshnessPolicy, Rule};
 pub use overrides::Overrides;
@@ -68,6 +69,8 @@ pub struct Config {
     pub client_auth: Option<ClientAuth>,
     /// TLS for the client port; plain HTTP when `None`.
     pub tls: Option<tls::Tls>,
+    /// The admission webhook, when configured.
+    pub webhook: Option<webhook::WebhookConfig>,
 }
 
 /// How logs are written.
@@ -233,6 +236,7 @@ impl Config {
                 defaults::SHUTDOWN_GRACE,
             )?,
             client_auth: client_auth(&raw.clients)?,
+            webhook: raw.webhook.as_ref().map(webhook::from_raw).transpose()?,
             tls: tls::server_config(
                 o.tls_cert.or(raw.tls_cert).as_deref(),
                 o.tls_key.or(raw.tls_key).as_deref(),

@@ -45,6 +45,33 @@ pub struct RawConfig {
     /// When any is set, clients must authenticate (HTTP Basic) as one of them.
     #[serde(default, rename = "client")]
     pub clients: Vec<RawClient>,
+    /// The admission webhook that pins images to digests; off when absent.
+    pub webhook: Option<RawWebhook>,
+}
+
+/// `[webhook]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawWebhook {
+    /// HTTPS address, default `0.0.0.0:8443`.
+    pub listen: Option<String>,
+    /// PEM certificate chain (SAN `<service>.<namespace>.svc`)…
+    pub tls_cert: Option<PathBuf>,
+    /// …and its key.
+    pub tls_key: Option<PathBuf>,
+    /// When set, only clients (the API server) with a certificate this CA signed.
+    pub client_ca: Option<PathBuf>,
+    /// Pin workloads' pod templates too (default true).
+    pub workloads: Option<bool>,
+    /// `allow` (default) or `deny` an object whose image cannot be resolved.
+    pub on_error: Option<String>,
+    /// Image regexes (whole reference) never pinned.
+    #[serde(default)]
+    pub exclude: Vec<String>,
+    /// Fetch pinned images at once (default true).
+    pub warm: Option<bool>,
+    /// Images warmed at once (default 2).
+    pub warm_concurrency: Option<usize>,
 }
 
 /// One `[[client]]`: a username and its password.

@@ -101,6 +101,55 @@ fn load(cert: &Path, key: &Path) -> Result<Loaded, ConfigError> {
     })
 }
 
+/// The admission webhook's TLS: its certificate, and with `client_ca` a
+/// required client certificate signed by that CA (the API server's).
+pub(crate) fn webhook_config(
+    cert: &Path,
+    key: &Path,
+    client_ca: Option<&Path>,
+) -> Result<Tls, ConfigError> {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::CertificateDer;
+    let certs = Arc::new(CertFiles::load(cert, key)?);
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .or_else(|e| err(format!("TLS: {e}")))?;
+    let builder = match client_ca {
+        None => builder.with_no_client_auth(),
+        Some(ca) => {
+            let mut roots = rustls::RootCertStore::empty();
+            let cas = CertificateDer::pem_file_iter(ca)
+                .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+                .or_else(|e| err(format!("webhook.client_ca {}: {e}", ca.display())))?;
+            for c in cas {
+                roots
+                    .add(c)
+                    .or_else(|e| err(format!("webhook.client_ca {}: {e}", ca.display())))?;
+            }
+            if roots.is_empty() {
+                return err(format!(
+                    "webhook.client_ca {}: no certificate in it",
+                    ca.display()
+                ));
+            }
+            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                Arc::new(roots),
+                provider,
+            )
+            .build()
+            .or_else(|e| err(format!("webhook.client_ca: {e}")))?;
+            builder.with_client_cert_verifier(verifier)
+        }
+    };
+    let mut server = builder.with_cert_resolver(certs.clone());
+    server.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(Tls {
+        server: Arc::new(server),
+        certs,
+    })
+}
+
 /// The TLS server configuration from PEM files: both or neither.
 pub(crate) fn server_config(
     cert: Option<&Path>,

@@ -4,6 +4,7 @@
 
 pub use ferry_storage::digest;
 pub mod error;
+pub mod image_ref;
 pub mod media;
 pub mod name;
 pub mod range;
@@ -11,6 +12,7 @@ pub mod route;
 
 pub use digest::{Algorithm, Digest, Hasher};
 pub use error::{ErrorCode, OciError};
+pub use image_ref::ImageRef;
 pub use name::{Reference, RepoName, Tag};
 pub use range::{RangeAnswer, RangeRequest};
 pub use route::{PullRequest, Route, TagsPage};

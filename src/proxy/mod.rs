@@ -383,6 +383,11 @@ impl Proxy {
         (self.store.blob_count(), self.store.total_bytes())
     }
 
+    /// Now, by the proxy's clock (unix ms).
+    pub fn now_ms(&self) -> u64 {
+        self.clock.now_ms()
+    }
+
     /// The metrics every layer updates.
     pub fn metrics(&self) -> &Arc<Metrics> {
         &self.metrics

@@ -6,6 +6,7 @@
 //!   a cache failure to a status and an OCI code;
 //! - [`admin`]: purge, prefetch, fsck on the admin listener;
 //! - [`events`]: the push-event receiver (`POST /events/<upstream>`);
+//! - [`resolve`]: `GET /resolve?image=…`, a tag's digest through the cache;
 //! - [`accept`]: connections, TLS, graceful shutdown.
 //!
 //! [`App::handle`] answers one request and needs no socket, so tests can drive
@@ -15,6 +16,7 @@ pub mod accept;
 pub mod admin;
 pub mod errors;
 pub mod events;
+pub mod resolve;
 pub mod responses;
 
 pub use responses::Body;
@@ -117,16 +119,19 @@ impl App {
                 Err(e) => return ("invalid", responses::error(&e, head)),
             };
             let label = route_label(&parsed.route);
-            if let Some(auth) = &self.client_auth {
-                let given = req
-                    .headers()
-                    .get(header::AUTHORIZATION)
-                    .and_then(|v| v.to_str().ok());
-                if !auth.allows(given) {
-                    return (label, responses::unauthorized(parsed.head));
-                }
+            if !self.authorized(req) {
+                return (label, responses::unauthorized(parsed.head));
             }
             return (label, self.pull(req.headers(), &parsed).await);
+        }
+        if path == "/resolve" && matches!(*req.method(), Method::GET | Method::HEAD) {
+            if !self.authorized(req) {
+                return ("resolve", responses::unauthorized(head));
+            }
+            return (
+                "resolve",
+                resolve::handle(&self.proxy, req.uri().query(), head).await,
+            );
         }
         match (req.method(), path) {
             (&Method::GET, "/metrics") => ("metrics", metrics_response(&self.proxy)),
@@ -145,6 +150,19 @@ impl App {
             }
             _ => ("other", responses::error(&route::not_found(), head)),
         }
+    }
+
+    /// Whether the request may use the pull API (and the resolve API): always,
+    /// unless `[[client]]` identities are configured.
+    fn authorized<B>(&self, req: &Request<B>) -> bool {
+        let Some(auth) = &self.client_auth else {
+            return true;
+        };
+        let given = req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok());
+        auth.allows(given)
     }
 
     /// A pull-API request, routed to its upstream and answered by the cache.

@@ -107,6 +107,86 @@ check_kubernetes() {
   return "$bad"
 }
 
+# docker/kubernetes/webhook/: the overlay's own manifests against the schemas
+# (cert-manager's Issuer and Certificate have none here), the StatefulSet with
+# the overlay's patch merged (strategic merge, by container and volume name),
+# its kustomization, and its ferry.toml through `ferry config check` (with test
+# certificates in place of the Secret's).
+check_webhook_overlay() {
+  local d=$K8S_DIR/webhook f out bad=0 kinds
+  for f in "$d"/*.yaml; do
+    case $(basename "$f") in kustomization.yaml|statefulset-webhook.yaml) continue ;; esac
+    out=$("$VENV/bin/kubernetes-validate" --strict -k "$K8S_VERSION" "$f" 2>&1) || bad=1
+    echo "${out//$K8S_DIR\//}"
+    kinds=$(echo "$out" | grep '^WARN' | grep -vE 'kind (Issuer|Certificate) with api version cert-manager.io/' || true)
+    [ -z "$kinds" ] || { echo "no schema: a wrong kind or apiVersion?"; bad=1; }
+    echo "$out" | grep -q '^ERROR\|^FATAL' && bad=1
+  done
+  "$PY" - "$K8S_DIR" "$WORK/merged-statefulset.yaml" <<'PYEOF' || bad=1
+import os, sys, yaml
+base, out = sys.argv[1], sys.argv[2]
+d = os.path.join(base, "webhook")
+k = yaml.safe_load(open(os.path.join(d, "kustomization.yaml")))
+res = k["resources"]
+assert ".." in res, "the overlay builds on docker/kubernetes/"
+for r in res:
+    if r != "..":
+        assert os.path.isfile(os.path.join(d, r)), f"listed but missing: {r}"
+gen = k["configMapGenerator"][0]
+assert gen["name"] == "ferry-config" and gen["behavior"] == "replace", "replaces ferry-config"
+assert gen["options"]["disableNameSuffixHash"] is True, "keeps the ConfigMap's name"
+sts = yaml.safe_load(open(os.path.join(base, "statefulset.yaml")))
+patch = yaml.safe_load(open(os.path.join(d, k["patches"][0]["path"])))
+def merge_named(dst, src):
+    by = {x["name"]: x for x in dst}
+    for x in src:
+        if x["name"] in by:
+            for key, v in x.items():
+                if isinstance(v, list) and key in by[x["name"]]:
+                    by[x["name"]][key] = merge_named(by[x["name"]][key], v) if v and isinstance(v[0], dict) and "name" in v[0] else by[x["name"]][key] + v
+                else:
+                    by[x["name"]][key] = v
+        else:
+            dst.append(x)
+    return dst
+spec, pspec = sts["spec"]["template"]["spec"], patch["spec"]["template"]["spec"]
+merge_named(spec["containers"], pspec["containers"])
+merge_named(spec["volumes"], pspec["volumes"])
+yaml.safe_dump(sts, open(out, "w"))
+c = spec["containers"][0]
+ports = {p["name"]: p["containerPort"] for p in c["ports"]}
+assert ports.get("webhook") == 8443, ports
+mounts = {m["name"]: m["mountPath"] for m in c["volumeMounts"]}
+assert mounts.get("webhook-tls") == "/etc/ferry/webhook", mounts
+svc = yaml.safe_load(open(os.path.join(d, "service.yaml")))
+assert svc["spec"]["ports"][0]["targetPort"] == "webhook"
+hook = yaml.safe_load(open(os.path.join(d, "mutatingwebhook.yaml")))["webhooks"][0]
+cc = hook["clientConfig"]["service"]
+assert (cc["name"], cc["namespace"], cc["port"]) == (svc["metadata"]["name"], "ferry-system", 443)
+assert hook["failurePolicy"] == "Ignore" and hook["sideEffects"] == "None"
+assert hook["reinvocationPolicy"] == "IfNeeded"
+excluded = hook["namespaceSelector"]["matchExpressions"][0]["values"]
+assert "ferry-system" in excluded and "kube-system" in excluded, excluded
+resources = {r for rule in hook["rules"] for r in rule["resources"]}
+assert "pods/ephemeralcontainers" in resources and "pods" in resources, resources
+cert = [x for x in yaml.safe_load_all(open(os.path.join(d, "certificate.yaml"))) if x["kind"] == "Certificate"][0]
+assert f"{cc['name']}.{cc['namespace']}.svc" in cert["spec"]["dnsNames"], "the certificate names the Service"
+print("overlay: patch merged, webhook port and certificate mounted, Service, webhook and certificate agree")
+PYEOF
+  out=$("$VENV/bin/kubernetes-validate" --strict -k "$K8S_VERSION" "$WORK/merged-statefulset.yaml" 2>&1) || bad=1
+  echo "merged StatefulSet: ${out//$WORK\//}"
+  openssl req -x509 -newkey rsa:2048 -nodes -days 1 -subj /CN=ferry-webhook.ferry-system.svc \
+    -keyout "$WORK/tls.key" -out "$WORK/tls.crt" 2>/dev/null
+  sed -e "s#/etc/ferry/webhook/tls.crt#$WORK/tls.crt#; s#/etc/ferry/webhook/tls.key#$WORK/tls.key#" \
+    "$d/ferry.toml" >"$WORK/webhook-ferry.toml"
+  if "$FERRY_BIN" config check --config "$WORK/webhook-ferry.toml" >"$WORK/check.out" 2>&1; then
+    echo "ok: webhook/ferry.toml"
+  else
+    echo "FAIL: ferry config check webhook/ferry.toml"; sed 's/^/  | /' "$WORK/check.out"; bad=1
+  fi
+  return "$bad"
+}
+
 check_kustomize() {
   "$PY" - "$K8S_DIR" <<'EOF'
 import os, sys, yaml
@@ -325,6 +405,7 @@ PY
 
 log "repository $REPO; kubernetes-validate $KV_VERSION, Kubernetes schemas $K8S_VERSION; FERRY_BIN=$FERRY_BIN"
 check kubernetes check_kubernetes
+check webhook check_webhook_overlay
 check kustomize check_kustomize
 check consistency check_consistency
 check hadolint check_hadolint

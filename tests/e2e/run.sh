@@ -29,6 +29,10 @@
 #   nodeconfig    `ferry node-config` writes containerd's hosts.toml from Ferry's
 #                 upstreams; containerd pulls through Ferry with it; a second run
 #                 changes nothing; --remove restores the directory (Ferry only)
+#   admission     Ferry's admission webhook (HTTPS, SNI ferry-webhook.ferry-system.svc, a test
+#                 CA) pins a pod's test:1.0 to its digest and warms it; containerd then
+#                 pulls the pinned reference through Ferry with 0 upstream manifest
+#                 requests and 0 upstream blob GETs (Ferry only)
 # Every client case pulls twice (the second after emptying the client's store)
 # and the second pull must cost zero upstream blob GETs. Each case gets a fresh
 # mirror (empty data dir) on the same port.
@@ -53,7 +57,7 @@ set -uo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO=$(cd "$HERE/../.." && pwd)
-ALL_CASES=(docker dockermirror containerd skopeo dockerhub parallel prefetch clientauth tls events nodeconfig)
+ALL_CASES=(docker dockermirror containerd skopeo dockerhub parallel prefetch clientauth tls events nodeconfig admission)
 MIRROR=${MIRROR:-ferry}
 RANDOM_MB=${E2E_RANDOM_MB:-4}
 PULL_TIMEOUT=180
@@ -133,6 +137,7 @@ FPORT=$(pick_port "$UPORT") || die "no free port in 15000-15999"
 DEADPORT=$(pick_port "$UPORT" "$FPORT") || die "no free port in 15000-15999"
 APORT=$(pick_port "$UPORT" "$FPORT" "$DEADPORT") || die "no free port in 15000-15999"
 EVPORT=$(pick_port "$UPORT" "$FPORT" "$DEADPORT" "$APORT") || die "no free port in 15000-15999"
+WHPORT=$(pick_port "$UPORT" "$FPORT" "$DEADPORT" "$APORT" "$EVPORT") || die "no free port in 15000-15999"
 UPSTREAM=127.0.0.1:$UPORT
 FERRY=127.0.0.1:$FPORT
 
@@ -261,10 +266,11 @@ YML
     : >"$MLOG"
     start_bg mirror "$MLOG" docker-registry serve "$data/config.yml"
   fi
-  # /v2/ may demand credentials (clientauth); Ferry's /healthz never does.
+  # /v2/ may demand credentials (clientauth); Ferry's /readyz never does, and
+  # turns 200 only once the store is open.
   local ready=http://$FERRY/v2/
-  [ "$MIRROR" = ferry ] && ready=http://$FERRY/healthz
-  [ "$MIRROR" = ferry ] && [ -n "${MIRROR_TLS:-}" ] && ready=https://$FERRY/healthz
+  [ "$MIRROR" = ferry ] && ready=http://$FERRY/readyz
+  [ "$MIRROR" = ferry ] && [ -n "${MIRROR_TLS:-}" ] && ready=https://$FERRY/readyz
   wait_until 30 mirror http_ok "$ready" -k || { tail -20 "$MLOG"; return 1; }
 }
 mirror_lines() { norm_log "$MLOG" "$1"; }   # mirror_lines FROM
@@ -1020,7 +1026,6 @@ case_nodeconfig() {
   echo "$out" | sed 's/^/    | /'
   [ -f "$dir/$UPSTREAM/hosts.toml" ] || fail "no hosts.toml for $UPSTREAM"
   mm=$(lines "$MLOG")
-  ct_clean
   run_logged nc-pull ctr --address "$CTDSOCK" -n nodeconfig images pull --hosts-dir "$dir" \
     --snapshotter native "$UPSTREAM/library/test:1.0"
   settle
@@ -1038,6 +1043,62 @@ case_nodeconfig() {
     || fail "--remove touched the operator's own hosts.toml"
   ok "--remove restored the directory (the operator's file untouched)"
   counts "pull through generated hosts.toml ok"
+}
+
+# A CA and a webhook certificate for ferry-webhook.ferry-system.svc (what the API server checks).
+make_webhook_cert() {
+  local d=$1
+  mkdir -p "$d"
+  echo "subjectAltName=DNS:ferry-webhook.ferry-system.svc" >"$d/leaf.ext"
+  openssl req -x509 -newkey rsa:2048 -nodes -days 1 -subj /CN=ferry-e2e-webhook-ca \
+    -keyout "$d/ca.key" -out "$d/ca.crt" 2>/dev/null &&
+  openssl req -newkey rsa:2048 -nodes -subj /CN=ferry-webhook.ferry-system.svc \
+    -keyout "$d/leaf.key" -out "$d/leaf.csr" 2>/dev/null &&
+  openssl x509 -req -days 1 -in "$d/leaf.csr" -CA "$d/ca.crt" -CAkey "$d/ca.key" \
+    -CAcreateserial -extfile "$d/leaf.ext" -out "$d/leaf.pem" 2>/dev/null
+}
+
+# The webhook pins a pod's image and warms it; the pull that follows is free.
+case_admission() {
+  if [ "$MIRROR" != ferry ]; then note "the admission webhook is Ferry's; skipped"; return 0; fi
+  local review=$WORK/admission-review.json answer patch pinned up hosts=$WORK/certs.d-admission blobs n
+  jq --arg img "$UPSTREAM/library/test:1.0" \
+    '.request.object.spec.containers[0].image = $img' \
+    "$REPO/tests/fixtures/admission/dry-run.json" | jq '.request.dryRun = false' >"$review"
+  up=$(lines "$UPLOG")
+  step "POST an AdmissionReview for a pod with $UPSTREAM/library/test:1.0 (HTTPS, SNI ferry-webhook.ferry-system.svc)"
+  answer=$(curl -sSf --noproxy "*" --cacert "$WORK/wh/ca.crt" --resolve "ferry-webhook.ferry-system.svc:$WHPORT:127.0.0.1" \
+    -H 'Content-Type: application/json' --data-binary "@$review" \
+    "https://ferry-webhook.ferry-system.svc:$WHPORT/mutate?timeout=5s") || fail "the webhook did not answer"
+  [ "$(jq -r .response.uid <<<"$answer")" = "$(jq -r .request.uid "$review")" ] || fail "uid not echoed"
+  patch=$(jq -r .response.patch <<<"$answer" | base64 -d)
+  pinned=$(jq -r '.[0].value' <<<"$patch")
+  [ "$pinned" = "$UPSTREAM/library/test:1.0@$(x .test.manifest)" ] || fail "pinned to $pinned"
+  ok "pinned to $pinned"
+  # Warm on admission: wait until every blob of test:1.0 is in Ferry's store.
+  blobs=$(x '.test.layers | length + 1')
+  for _ in $(seq 1 150); do
+    n=$(curl -s "http://$FERRY/metrics" | awk '/^ferry_store_blobs /{print $2}')
+    [ "${n:-0}" -ge "$blobs" ] && [ "$(curl -s "http://$FERRY/metrics" | awk '/^ferry_inflight_fetches /{print $2}')" = 0 ] && break
+    sleep 0.1
+  done
+  [ "${n:-0}" -ge "$blobs" ] || fail "warm on admission stored $n of $blobs blobs"
+  ok "warmed on admission: $n blobs stored"
+  settle
+  up=$(lines "$UPLOG")
+  mkdir -p "$hosts/$UPSTREAM"
+  printf 'server = "http://%s"\n[host."http://%s"]\n  capabilities = ["pull", "resolve"]\n' \
+    "$UPSTREAM" "$FERRY" >"$hosts/$UPSTREAM/hosts.toml"
+  run_logged adm-pull ctr --address "$CTDSOCK" -n admission images pull --hosts-dir "$hosts" \
+    --snapshotter native "$pinned"
+  settle
+  local manifests gets
+  manifests=$(norm_log "$UPLOG" "$up" | grep -cE '/manifests/' || true)
+  gets=$(up_blob_gets "$up")
+  ok "containerd pulled the pinned reference: upstream manifest requests $manifests, blob GETs $gets"
+  [ "$manifests" = 0 ] || fail "the pinned pull asked upstream for manifests ($manifests)"
+  [ "$gets" = 0 ] || fail "the pull after warming fetched $gets blobs upstream"
+  counts "pinned pull: upstream manifests=$manifests blob GETs=$gets"
 }
 
 # ================================================================ main
@@ -1059,6 +1120,18 @@ TOML
     tls)
       make_test_ca "$WORK/tls" >&2
       echo --upstream "http://$UPSTREAM" --tls-cert "$WORK/tls/leaf.pem" --tls-key "$WORK/tls/leaf.key" ;;
+    admission)
+      make_webhook_cert "$WORK/wh" >&2
+      cat >"$WORK/ferry-admission.toml" <<TOML
+[[upstream]]
+name = "local"
+url = "http://$UPSTREAM"
+[webhook]
+listen = "127.0.0.1:$WHPORT"
+tls_cert = "$WORK/wh/leaf.pem"
+tls_key = "$WORK/wh/leaf.key"
+TOML
+      echo --config "$WORK/ferry-admission.toml" ;;
     events)
       cat >"$WORK/ferry-events.toml" <<TOML
 [[upstream]]
@@ -1091,7 +1164,7 @@ python3 "$HERE/seed.py" "http://$UPSTREAM" "$RANDOM_MB" >"$EXP" 2>"$LOGS/seed.lo
   || { cat "$LOGS/seed.log"; die "seeding failed"; }
 log "test:1.0 manifest $(x .test.manifest), layers: $(x '.test.layers | join(" ")')"
 log "multi:1.0 index $(x .multi.index), amd64 $(x '.multi.platforms["linux/amd64"].manifest'), arm64 $(x '.multi.platforms["linux/arm64"].manifest')"
-if wants_any containerd parallel clientauth tls nodeconfig; then start_containerd containerd "$CTD"; fi
+if wants_any containerd parallel clientauth tls nodeconfig admission; then start_containerd containerd "$CTD"; fi
 if wants_any docker dockermirror parallel clientauth; then
   start_containerd containerd-docker "$DK/ctd"
   start_dockerd

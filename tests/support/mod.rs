@@ -27,6 +27,8 @@ pub struct Proxied {
     pub addr: SocketAddr,
     /// The admin API's address, when the configuration turned it on.
     pub admin_addr: Option<SocketAddr>,
+    /// The admission webhook's address, when configured.
+    pub webhook_addr: Option<SocketAddr>,
     pub proxy: Arc<Proxy>,
     pub clock: Clock,
     pub client: reqwest::Client,
@@ -81,9 +83,13 @@ impl Proxied {
         if config.admin_listen.is_some() {
             config.admin_listen = Some("127.0.0.1:0".parse().unwrap());
         }
+        if let Some(w) = config.webhook.as_mut() {
+            w.listen = "127.0.0.1:0".parse().unwrap();
+        }
         let listeners = Listeners::bind(&config).await.unwrap();
         let addr = listeners.client.local_addr().unwrap();
         let admin_addr = listeners.admin.as_ref().map(|l| l.local_addr().unwrap());
+        let webhook_addr = listeners.webhook.as_ref().map(|l| l.local_addr().unwrap());
         let ferry = Ferry::open_with_clock(config, clock.clone()).unwrap();
         let proxy = ferry.proxy().clone();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -97,6 +103,7 @@ impl Proxied {
         Proxied {
             addr,
             admin_addr,
+            webhook_addr,
             proxy,
             clock,
             client: reqwest::Client::builder()
