@@ -35,6 +35,9 @@ pub mod reload;
 pub mod server;
 pub mod upstream;
 
+#[cfg(test)]
+mod fuzz;
+
 pub use config::Config;
 
 use clock::Clock;
@@ -141,7 +144,13 @@ impl Ferry {
             upstreams.push(Arc::new(client));
         }
         let router = Router::new(upstreams, &config.default_upstream);
-        let proxy = Arc::new(Proxy::new(store, router, metrics, clock));
+        let proxy = Arc::new(Proxy::new(
+            store,
+            router,
+            metrics,
+            clock,
+            config.limits.max_fetches,
+        ));
         Ok(Ferry { proxy, config })
     }
 
@@ -229,16 +238,19 @@ where
         shutdown.await;
         let _ = on_signal.send(true);
     });
-    let grace = config.shutdown_grace;
+    let plain = server::accept::Serving {
+        tls: None,
+        grace: config.shutdown_grace,
+        limits: config.limits,
+    };
     let admin = listeners.admin.map(|admin| {
         if let Ok(addr) = admin.local_addr() {
             tracing::info!(%addr, "admin API listening");
         }
         tokio::spawn(server::accept::serve(
             admin,
-            None,
+            plain.clone(),
             stop_rx.clone(),
-            grace,
             move |req| {
                 let proxy = proxy_gate.borrow().clone();
                 async move {
@@ -259,11 +271,14 @@ where
             }
             tokio::spawn(watch_certificate(w.tls.certs.clone()));
             let acceptor = tokio_rustls::TlsAcceptor::from(w.tls.server.clone());
+            let serving = server::accept::Serving {
+                tls: Some(acceptor),
+                ..plain.clone()
+            };
             Some(tokio::spawn(server::accept::serve(
                 listener,
-                Some(acceptor),
+                serving,
                 stop_rx.clone(),
-                grace,
                 move |req| {
                     let admission = admission_gate.borrow().clone();
                     async move {
@@ -287,9 +302,8 @@ where
     let started = std::time::Instant::now();
     let client = tokio::spawn(server::accept::serve(
         listeners.client,
-        tls,
+        server::accept::Serving { tls, ..plain },
         stop_rx.clone(),
-        grace,
         move |req| {
             let app = gate.borrow().clone();
             async move {
@@ -358,12 +372,12 @@ where
     maintenance.abort();
     reloading.abort();
     // A fetch whose clients are served may still be making its blob durable.
-    let left = grace.saturating_sub(stopping.elapsed());
+    let left = config.shutdown_grace.saturating_sub(stopping.elapsed());
     if !proxy.shutdown(left).await {
         tracing::warn!(
             in_flight = proxy.fetches_in_flight(),
             "blob fetches cut short at the end of shutdown_grace ({}s); their temp files are swept at the next start",
-            grace.as_secs()
+            config.shutdown_grace.as_secs()
         );
     }
     tracing::info!(took_ms = stopping.elapsed().as_millis() as u64, "stopped");

@@ -247,6 +247,7 @@ fn load_config(args: &ServeArgs) -> Result<Config> {
 }
 
 fn serve(config: Config, args: ServeArgs) -> Result<()> {
+    raise_open_files(config.limits.max_connections);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -559,6 +560,36 @@ fn probe(url: &str) -> Result<ExitCode> {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) | Err(_) => ExitCode::from(1),
     })
+}
+
+/// Every connection, blob being read and upstream transfer holds a file
+/// descriptor: raises the soft open-file limit to the hard one and says what the
+/// ceiling is, warning when `max_connections` cannot fit under it.
+fn raise_open_files(max_connections: usize) {
+    use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
+    let limit = getrlimit(Resource::Nofile);
+    let raised = Rlimit {
+        current: limit.maximum,
+        maximum: limit.maximum,
+    };
+    let ceiling = match setrlimit(Resource::Nofile, raised) {
+        Ok(()) => limit.maximum,
+        Err(e) => {
+            tracing::warn!(error = %e, "could not raise the open-file limit");
+            limit.current
+        }
+    };
+    let ceiling = ceiling.unwrap_or(u64::MAX);
+    tracing::info!(open_files = ceiling, "open-file limit");
+    // Each connection needs one descriptor; blob reads, fetches, the index and
+    // the listeners need more.
+    if (max_connections as u64).saturating_add(1024) > ceiling {
+        tracing::warn!(
+            max_connections,
+            open_files = ceiling,
+            "limits.max_connections is close to the open-file limit: accepts will fail with EMFILE before the connection limit is reached"
+        );
+    }
 }
 
 #[cfg(test)]

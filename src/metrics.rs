@@ -126,6 +126,8 @@ pub struct Metrics {
     pub inflight_fetches: Gauge,
     /// Client responses streaming from an in-progress fetch.
     pub inflight_waiters: Gauge,
+    /// Blob fetches waiting for a transfer slot (`limits.max_fetches`).
+    pub fetches_queued: Gauge,
     /// Blob transfers resumed with `Range` after a dropped connection.
     pub fetch_resumes: Counter,
     /// Upstream content that did not match its digest or size.
@@ -185,6 +187,7 @@ impl Metrics {
             coalesced: Counter::default(),
             inflight_fetches: Gauge::default(),
             inflight_waiters: Gauge::default(),
+            fetches_queued: Gauge::default(),
             fetch_resumes: Counter::default(),
             integrity_failures: Counter::default(),
             store_write_errors: Counter::default(),
@@ -277,6 +280,11 @@ impl Metrics {
             "inflight_fetches",
             "Blob fetches from upstream in progress.",
             self.inflight_fetches
+        );
+        reg!(
+            "fetches_queued",
+            "Blob fetches waiting for a transfer slot (limits.max_fetches).",
+            self.fetches_queued
         );
         reg!(
             "inflight_waiters",

@@ -10,6 +10,8 @@ mod blobs;
 mod crash;
 mod events;
 mod freshness;
+mod hostile;
 mod lifecycle;
+mod limits;
 mod storage;
 mod webhook;

@@ -51,6 +51,17 @@ impl Warmer {
             if recent.len() >= REMEMBERED {
                 recent.retain(|_, t| now.duration_since(*t) < REWARM_AFTER);
             }
+            // Still full of recent digests: forget the oldest, so the map stays
+            // bounded however many distinct images are admitted.
+            if recent.len() >= REMEMBERED {
+                if let Some(oldest) = recent
+                    .iter()
+                    .min_by_key(|(_, t)| **t)
+                    .map(|(d, _)| d.clone())
+                {
+                    recent.remove(&oldest);
+                }
+            }
             recent.insert(digest.clone(), now);
         }
         let (proxy, slots) = (self.proxy.clone(), self.slots.clone());

@@ -8,10 +8,12 @@
 //! - [`defaults`]: every default, shared with `--help` and the store;
 //! - [`raw`]: the file as written; [`overrides`]: the flags that beat it;
 //! - [`upstream`]: one upstream registry; [`freshness`]: its freshness policy;
-//! - `units`: durations and sizes; [`tls`]: the client port's certificate.
+//! - `units`: durations and sizes; [`tls`]: the client port's certificate;
+//! - [`limits`]: what clients may cost; [`webhook`]: the admission webhook.
 
 pub mod defaults;
 pub mod freshness;
+pub mod limits;
 pub mod overrides;
 pub mod raw;
 pub mod tls;
@@ -20,6 +22,7 @@ pub mod upstream;
 pub mod webhook;
 
 pub use freshness::{Freshness, FreshnessPolicy, Rule};
+pub use limits::Limits;
 pub use overrides::Overrides;
 pub use raw::RawConfig;
 pub use units::parse_size;
@@ -71,6 +74,8 @@ pub struct Config {
     pub tls: Option<tls::Tls>,
     /// The admission webhook, when configured.
     pub webhook: Option<webhook::WebhookConfig>,
+    /// What clients may cost.
+    pub limits: Limits,
 }
 
 /// How logs are written.
@@ -237,6 +242,7 @@ impl Config {
             )?,
             client_auth: client_auth(&raw.clients)?,
             webhook: raw.webhook.as_ref().map(webhook::from_raw).transpose()?,
+            limits: limits::from_raw(&raw.limits)?,
             tls: tls::server_config(
                 o.tls_cert.or(raw.tls_cert).as_deref(),
                 o.tls_key.or(raw.tls_key).as_deref(),

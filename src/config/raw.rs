@@ -47,6 +47,27 @@ pub struct RawConfig {
     pub clients: Vec<RawClient>,
     /// The admission webhook that pins images to digests; off when absent.
     pub webhook: Option<RawWebhook>,
+    /// What clients may cost: connections, request heads, HTTP/2, fetches.
+    #[serde(default)]
+    pub limits: RawLimits,
+}
+
+/// `[limits]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLimits {
+    /// Concurrent connections per listener.
+    pub max_connections: Option<usize>,
+    /// Time to send a whole request head (also the keep-alive idle timeout).
+    pub header_timeout: Option<RawDuration>,
+    /// Largest request head, e.g. `"64KiB"`.
+    pub max_header_bytes: Option<String>,
+    /// Concurrent streams per HTTP/2 connection.
+    pub h2_max_streams: Option<u64>,
+    /// HTTP/2 streams reset before being handled, before the connection closes.
+    pub h2_max_pending_resets: Option<usize>,
+    /// Concurrent upstream blob transfers.
+    pub max_fetches: Option<usize>,
 }
 
 /// `[webhook]`.

@@ -92,8 +92,15 @@ pub struct Proxy {
 }
 
 impl Proxy {
-    /// The cache over `store`, asking the upstreams `router` knows.
-    pub fn new(store: Store, router: Router, metrics: Arc<Metrics>, clock: Clock) -> Proxy {
+    /// The cache over `store`, asking the upstreams `router` knows, with at
+    /// most `max_fetches` upstream blob transfers at once.
+    pub fn new(
+        store: Store,
+        router: Router,
+        metrics: Arc<Metrics>,
+        clock: Clock,
+        max_fetches: usize,
+    ) -> Proxy {
         let manifests = Arc::new(Manifests::new(store.clone(), metrics.clone()));
         let health = Arc::new(StoreHealth::new(clock.clone(), metrics.clone()));
         Proxy {
@@ -104,7 +111,12 @@ impl Proxy {
                 manifests.clone(),
                 NEGATIVE_CAPACITY,
             )),
-            blobs: Arc::new(Blobs::new(store.clone(), metrics.clone(), health)),
+            blobs: Arc::new(Blobs::new(
+                store.clone(),
+                metrics.clone(),
+                health,
+                max_fetches,
+            )),
             tag_lists: TagLists::new(
                 Budget::DEFAULT,
                 clock.clone(),

@@ -173,7 +173,7 @@ impl TagLists {
 }
 
 /// The `last` parameter of a `Link: <...?last=x&n=y>; rel="next"` header.
-fn link_last(link: &str) -> Option<String> {
+pub(crate) fn link_last(link: &str) -> Option<String> {
     let target = link.split('<').nth(1)?.split('>').next()?;
     let query = target.split_once('?')?.1;
     url::form_urlencoded::parse(query.as_bytes())

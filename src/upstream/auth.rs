@@ -81,7 +81,9 @@ fn parse_value(s: &str) -> (String, &str) {
 fn build(scheme: &str, mut params: HashMap<String, String>) -> Option<Challenge> {
     match scheme {
         "bearer" => Some(Challenge::Bearer {
-            realm: params.remove("realm")?,
+            // A realm is where the token comes from: without one (or with an
+            // empty one, `realm=""`) the challenge cannot be answered.
+            realm: params.remove("realm").filter(|r| !r.is_empty())?,
             service: params.remove("service"),
             scope: params.remove("scope"),
         }),
@@ -134,6 +136,13 @@ mod tests {
                 scope: Some("repository:library/alpine:pull".into()),
             }]
         );
+    }
+
+    #[test]
+    fn a_bearer_challenge_with_an_empty_realm_is_not_answerable() {
+        // Found by the fuzzer (tests/fixtures/fuzz/www_authenticate/empty-realm).
+        assert_eq!(parse_challenges(["Nee,* Bearer realm=\""]), vec![]);
+        assert_eq!(parse_challenges([r#"Bearer realm="""#]), vec![]);
     }
 
     #[test]

@@ -9,7 +9,9 @@
 //! Upstream challenges and tokens never leave this module.
 
 pub mod auth;
+mod destinations;
 mod router;
+mod tokens;
 
 pub use router::{RouteError, Router, Target};
 
@@ -34,6 +36,8 @@ const DEFAULT_RETRY_AFTER: Duration = Duration::from_secs(5);
 /// Longest `Retry-After` honoured, so a bogus value cannot stop a cache for hours.
 const MAX_RETRY_AFTER: Duration = Duration::from_secs(600);
 const MAX_REDIRECTS: usize = 10;
+/// Hosts whose authentication challenge is remembered (the registry, its CDNs).
+const MAX_HOSTS: usize = 64;
 
 /// Why an upstream request did not produce what was asked.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -120,11 +124,6 @@ enum Auth {
     NeedToken(Challenge),
 }
 
-struct CachedToken {
-    token: String,
-    expires_ms: u64,
-}
-
 /// A client for one upstream registry.
 pub struct Upstream {
     /// Its configured name (fixed for the process's life).
@@ -139,8 +138,10 @@ pub struct Upstream {
     /// How each host asked to be authenticated, learned from its 401s, so later
     /// requests for new repositories fetch a token without a 401 round trip.
     challenges: Mutex<HashMap<String, Challenge>>,
-    /// Bearer tokens by (realm, scope).
-    tokens: Mutex<HashMap<(String, String), CachedToken>>,
+    /// Bearer tokens by (realm, scope), bounded.
+    tokens: tokens::Tokens,
+    /// Where redirects and token realms may send the client.
+    destinations: destinations::Destinations,
     /// One token fetch at a time per upstream; the others find it cached.
     token_fetch: tokio::sync::Mutex<()>,
     /// After a 429, no request is sent before this instant (unix ms).
@@ -155,8 +156,10 @@ impl Upstream {
         metrics: Arc<Metrics>,
         clock: Clock,
     ) -> std::result::Result<Upstream, reqwest::Error> {
+        let destinations = destinations::Destinations::for_upstream(&config.url);
         let http = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
+            .dns_resolver(destinations.resolver())
             .connect_timeout(timeouts.connect)
             .pool_idle_timeout(Duration::from_secs(60))
             .user_agent(concat!("ferry/", env!("CARGO_PKG_VERSION")))
@@ -169,7 +172,8 @@ impl Upstream {
             metrics,
             clock,
             challenges: Mutex::new(HashMap::new()),
-            tokens: Mutex::new(HashMap::new()),
+            tokens: tokens::Tokens::default(),
+            destinations,
             token_fetch: tokio::sync::Mutex::new(()),
             blocked_until_ms: AtomicU64::new(0),
         })
@@ -210,7 +214,7 @@ impl Upstream {
         if creds(&new.credentials) != creds(&old.credentials) {
             changed.push(format!("upstream {:?}: credentials", self.name));
             // Tokens were issued to the old credentials.
-            self.tokens.lock().clear();
+            self.tokens.clear();
         }
         let events = |e: &Option<crate::config::upstream::EventsConfig>| {
             e.as_ref()
@@ -452,6 +456,9 @@ impl Upstream {
                 url = url
                     .join(location)
                     .map_err(|_| UpstreamError::Invalid("unparseable redirect Location".into()))?;
+                self.destinations
+                    .check(&url)
+                    .map_err(|why| UpstreamError::Invalid(format!("redirect {why}")))?;
                 continue;
             }
             if status == StatusCode::UNAUTHORIZED && !reauthenticated.contains(&host) {
@@ -461,9 +468,7 @@ impl Upstream {
                 match auth::preferred(&challenges).cloned() {
                     Some(challenge @ Challenge::Bearer { .. }) => {
                         reauthenticated.push(host.clone());
-                        self.challenges
-                            .lock()
-                            .insert(host.clone(), challenge.clone());
+                        self.remember_challenge(&host, challenge.clone());
                         self.fetch_token(&challenge, &scope, host == upstream_host, sent_token)
                             .await?;
                         continue;
@@ -472,9 +477,7 @@ impl Upstream {
                         if self.config().credentials.is_some() && host == upstream_host =>
                     {
                         reauthenticated.push(host.clone());
-                        self.challenges
-                            .lock()
-                            .insert(host.clone(), Challenge::Basic);
+                        self.remember_challenge(&host, Challenge::Basic);
                         continue;
                     }
                     _ => return Err(UpstreamError::Unauthorized),
@@ -541,7 +544,16 @@ impl Upstream {
     fn classify(&self, resp: reqwest::Response) -> Result<reqwest::Response> {
         let status = resp.status();
         match status {
-            s if s.is_success() => Ok(resp),
+            s if s.is_success() => match header_str(resp.headers(), "content-encoding") {
+                // Ferry asks for no encoding: bytes it did not ask to be
+                // transformed cannot be verified against their digest.
+                Some(enc) if !enc.trim().eq_ignore_ascii_case("identity") => {
+                    Err(UpstreamError::Invalid(format!(
+                        "upstream sent Content-Encoding {enc:?}, which was not asked for"
+                    )))
+                }
+                _ => Ok(resp),
+            },
             StatusCode::NOT_FOUND => Err(UpstreamError::NotFound),
             StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => Err(UpstreamError::Unauthorized),
             StatusCode::TOO_MANY_REQUESTS => {
@@ -580,6 +592,16 @@ impl Upstream {
             .map_err(|e| UpstreamError::Invalid(format!("cannot build upstream URL: {e}")))
     }
 
+    /// Remembers how `host` asked to be authenticated. Bounded: past
+    /// [`MAX_HOSTS`] the others are forgotten (each costs one more 401 round trip).
+    fn remember_challenge(&self, host: &str, challenge: Challenge) {
+        let mut map = self.challenges.lock();
+        if map.len() >= MAX_HOSTS && !map.contains_key(host) {
+            map.clear();
+        }
+        map.insert(host.to_string(), challenge);
+    }
+
     /// The `Authorization` to send to `host`: a cached bearer token if the host
     /// asked for one, Basic credentials if the upstream's own host asked for
     /// them, else nothing (so nothing crosses to a redirect target uninvited).
@@ -589,15 +611,12 @@ impl Upstream {
         };
         match &challenge {
             Challenge::Bearer { realm, .. } => {
-                let tokens = self.tokens.lock();
-                match tokens.get(&(realm.clone(), scope.to_string())) {
-                    Some(t) if t.expires_ms > self.clock.now_ms() => {
-                        match sensitive(&format!("Bearer {}", t.token)) {
-                            Some(v) => Auth::Header(v, Some(t.token.clone())),
-                            None => Auth::None,
-                        }
-                    }
-                    _ => Auth::NeedToken(challenge),
+                match self.tokens.get(realm, scope, self.clock.now_ms()) {
+                    Some(token) => match sensitive(&format!("Bearer {token}")) {
+                        Some(v) => Auth::Header(v, Some(token)),
+                        None => Auth::None,
+                    },
+                    None => Auth::NeedToken(challenge),
                 }
             }
             Challenge::Basic if host == upstream_host => {
@@ -628,16 +647,19 @@ impl Upstream {
         let Challenge::Bearer { realm, service, .. } = challenge else {
             return Ok(());
         };
-        let key = (realm.clone(), scope.to_string());
         let _one_at_a_time = self.token_fetch.lock().await;
-        let usable = self.tokens.lock().get(&key).is_some_and(|t| {
-            t.expires_ms > self.clock.now_ms() && refused.as_deref() != Some(t.token.as_str())
-        });
+        let usable = self
+            .tokens
+            .get(realm, scope, self.clock.now_ms())
+            .is_some_and(|t| refused.as_deref() != Some(t.as_str()));
         if usable {
             return Ok(());
         }
         let mut url = Url::parse(realm)
             .map_err(|_| UpstreamError::Invalid(format!("bad token realm {realm:?}")))?;
+        self.destinations
+            .check(&url)
+            .map_err(|why| UpstreamError::Invalid(format!("token realm {why}")))?;
         {
             let mut q = url.query_pairs_mut();
             if let Some(s) = service {
@@ -666,8 +688,7 @@ impl Upstream {
         let lifetime_ms = expires_in * 1000;
         let expires_ms = self.clock.now_ms() + lifetime_ms - (lifetime_ms / 10).min(10_000);
         self.tokens
-            .lock()
-            .insert(key, CachedToken { token, expires_ms });
+            .insert(realm, scope, token, expires_ms, self.clock.now_ms());
         Ok(())
     }
 }
@@ -697,7 +718,7 @@ fn basic(user: &str, password: &str) -> Option<HeaderValue> {
 }
 
 /// `bytes START-END/TOTAL` → (START, TOTAL if not `*`).
-fn parse_content_range(v: &str) -> Option<(u64, Option<u64>)> {
+pub(crate) fn parse_content_range(v: &str) -> Option<(u64, Option<u64>)> {
     let rest = v.trim().strip_prefix("bytes ")?;
     let (range, total) = rest.split_once('/')?;
     let (start, _end) = range.split_once('-')?;
@@ -709,7 +730,7 @@ fn parse_content_range(v: &str) -> Option<(u64, Option<u64>)> {
 }
 
 /// `Retry-After` as seconds or an HTTP date.
-fn parse_retry_after(v: &str, now_ms: u64) -> Option<Duration> {
+pub(crate) fn parse_retry_after(v: &str, now_ms: u64) -> Option<Duration> {
     if let Ok(secs) = v.trim().parse::<u64>() {
         return Some(Duration::from_secs(secs));
     }

@@ -1,10 +1,12 @@
 //! Test harness: a real Ferry on `127.0.0.1:0` in front of a [`FakeRegistry`].
 
 pub mod fake;
+pub mod hostile;
 pub mod process;
 pub mod tls;
 
 pub use fake::{sha256, Auth, FakeRegistry};
+pub use hostile::{Answer, Hostile};
 pub use process::FerryProcess;
 pub use tls::TestCa;
 
@@ -46,6 +48,12 @@ impl Proxied {
     /// Ferry with extra TOML configuration (the fake is added as the default
     /// upstream unless the TOML declares upstreams itself).
     pub async fn with_toml(upstream: &FakeRegistry, toml: &str) -> Proxied {
+        Self::for_url(&upstream.url(), toml).await
+    }
+
+    /// Ferry with the registry at `url` as its default upstream (unless the
+    /// TOML declares upstreams itself) and extra TOML configuration.
+    pub async fn for_url(url: &str, toml: &str) -> Proxied {
         let dir = Arc::new(tempfile::tempdir().unwrap());
         let raw = RawConfig::from_toml(toml).unwrap();
         let declares_upstreams = !raw.upstreams.is_empty();
@@ -54,7 +62,7 @@ impl Proxied {
             Overrides {
                 listen: Some("127.0.0.1:0".into()),
                 data_dir: Some(dir.path().to_path_buf()),
-                upstream: (!declares_upstreams).then(|| upstream.url()),
+                upstream: (!declares_upstreams).then(|| url.to_string()),
                 ..Overrides::default()
             },
         )

@@ -33,6 +33,9 @@ pub(crate) struct Context {
     pub store: Store,
     pub metrics: Arc<Metrics>,
     pub health: Arc<StoreHealth>,
+    /// Upstream transfers at once (`limits.max_fetches`); a fetch waits for a
+    /// slot before asking upstream, its clients with it.
+    pub slots: Arc<tokio::sync::Semaphore>,
 }
 
 /// Starts the leader task for `digest`, publishing on `tx`. The registration
@@ -83,6 +86,15 @@ async fn download(
     tx: &watch::Sender<FetchState>,
 ) -> Result<(), FetchFailure> {
     let upstream = &target.upstream;
+    let _slot = match cx.slots.try_acquire() {
+        Ok(slot) => slot,
+        Err(_) => {
+            cx.metrics.fetches_queued.inc();
+            let slot = cx.slots.acquire().await;
+            cx.metrics.fetches_queued.dec();
+            slot.map_err(|_| FetchFailure::StoreUnavailable)?
+        }
+    };
     let mut resp = upstream
         .get_blob(&target.repo, digest, 0)
         .await

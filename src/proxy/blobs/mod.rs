@@ -64,12 +64,18 @@ pub(crate) struct Blobs {
 }
 
 impl Blobs {
-    pub fn new(store: Store, metrics: Arc<Metrics>, health: Arc<StoreHealth>) -> Blobs {
+    pub fn new(
+        store: Store,
+        metrics: Arc<Metrics>,
+        health: Arc<StoreHealth>,
+        max_fetches: usize,
+    ) -> Blobs {
         Blobs {
             cx: leader::Context {
                 store,
                 metrics,
                 health,
+                slots: Arc::new(tokio::sync::Semaphore::new(max_fetches)),
             },
             inflight: Arc::default(),
             heads: SingleFlight::default(),
