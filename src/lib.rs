@@ -243,9 +243,16 @@ where
         grace: config.shutdown_grace,
         limits: config.limits,
     };
+    let admin_token = config.admin_token.clone().map(Arc::new);
     let admin = listeners.admin.map(|admin| {
         if let Ok(addr) = admin.local_addr() {
-            tracing::info!(%addr, "admin API listening");
+            match &admin_token {
+                Some(_) => tracing::info!(%addr, "admin API listening (bearer token required)"),
+                None => tracing::warn!(
+                    %addr,
+                    "admin API listening without authentication: anyone on this host can purge the cache (set admin_token_file)"
+                ),
+            }
         }
         tokio::spawn(server::accept::serve(
             admin,
@@ -253,9 +260,10 @@ where
             stop_rx.clone(),
             move |req| {
                 let proxy = proxy_gate.borrow().clone();
+                let token = admin_token.clone();
                 async move {
                     match proxy {
-                        Some(p) => server::admin::handle(p, req).await,
+                        Some(p) => server::admin::handle(p, token.as_deref(), req).await,
                         None => server::starting(&req),
                     }
                 }

@@ -106,7 +106,8 @@ struct ServeArgs {
 
 #[derive(Args)]
 struct PrefetchArgs {
-    /// A running Ferry's admin API, e.g. http://127.0.0.1:5001.
+    /// A running Ferry's admin API, e.g. http://127.0.0.1:5001 (its token,
+    /// if it has one, from FERRY_ADMIN_TOKEN).
     #[arg(long)]
     admin: String,
     /// Upstream name or alias (e.g. docker.io).
@@ -122,7 +123,8 @@ struct PrefetchArgs {
 
 #[derive(Args)]
 struct PurgeArgs {
-    /// A running Ferry's admin API, e.g. http://127.0.0.1:5001.
+    /// A running Ferry's admin API, e.g. http://127.0.0.1:5001 (its token,
+    /// if it has one, from FERRY_ADMIN_TOKEN).
     #[arg(long, conflicts_with = "data_dir")]
     admin: Option<String>,
     /// The store of a stopped Ferry.
@@ -380,6 +382,14 @@ fn purge(args: PurgeArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// The admin API's bearer token, from `FERRY_ADMIN_TOKEN` when set.
+fn with_admin_token(req: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+    match std::env::var("FERRY_ADMIN_TOKEN") {
+        Ok(t) if !t.trim().is_empty() => req.bearer_auth(t.trim()),
+        _ => req,
+    }
+}
+
 /// POSTs to a running Ferry's admin API, prints the JSON answer, and exits
 /// non-zero unless it succeeded.
 fn admin_post(admin: &str, endpoint: &str, query: &str) -> Result<ExitCode> {
@@ -388,7 +398,9 @@ fn admin_post(admin: &str, endpoint: &str, query: &str) -> Result<ExitCode> {
         .enable_all()
         .build()?;
     let (status, body) = runtime.block_on(async {
-        let resp = reqwest::Client::new().post(&url).send().await?;
+        let resp = with_admin_token(reqwest::Client::new().post(&url))
+            .send()
+            .await?;
         let status = resp.status();
         Ok::<_, reqwest::Error>((status, resp.text().await?))
     })?;
@@ -420,8 +432,7 @@ fn prefetch(args: PrefetchArgs) -> Result<ExitCode> {
         .build()?;
     runtime
         .block_on(async {
-            let mut resp = reqwest::Client::new()
-                .post(&url)
+            let mut resp = with_admin_token(reqwest::Client::new().post(&url))
                 .header("accept", "application/x-ndjson")
                 .send()
                 .await?;

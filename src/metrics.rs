@@ -91,6 +91,15 @@ struct EventLabels {
     outcome: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct AccessLabels {
+    upstream: String,
+    /// `upstream` (asked now), `cached` (a kept decision), `stale` (kept
+    /// through an upstream failure).
+    source: &'static str,
+    result: &'static str,
+}
+
 type Histograms<L> = Family<L, Histogram, fn() -> Histogram>;
 
 /// Seconds from 0.5 ms to about 33 s, doubling: a warm `HEAD` lands in the
@@ -112,6 +121,7 @@ pub struct Metrics {
     hits: Family<KindLabels, Counter>,
     misses: Family<KindLabels, Counter>,
     events: Family<EventLabels, Counter>,
+    access: Family<AccessLabels, Counter>,
     /// Body bytes sent to clients.
     pub bytes_served: Counter,
     /// Body bytes received from upstreams.
@@ -180,6 +190,7 @@ impl Metrics {
             hits: Family::default(),
             misses: Family::default(),
             events: Family::default(),
+            access: Family::default(),
             bytes_served: Counter::default(),
             bytes_fetched: Counter::default(),
             stale_answers: Counter::default(),
@@ -230,6 +241,11 @@ impl Metrics {
             "events",
             "Push events received, by upstream, format and outcome (applied, ignored, duplicate, outdated, foreign, invalid, rejected).",
             self.events
+        );
+        reg!(
+            "access_decisions",
+            "Upstream-checked access decisions, by upstream, source (upstream, cached, stale) and result (allowed, unauthenticated, forbidden, missing, unavailable).",
+            self.access
         );
         reg!(
             "cache_misses",
@@ -396,6 +412,17 @@ impl Metrics {
                 outcome,
             })
             .inc_by(n);
+    }
+
+    /// An upstream-checked access decision (see [`crate::access::checked`]).
+    pub fn access_decision(&self, upstream: &str, source: &'static str, result: &'static str) {
+        self.access
+            .get_or_create(&AccessLabels {
+                upstream: upstream.to_string(),
+                source,
+                result,
+            })
+            .inc();
     }
 
     /// A lookup answered from the cache.

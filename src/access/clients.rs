@@ -1,7 +1,10 @@
 //! Client authentication with Ferry's own identities (`[[client]]`): with any
 //! configured, every pull-API request needs HTTP Basic credentials of one of
-//! them. Only SHA-256 digests of the passwords are kept, compared in constant time.
+//! them, and an identity limited to repositories (`repositories =
+//! ["ghcr.io/team-a/.*"]`) may pull only those. Only SHA-256 digests of the
+//! passwords are kept, compared in constant time.
 
+use regex::Regex;
 use sha2::Digest as _;
 use std::fmt;
 use subtle::ConstantTimeEq;
@@ -9,38 +12,80 @@ use subtle::ConstantTimeEq;
 /// The configured client identities.
 #[derive(Clone)]
 pub struct ClientAuth {
-    /// (username, SHA-256 of the password).
-    users: Vec<(String, [u8; 32])>,
+    users: Vec<Client>,
+}
+
+/// One identity.
+#[derive(Clone)]
+pub struct Client {
+    name: String,
+    /// SHA-256 of the password.
+    password: [u8; 32],
+    /// (upstream name, whole-name repository regex) it may pull; `None`: all.
+    repositories: Option<Vec<(String, Regex)>>,
 }
 
 impl fmt::Debug for ClientAuth {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let names: Vec<&str> = self.users.iter().map(|(u, _)| u.as_str()).collect();
+        let names: Vec<&str> = self.users.iter().map(|c| c.name.as_str()).collect();
         write!(f, "ClientAuth({names:?}, <redacted>)")
     }
 }
 
-impl ClientAuth {
-    /// From (username, password) pairs the configuration has validated.
-    pub fn new<'a>(users: impl IntoIterator<Item = (&'a str, &'a str)>) -> ClientAuth {
-        ClientAuth {
-            users: users
-                .into_iter()
-                .map(|(u, p)| (u.to_string(), password_digest(p)))
-                .collect(),
+impl Client {
+    /// An identity; `repositories` limits what it may pull.
+    pub fn new(name: &str, password: &str, repositories: Option<Vec<(String, Regex)>>) -> Client {
+        Client {
+            name: name.to_string(),
+            password: password_digest(password),
+            repositories,
         }
+    }
+
+    /// Its username.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Whether it may pull `repo` from the upstream named `upstream`.
+    pub fn may_pull(&self, upstream: &str, repo: &str) -> bool {
+        self.repositories.as_ref().is_none_or(|allowed| {
+            allowed
+                .iter()
+                .any(|(u, re)| u == upstream && re.is_match(repo))
+        })
+    }
+}
+
+impl ClientAuth {
+    /// From (username, password) pairs, each allowed everything.
+    pub fn new<'a>(users: impl IntoIterator<Item = (&'a str, &'a str)>) -> ClientAuth {
+        ClientAuth::from_clients(
+            users
+                .into_iter()
+                .map(|(u, p)| Client::new(u, p, None))
+                .collect(),
+        )
+    }
+
+    /// From identities the configuration has validated.
+    pub fn from_clients(users: Vec<Client>) -> ClientAuth {
+        ClientAuth { users }
+    }
+
+    /// The identity an `Authorization` header value proves, if any.
+    pub fn authenticate(&self, authorization: Option<&str>) -> Option<&Client> {
+        let (user, password) = authorization.and_then(parse_basic)?;
+        let given = password_digest(&password);
+        self.users
+            .iter()
+            .find(|c| c.name == user && bool::from(given.ct_eq(&c.password)))
     }
 
     /// Whether an `Authorization` header value names a configured user with
     /// the right password.
     pub fn allows(&self, authorization: Option<&str>) -> bool {
-        let Some((user, password)) = authorization.and_then(parse_basic) else {
-            return false;
-        };
-        let given = password_digest(&password);
-        self.users
-            .iter()
-            .any(|(u, want)| *u == user && bool::from(given.ct_eq(want)))
+        self.authenticate(authorization).is_some()
     }
 }
 
@@ -93,5 +138,25 @@ mod tests {
         assert!(!auth.allows(Some("Basic !!!")));
         assert!(!auth.allows(None));
         assert!(!format!("{auth:?}").contains("s3"), "Debug shows no secret");
+    }
+
+    #[test]
+    fn a_scoped_identity_pulls_only_its_repositories() {
+        let team = Client::new(
+            "team-a",
+            "pw",
+            Some(vec![(
+                "ghcr.io".into(),
+                Regex::new("^(?:team-a/.*)$").unwrap(),
+            )]),
+        );
+        let auth = ClientAuth::from_clients(vec![team, Client::new("all", "pw2", None)]);
+        let c = auth.authenticate(Some(&basic("team-a:pw"))).unwrap();
+        assert!(c.may_pull("ghcr.io", "team-a/app"));
+        assert!(!c.may_pull("ghcr.io", "team-b/app"));
+        assert!(!c.may_pull("docker.io", "team-a/app"), "another upstream");
+        assert!(!c.may_pull("ghcr.io", "xteam-a/app"), "whole-name match");
+        let all = auth.authenticate(Some(&basic("all:pw2"))).unwrap();
+        assert!(all.may_pull("docker.io", "library/alpine"));
     }
 }

@@ -21,6 +21,16 @@ pub const STALE_IF_ERROR: Duration = Duration::from_secs(24 * 3600);
 /// events within about a second, so the TTL is only a safety net for an event
 /// that never arrived.
 pub const EVENTS_TAG_TTL: Duration = Duration::from_secs(3600);
+/// Upstream-checked access: how long the upstream's "this client may pull
+/// this repository" stands before it is asked again…
+pub const ACCESS_TTL: Duration = Duration::from_secs(300);
+/// …and its "may not" (short: a fixed pull secret takes effect quickly).
+pub const ACCESS_NEGATIVE_TTL: Duration = Duration::from_secs(30);
+/// While the upstream cannot be asked, a decision this old still stands;
+/// past it, `503`: never an open door.
+pub const ACCESS_STALE: Duration = Duration::from_secs(3600);
+/// Access decisions kept in memory at most (then the oldest go).
+pub const ACCESS_DECISIONS: usize = 100_000;
 /// How long an upstream "no such tag" is remembered.
 pub const NEGATIVE_TTL: Duration = Duration::from_secs(15);
 

@@ -11,6 +11,7 @@
 //! - `units`: durations and sizes; [`tls`]: the client port's certificate;
 //! - [`limits`]: what clients may cost; [`webhook`]: the admission webhook.
 
+pub mod access;
 pub mod defaults;
 pub mod freshness;
 pub mod limits;
@@ -21,6 +22,7 @@ pub mod units;
 pub mod upstream;
 pub mod webhook;
 
+pub use access::{AccessPolicy, UpstreamTls};
 pub use freshness::{Freshness, FreshnessPolicy, Rule};
 pub use limits::Limits;
 pub use overrides::Overrides;
@@ -28,7 +30,8 @@ pub use raw::RawConfig;
 pub use units::parse_size;
 pub use upstream::{authority, Credentials, UpstreamConfig};
 
-use crate::access::ClientAuth;
+use crate::access::clients::Client;
+use crate::access::{AdminToken, ClientAuth};
 use raw::RawClient;
 use regex::Regex;
 use std::net::SocketAddr;
@@ -52,6 +55,8 @@ pub struct Config {
     pub listen: SocketAddr,
     /// The admin API's address, when it is on (the caller binds it).
     pub admin_listen: Option<SocketAddr>,
+    /// The token the admin API demands; `None` only on loopback.
+    pub admin_token: Option<AdminToken>,
     /// Where blobs, the index and temp files live.
     pub data_dir: PathBuf,
     /// The upstream registries, each under a unique name.
@@ -220,8 +225,10 @@ impl Config {
             response: duration_or(&t.response, "timeouts.response", defaults::RESPONSE_TIMEOUT)?,
             idle: duration_or(&t.idle, "timeouts.idle", defaults::IDLE_TIMEOUT)?,
         };
+        let client_auth = client_auth(&raw.clients, &upstreams)?;
         Ok(Config {
             listen,
+            admin_token: admin_token(admin_listen, &raw.admin_token_file, &raw.admin_token_env)?,
             admin_listen,
             data_dir,
             upstreams,
@@ -240,7 +247,7 @@ impl Config {
                 "shutdown_grace",
                 defaults::SHUTDOWN_GRACE,
             )?,
-            client_auth: client_auth(&raw.clients)?,
+            client_auth,
             webhook: raw.webhook.as_ref().map(webhook::from_raw).transpose()?,
             limits: limits::from_raw(&raw.limits)?,
             tls: tls::server_config(
@@ -290,17 +297,58 @@ fn secret(
     }
 }
 
-fn client_auth(clients: &[RawClient]) -> Result<Option<ClientAuth>, ConfigError> {
+/// The admin API's token. The admin API can purge the cache and make Ferry
+/// fetch anything: off loopback it needs a token.
+fn admin_token(
+    listen: Option<SocketAddr>,
+    file: &Option<PathBuf>,
+    env: &Option<String>,
+) -> Result<Option<AdminToken>, ConfigError> {
+    let token = match (file, env) {
+        (Some(_), Some(_)) => {
+            return err("set admin_token_file or admin_token_env, not both");
+        }
+        (Some(path), None) => Some(
+            std::fs::read_to_string(path)
+                .map_err(|e| ConfigError(format!("admin_token_file {}: {e}", path.display())))?,
+        ),
+        (None, Some(var)) => Some(std::env::var(var).map_err(|_| {
+            ConfigError(format!("admin_token_env names {var:?}, which is not set"))
+        })?),
+        (None, None) => None,
+    };
+    let token = match token {
+        Some(t) if t.trim().len() < AdminToken::MIN_LEN => {
+            return err(format!(
+                "the admin token must be at least {} characters",
+                AdminToken::MIN_LEN
+            ));
+        }
+        Some(t) => Some(AdminToken::new(t.trim())),
+        None => None,
+    };
+    match listen {
+        Some(addr) if token.is_none() && !addr.ip().is_loopback() => err(format!(
+            "admin_listen {addr} is not a loopback address: set admin_token_file or admin_token_env (the admin API can purge the cache)"
+        )),
+        _ => Ok(token),
+    }
+}
+
+fn client_auth(
+    clients: &[RawClient],
+    upstreams: &[UpstreamConfig],
+) -> Result<Option<ClientAuth>, ConfigError> {
     if clients.is_empty() {
         return Ok(None);
     }
-    let mut users: Vec<(String, String)> = Vec::with_capacity(clients.len());
+    let mut users: Vec<Client> = Vec::with_capacity(clients.len());
     for (i, c) in clients.iter().enumerate() {
         let ctx = format!("client[{i}] ({:?})", c.username);
         if c.username.is_empty() || c.username.contains(':') {
             return err(format!("{ctx}: username must be non-empty and without ':'"));
         }
-        if users.iter().any(|(u, _)| *u == c.username) {
+        if users.iter().any(|u| u.name() == c.username) {
             return err(format!("{ctx}: username given twice"));
         }
         let Some(password) = secret(&ctx, &c.password, &c.password_env)? else {
@@ -309,11 +357,30 @@ fn client_auth(clients: &[RawClient]) -> Result<Option<ClientAuth>, ConfigError>
         if password.is_empty() {
             return err(format!("{ctx}: empty password"));
         }
-        users.push((c.username.clone(), password));
+        let repositories = match &c.repositories {
+            None => None,
+            Some(entries) => {
+                let mut scopes = Vec::with_capacity(entries.len());
+                for entry in entries {
+                    let Some((upstream, pattern)) = entry.split_once('/') else {
+                        return err(format!(
+                            "{ctx}: repositories entry {entry:?} is not <upstream>/<repository regex>"
+                        ));
+                    };
+                    let Some(u) = upstreams.iter().find(|u| u.answers_to(upstream)) else {
+                        return err(format!(
+                            "{ctx}: repositories entry {entry:?} names no configured upstream"
+                        ));
+                    };
+                    let what = format!("{ctx}: repositories entry {entry:?}");
+                    scopes.push((u.name.clone(), compile(pattern, &what)?));
+                }
+                Some(scopes)
+            }
+        };
+        users.push(Client::new(&c.username, &password, repositories));
     }
-    Ok(Some(ClientAuth::new(
-        users.iter().map(|(u, p)| (u.as_str(), p.as_str())),
-    )))
+    Ok(Some(ClientAuth::from_clients(users)))
 }
 
 fn parse_addr(what: &str, s: &str) -> Result<SocketAddr, ConfigError> {

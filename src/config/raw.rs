@@ -45,6 +45,10 @@ pub struct RawConfig {
     /// When any is set, clients must authenticate (HTTP Basic) as one of them.
     #[serde(default, rename = "client")]
     pub clients: Vec<RawClient>,
+    /// The admin API's bearer token, from this file…
+    pub admin_token_file: Option<PathBuf>,
+    /// …or this environment variable.
+    pub admin_token_env: Option<String>,
     /// The admission webhook that pins images to digests; off when absent.
     pub webhook: Option<RawWebhook>,
     /// What clients may cost: connections, request heads, HTTP/2, fetches.
@@ -105,6 +109,9 @@ pub struct RawClient {
     pub password: Option<String>,
     /// …or read from this environment variable.
     pub password_env: Option<String>,
+    /// What it may pull: `<upstream>/<repository regex>` entries; everything
+    /// when absent.
+    pub repositories: Option<Vec<String>>,
 }
 
 /// `[cache]`.
@@ -173,6 +180,28 @@ pub struct RawUpstream {
     pub rules: Vec<RawRule>,
     /// Push events from this upstream (`POST /events/<name>`); off when absent.
     pub events: Option<RawEvents>,
+    /// Upstream-checked access: each client's right to pull a repository is
+    /// asked of the upstream with the client's own credentials; off when absent.
+    pub access: Option<RawAccess>,
+    /// A PEM bundle of CAs trusted for this upstream, besides the system's and
+    /// the built-in roots.
+    pub ca_file: Option<PathBuf>,
+    /// A PEM client certificate chain for mutual TLS…
+    pub client_cert: Option<PathBuf>,
+    /// …and its PEM private key.
+    pub client_key: Option<PathBuf>,
+}
+
+/// `[upstream.access]`: how long the upstream's answers about a client stand.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAccess {
+    /// A "may pull" is reused this long.
+    pub ttl: Option<RawDuration>,
+    /// A "may not pull" is reused this long.
+    pub negative_ttl: Option<RawDuration>,
+    /// While the upstream cannot be asked, a decision this old still stands.
+    pub stale: Option<RawDuration>,
 }
 
 /// `[upstream.events]`: the upstream tells Ferry when a tag moves.

@@ -164,3 +164,67 @@ fn bad_configs_say_what_is_wrong() {
         assert!(e.contains(needle), "{toml:?} gave {e:?}");
     }
 }
+
+#[test]
+fn access_tls_admin_and_client_scopes_are_checked_before_serving() {
+    let up = "[[upstream]]\nname = \"corp\"\nurl = \"https://corp.example\"\n";
+    let c = load(&format!("{up}[upstream.access]\n")).unwrap();
+    let a = default_upstream(&c).access.unwrap();
+    assert_eq!(
+        (a.ttl, a.negative_ttl, a.stale),
+        (
+            defaults::ACCESS_TTL,
+            defaults::ACCESS_NEGATIVE_TTL,
+            defaults::ACCESS_STALE
+        )
+    );
+    assert!(
+        load(up).unwrap().upstreams[0].access.is_none(),
+        "off by default"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let junk = dir.path().join("junk.pem");
+    std::fs::write(&junk, "not a certificate").unwrap();
+    let junk = junk.display();
+    for (bad, says) in [
+        (format!("{up}[upstream.access]\nttl = \"2h\"\n"), "stale must be at least"),
+        (format!("{up}ca_file = \"/nonexistent/ca.pem\"\n"), "ca_file /nonexistent/ca.pem"),
+        (format!("{up}ca_file = \"{junk}\"\n"), "ca_file"),
+        (format!("{up}client_cert = \"{junk}\"\n"), "go together"),
+        (format!("{up}client_cert = \"{junk}\"\nclient_key = \"{junk}\"\n"), "client_cert"),
+        ("admin_listen = \"0.0.0.0:5001\"\n".to_string(), "not a loopback address"),
+        (
+            "admin_listen = \"127.0.0.1:5001\"\nadmin_token_env = \"FERRY_TEST_UNSET_VAR\"\n".into(),
+            "not set",
+        ),
+        (
+            format!("{up}[[client]]\nusername = \"a\"\npassword = \"b\"\nrepositories = [\"nowhere/x\"]\n"),
+            "names no configured upstream",
+        ),
+        (
+            format!("{up}[[client]]\nusername = \"a\"\npassword = \"b\"\nrepositories = [\"corp\"]\n"),
+            "<upstream>/<repository regex>",
+        ),
+    ] {
+        let e = load(&bad).err().unwrap_or_else(|| panic!("accepted: {bad}"));
+        assert!(e.to_string().contains(says), "{bad}: {e}");
+    }
+    let token = dir.path().join("token");
+    std::fs::write(&token, "short\n").unwrap();
+    let e = load(&format!(
+        "admin_listen = \"0.0.0.0:5001\"\nadmin_token_file = \"{}\"\n",
+        token.display()
+    ))
+    .unwrap_err();
+    assert!(e.to_string().contains("at least 16"), "{e}");
+    std::fs::write(&token, "0123456789abcdef0123\n").unwrap();
+    let c = load(&format!(
+        "admin_listen = \"0.0.0.0:5001\"\nadmin_token_file = \"{}\"\n",
+        token.display()
+    ))
+    .unwrap();
+    assert!(c
+        .admin_token
+        .unwrap()
+        .allows(Some("Bearer 0123456789abcdef0123")));
+}

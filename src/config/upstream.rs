@@ -1,6 +1,7 @@
 //! One upstream registry as configured: its URL, the names that route to it,
 //! Ferry's credentials for it, Docker Hub's `library/` rule, and its freshness policy.
 
+use super::access::{AccessPolicy, UpstreamTls};
 use super::freshness::{Freshness, FreshnessPolicy, Rule};
 use super::raw::{RawFreshness, RawUpstream};
 use super::units::{duration_or, parse_opt};
@@ -31,6 +32,10 @@ pub struct UpstreamConfig {
     pub policy: FreshnessPolicy,
     /// Push events it sends, when configured.
     pub events: Option<EventsConfig>,
+    /// Upstream-checked access, when on: each client's rights are asked of it.
+    pub access: Option<AccessPolicy>,
+    /// The CAs and client certificate Ferry uses to reach it.
+    pub tls: UpstreamTls,
 }
 
 /// `[upstream.events]`, validated.
@@ -60,6 +65,8 @@ impl fmt::Debug for UpstreamConfig {
             .field("credentials", &self.credentials)
             .field("library_prefix", &self.library_prefix)
             .field("events", &self.events)
+            .field("access", &self.access)
+            .field("tls", &self.tls)
             .finish()
     }
 }
@@ -165,6 +172,12 @@ pub(crate) fn from_raw(
         library_prefix: u.library_prefix.unwrap_or(is_hub),
         policy,
         events,
+        access: u
+            .access
+            .as_ref()
+            .map(|a| AccessPolicy::from_raw(&ctx, a))
+            .transpose()?,
+        tls: UpstreamTls::from_raw(&ctx, u)?,
     })
 }
 

@@ -20,7 +20,7 @@
 //! - manifests and blobs by digest never talk to upstream once stored;
 //! - at most one upstream request per blob digest is in flight.
 
-mod answers;
+pub(crate) mod answers;
 pub mod blobs;
 pub mod error;
 mod flight;
@@ -393,6 +393,17 @@ impl Proxy {
     /// Blobs and bytes in the store.
     pub fn store_usage(&self) -> (u64, u64) {
         (self.store.blob_count(), self.store.total_bytes())
+    }
+
+    /// The repository → digest links of checked-access upstreams, kept in
+    /// this proxy's store.
+    pub fn links(&self) -> crate::access::Links {
+        crate::access::Links::new(self.store.clone(), self.clock.clone())
+    }
+
+    /// The proxy's clock.
+    pub fn clock(&self) -> &Clock {
+        &self.clock
     }
 
     /// Now, by the proxy's clock (unix ms).

@@ -1,5 +1,6 @@
 //! The admin API, on its own listener (`admin_listen`), off unless configured.
-//! It has no authentication of its own: keep it on loopback or a private network.
+//! With `admin_token_file` (or `_env`) every request but `/healthz` needs
+//! `Authorization: Bearer <token>`; without one it may only listen on loopback.
 //!
 //! - `POST /admin/purge?digest=sha256:…` drops a blob or manifest and the tags pointing at it;
 //! - `POST /admin/purge?upstream=docker.io&repository=library/alpine[&tag=latest]`
@@ -13,14 +14,35 @@
 
 use super::errors::{cache_error, route_error, Asked};
 use super::responses::{self, Body};
+use crate::access::AdminToken;
 use crate::oci::{route::query_param, Digest, ErrorCode, OciError, Reference, RepoName};
 use crate::proxy::{Progress, Proxy};
 use crate::upstream::Target;
 use http::{Method, Request, Response, StatusCode};
 use std::sync::Arc;
 
-/// Answers one admin request.
-pub async fn handle<B>(proxy: Arc<Proxy>, req: Request<B>) -> Response<Body> {
+/// Answers one admin request; with `token`, only requests that carry it.
+pub async fn handle<B>(
+    proxy: Arc<Proxy>,
+    token: Option<&AdminToken>,
+    req: Request<B>,
+) -> Response<Body> {
+    let given = req
+        .headers()
+        .get(http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    if req.uri().path() != "/healthz" && token.is_some_and(|t| !t.allows(given)) {
+        let e = OciError::new(
+            ErrorCode::Unauthorized,
+            "the admin API needs its bearer token",
+        );
+        let mut resp = responses::error(&e, false);
+        resp.headers_mut().insert(
+            http::header::WWW_AUTHENTICATE,
+            http::HeaderValue::from_static("Bearer realm=\"ferry-admin\""),
+        );
+        return resp;
+    }
     let query = req.uri().query();
     let resp = match (req.method(), req.uri().path()) {
         (&Method::POST, "/admin/purge") => purge(&proxy, query).await,

@@ -16,12 +16,12 @@ pub mod accept;
 pub mod admin;
 pub mod errors;
 pub mod events;
+mod gate;
 pub mod resolve;
 pub mod responses;
 
 pub use responses::Body;
 
-use crate::access::ClientAuth;
 use crate::config::Config;
 use crate::oci::media::OCI_INDEX;
 use crate::oci::{route, PullRequest, RangeRequest, Reference, Route};
@@ -43,8 +43,8 @@ const OCI_FILTERS_APPLIED: HeaderName = HeaderName::from_static("oci-filters-app
 pub struct App {
     proxy: Arc<Proxy>,
     access_log: bool,
-    /// When set, the pull API answers only authenticated clients.
-    client_auth: Option<ClientAuth>,
+    /// Who may read what.
+    gate: gate::Gate,
     /// Shutdown has begun: `/readyz` answers 503 so load balancers move on.
     draining: AtomicBool,
 }
@@ -53,9 +53,9 @@ impl App {
     /// The service for `proxy` as `config` sets it up.
     pub fn new(proxy: Arc<Proxy>, config: &Config) -> App {
         App {
+            gate: gate::Gate::new(&proxy, config),
             proxy,
             access_log: config.access_log,
-            client_auth: config.client_auth.clone(),
             draining: AtomicBool::new(false),
         }
     }
@@ -119,18 +119,12 @@ impl App {
                 Err(e) => return ("invalid", responses::error(&e, head)),
             };
             let label = route_label(&parsed.route);
-            if !self.authorized(req) {
-                return (label, responses::unauthorized(parsed.head));
-            }
             return (label, self.pull(req.headers(), &parsed).await);
         }
         if path == "/resolve" && matches!(*req.method(), Method::GET | Method::HEAD) {
-            if !self.authorized(req) {
-                return ("resolve", responses::unauthorized(head));
-            }
             return (
                 "resolve",
-                resolve::handle(&self.proxy, req.uri().query(), head).await,
+                self.resolve(req.headers(), req.uri().query(), head).await,
             );
         }
         match (req.method(), path) {
@@ -152,24 +146,35 @@ impl App {
         }
     }
 
-    /// Whether the request may use the pull API (and the resolve API): always,
-    /// unless `[[client]]` identities are configured.
-    fn authorized<B>(&self, req: &Request<B>) -> bool {
-        let Some(auth) = &self.client_auth else {
-            return true;
+    /// `GET /resolve?image=…`, admitted as a pull of that repository would be.
+    async fn resolve(
+        &self,
+        headers: &http::HeaderMap,
+        query: Option<&str>,
+        head: bool,
+    ) -> Response<Body> {
+        let routed = match resolve::route(&self.proxy, query) {
+            Ok(r) => r,
+            Err(e) => return responses::error(&e, head),
         };
-        let given = req
-            .headers()
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok());
-        auth.allows(given)
+        if let resolve::Routed::Tag { target, .. } = &routed {
+            if let Err(refused) = self.gate.admit(headers, target, head).await {
+                return *refused;
+            }
+        }
+        resolve::answer(&self.proxy, routed, head).await
     }
 
     /// A pull-API request, routed to its upstream and answered by the cache.
     async fn pull(&self, headers: &http::HeaderMap, req: &PullRequest) -> Response<Body> {
         let proxy = &self.proxy;
         let (name, asked) = match &req.route {
-            Route::Base => return base(req.head),
+            Route::Base => {
+                return match self.gate.base(headers, req.head) {
+                    Ok(()) => base(req.head),
+                    Err(refused) => *refused,
+                }
+            }
             Route::Manifest { name, .. } => (name, Asked::Manifest),
             Route::Blob { name, .. } => (name, Asked::Blob),
             Route::TagsList { name, .. } => (name, Asked::TagList),
@@ -179,12 +184,31 @@ impl App {
             Ok(t) => t,
             Err(e) => return responses::error(&errors::route_error(&e), req.head),
         };
+        if let Err(refused) = self.gate.admit(headers, &target, req.head).await {
+            return *refused;
+        }
+        let by_digest = match &req.route {
+            Route::Manifest {
+                reference: Reference::Digest(d),
+                ..
+            }
+            | Route::Blob { digest: d, .. } => Some(d),
+            _ => None,
+        };
+        if let Some(d) = by_digest {
+            if let Err(refused) = self.gate.seen_here(&target, d, asked, req.head).await {
+                return *refused;
+            }
+        }
         let answer = match &req.route {
             Route::Base => unreachable!("answered above"),
-            Route::Manifest { reference, .. } => proxy
-                .manifest(&target, reference, req.head)
-                .await
-                .map(|m| responses::manifest(headers, &m.digest, &m.media_type, m.size, m.body)),
+            Route::Manifest { reference, .. } => {
+                proxy.manifest(&target, reference, req.head).await.map(|m| {
+                    self.gate
+                        .saw_manifest(&target, &m.digest, m.body.as_deref());
+                    responses::manifest(headers, &m.digest, &m.media_type, m.size, m.body)
+                })
+            }
             Route::Blob { digest, .. } => {
                 let range =
                     RangeRequest::parse(headers.get(header::RANGE).and_then(|v| v.to_str().ok()));

@@ -16,8 +16,9 @@
 
 use super::errors::{cache_error, Asked};
 use super::responses::{self, Body};
-use crate::oci::{route::query_param, ErrorCode, ImageRef, OciError};
+use crate::oci::{route::query_param, ErrorCode, ImageRef, OciError, Tag};
 use crate::proxy::{Proxy, Resolved};
+use crate::upstream::Target;
 use http::Response;
 
 /// What the resolve API answers about one image.
@@ -42,12 +43,27 @@ pub struct Resolution {
     pub pinned: String,
 }
 
-/// Resolves one image reference (see the module docs).
-pub async fn image(proxy: &Proxy, image: &str) -> Result<Resolution, OciError> {
+/// An image reference, parsed and routed.
+pub enum Routed {
+    /// It carried a digest: the answer needs no upstream.
+    Digest(Resolution),
+    /// A tag to resolve in `target`.
+    Tag {
+        /// The normalised reference.
+        image: ImageRef,
+        /// Its upstream repository.
+        target: Target,
+        /// The tag.
+        tag: Tag,
+    },
+}
+
+/// Parses `image` and routes it to its upstream.
+pub fn route_image(proxy: &Proxy, image: &str) -> Result<Routed, OciError> {
     let r =
         ImageRef::parse(image).map_err(|e| OciError::new(ErrorCode::NameInvalid, e.to_string()))?;
     if let Some(d) = &r.digest {
-        return Ok(Resolution {
+        return Ok(Routed::Digest(Resolution {
             image: r.to_string(),
             digest: d.to_string(),
             media_type: None,
@@ -55,7 +71,7 @@ pub async fn image(proxy: &Proxy, image: &str) -> Result<Resolution, OciError> {
             source: "reference",
             age_seconds: None,
             pinned: r.pinned(d),
-        });
+        }));
     }
     let target = proxy
         .target(&r.registry, r.repository.clone())
@@ -70,6 +86,19 @@ pub async fn image(proxy: &Proxy, image: &str) -> Result<Resolution, OciError> {
         .tag
         .clone()
         .expect("a reference without a digest has a tag");
+    Ok(Routed::Tag {
+        image: r,
+        target,
+        tag,
+    })
+}
+
+/// Resolves a routed reference through the tag cache.
+pub async fn resolve(proxy: &Proxy, routed: Routed) -> Result<Resolution, OciError> {
+    let (r, target, tag) = match routed {
+        Routed::Digest(resolution) => return Ok(resolution),
+        Routed::Tag { image, target, tag } => (image, target, tag),
+    };
     let Resolved {
         meta,
         source,
@@ -93,14 +122,26 @@ pub async fn image(proxy: &Proxy, image: &str) -> Result<Resolution, OciError> {
     })
 }
 
-/// `GET /resolve?image=…`.
-pub async fn handle(proxy: &Proxy, query: Option<&str>, head: bool) -> Response<Body> {
+/// Resolves one image reference (see the module docs).
+pub async fn image(proxy: &Proxy, image: &str) -> Result<Resolution, OciError> {
+    resolve(proxy, route_image(proxy, image)?).await
+}
+
+/// `GET /resolve?image=…`: the query, parsed and routed (the caller admits
+/// the client to the target before [`answer`]).
+pub fn route(proxy: &Proxy, query: Option<&str>) -> Result<Routed, OciError> {
     let Some(image_ref) = query_param(query, "image") else {
-        let e = OciError::new(ErrorCode::NameInvalid, "give ?image=<reference>")
-            .with_status(http::StatusCode::BAD_REQUEST);
-        return responses::error(&e, head);
+        return Err(
+            OciError::new(ErrorCode::NameInvalid, "give ?image=<reference>")
+                .with_status(http::StatusCode::BAD_REQUEST),
+        );
     };
-    match image(proxy, &image_ref).await {
+    route_image(proxy, &image_ref)
+}
+
+/// The answer to `GET /resolve` for a routed, admitted reference.
+pub async fn answer(proxy: &Proxy, routed: Routed, head: bool) -> Response<Body> {
+    match resolve(proxy, routed).await {
         Ok(r) => responses::json(serde_json::to_string(&r).unwrap_or_default()),
         Err(e) => responses::error(&e, head),
     }

@@ -8,10 +8,13 @@
 //! shared back-off after a 429 so client retries do not become upstream retries.
 //! Upstream challenges and tokens never leave this module.
 
+mod access;
 pub mod auth;
 mod destinations;
 mod router;
 mod tokens;
+
+pub use access::Access;
 
 pub use router::{RouteError, Router, Target};
 
@@ -157,13 +160,22 @@ impl Upstream {
         clock: Clock,
     ) -> std::result::Result<Upstream, reqwest::Error> {
         let destinations = destinations::Destinations::for_upstream(&config.url);
-        let http = reqwest::Client::builder()
+        let mut http = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
             .dns_resolver(destinations.resolver())
             .connect_timeout(timeouts.connect)
             .pool_idle_timeout(Duration::from_secs(60))
-            .user_agent(concat!("ferry/", env!("CARGO_PKG_VERSION")))
-            .build()?;
+            .user_agent(concat!("ferry/", env!("CARGO_PKG_VERSION")));
+        // The configuration already parsed these files: they cannot fail here.
+        if let Some(pem) = &config.tls.ca_pem {
+            for ca in reqwest::Certificate::from_pem_bundle(pem)? {
+                http = http.add_root_certificate(ca);
+            }
+        }
+        if let Some(pem) = &config.tls.identity_pem {
+            http = http.identity(reqwest::Identity::from_pem(pem)?);
+        }
+        let http = http.build()?;
         Ok(Upstream {
             name: config.name.clone(),
             config: RwLock::new(Arc::new(config)),
@@ -198,9 +210,11 @@ impl Upstream {
         if new.url != old.url
             || new.aliases != old.aliases
             || new.library_prefix != old.library_prefix
+            || new.tls.ca_pem != old.tls.ca_pem
+            || new.tls.identity_pem != old.tls.identity_pem
         {
             return Err(format!(
-                "upstream {:?}: a changed url, aliases or library_prefix needs a restart",
+                "upstream {:?}: a changed url, aliases, library_prefix or TLS file needs a restart",
                 self.name
             ));
         }
@@ -222,6 +236,9 @@ impl Upstream {
         };
         if events(&new.events) != events(&old.events) {
             changed.push(format!("upstream {:?}: events", self.name));
+        }
+        if new.access != old.access {
+            changed.push(format!("upstream {:?}: access", self.name));
         }
         *self.config.write() = Arc::new(new.clone());
         Ok(changed)

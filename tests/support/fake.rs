@@ -110,6 +110,34 @@ pub enum Auth {
     },
     /// Basic auth on the registry itself.
     Basic(String, String),
+    /// A private registry with per-repository rights (see [`Acl`]); content
+    /// is served only in the repository it was added to.
+    Acl(Acl),
+}
+
+/// Who may pull what: as a Bearer registry (Docker Hub-like: the token server
+/// issues a token to any valid credentials, holding only the rights they
+/// have) or a Basic one (the registry itself answers 401 to bad credentials
+/// and 403 to a repository the user may not pull).
+#[derive(Clone, Debug, Default)]
+pub struct Acl {
+    pub bearer: bool,
+    /// (user, password, repositories it may pull).
+    pub users: Vec<(String, String, Vec<String>)>,
+    /// Repositories anyone may pull, without credentials.
+    pub public: Vec<String>,
+}
+
+impl Acl {
+    /// `None`: the credentials are wrong; else whether they may pull `repo`.
+    fn may_pull(&self, authorization: Option<&str>, repo: &str) -> Option<bool> {
+        let public = self.public.iter().any(|r| r == repo);
+        let Some(given) = authorization else {
+            return Some(public);
+        };
+        let user = self.users.iter().find(|(u, p, _)| given == basic(u, p))?;
+        Some(public || user.2.iter().any(|r| r == repo))
+    }
 }
 
 #[derive(Default)]
@@ -122,6 +150,8 @@ struct Content {
     blobs: HashMap<String, Bytes>,
     /// subject digest → referrers index body.
     referrers: HashMap<String, Bytes>,
+    /// (repository, digest) of everything added in a repository.
+    links: std::collections::HashSet<(String, String)>,
 }
 
 struct State {
@@ -229,6 +259,7 @@ impl FakeRegistry {
         let mut c = self.state.content.lock().unwrap();
         c.manifests
             .insert(d.clone(), (media_type.to_string(), body));
+        c.links.insert((repo.to_string(), d.clone()));
         if let Some(t) = tag {
             c.tags.insert((repo.to_string(), t.to_string()), d.clone());
         }
@@ -242,6 +273,12 @@ impl FakeRegistry {
             format!(r#"{{"architecture":"amd64","os":"linux","repo":"{repo}","tag":"{tag}"}}"#);
         let config_digest = self.add_blob(config.clone().into_bytes());
         let layer_digests: Vec<String> = layers.iter().map(|l| self.add_blob(l.to_vec())).collect();
+        {
+            let mut c = self.state.content.lock().unwrap();
+            for d in std::iter::once(&config_digest).chain(&layer_digests) {
+                c.links.insert((repo.to_string(), d.clone()));
+            }
+        }
         let layers_json: Vec<String> = layers
             .iter()
             .zip(&layer_digests)
@@ -487,6 +524,24 @@ async fn handle(state: Arc<State>, host: Host, req: Request<Incoming>) -> Respon
             return r;
         }
     }
+    if matches!(*state.auth.lock().unwrap(), Auth::Acl(_))
+        && (kind == "blobs" || (kind == "manifests" && last.contains(':')))
+        && !state
+            .content
+            .lock()
+            .unwrap()
+            .links
+            .contains(&(repo.clone(), last.clone()))
+    {
+        return error(
+            404,
+            if kind == "blobs" {
+                "BLOB_UNKNOWN"
+            } else {
+                "MANIFEST_UNKNOWN"
+            },
+        );
+    }
     match kind {
         "manifests" => manifest(&state, &faults, req.method(), &repo, &last),
         "blobs" => blob(&state, &faults, req.method(), req.headers(), &last),
@@ -531,6 +586,7 @@ fn unauthorized_challenge(state: &State, repo: &str) -> Response<Body> {
     let mut r = error(401, "UNAUTHORIZED");
     let challenge = match auth {
         Auth::Basic(..) => r#"Basic realm="fake""#.to_string(),
+        Auth::Acl(Acl { bearer: false, .. }) => r#"Basic realm="fake""#.to_string(),
         Auth::Bearer {
             quay_style: true, ..
         } => format!(
@@ -553,8 +609,25 @@ fn check_auth(state: &State, req: &Request<Incoming>, repo: &str) -> Option<Resp
         .get("authorization")
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
+    if let Auth::Acl(acl) = &auth {
+        if acl.bearer {
+            let scope = given
+                .strip_prefix("Bearer ")
+                .and_then(|t| state.tokens.lock().unwrap().get(t).cloned());
+            let anonymous_ok = given.is_empty() && acl.public.iter().any(|r| r == repo);
+            if anonymous_ok || scope.is_some_and(|s| s == format!("repository:{repo}:pull")) {
+                return None;
+            }
+            return Some(unauthorized_challenge(state, repo));
+        }
+        return match acl.may_pull((!given.is_empty()).then_some(given), repo) {
+            Some(true) => None,
+            Some(false) if !given.is_empty() => Some(error(403, "DENIED")),
+            _ => Some(unauthorized_challenge(state, repo)),
+        };
+    }
     let ok = match &auth {
-        Auth::None => true,
+        Auth::None | Auth::Acl(_) => true,
         Auth::Basic(u, p) => given == basic(u, p),
         Auth::Bearer { .. } => given
             .strip_prefix("Bearer ")
@@ -573,6 +646,32 @@ fn basic(u: &str, p: &str) -> String {
 }
 
 fn token(state: &State, req: &Request<Incoming>, query: Option<&str>) -> Response<Body> {
+    if let Auth::Acl(acl) = state.auth.lock().unwrap().clone() {
+        let scope = url::form_urlencoded::parse(query.unwrap_or("").as_bytes())
+            .find(|(k, _)| k == "scope")
+            .map(|(_, v)| v.into_owned())
+            .unwrap_or_default();
+        let repo = scope
+            .strip_prefix("repository:")
+            .and_then(|s| s.strip_suffix(":pull"))
+            .unwrap_or("");
+        let given = req
+            .headers()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok());
+        let Some(allowed) = acl.may_pull(given, repo) else {
+            return error(401, "UNAUTHORIZED");
+        };
+        let n = state.tokens_issued.fetch_add(1, Ordering::SeqCst);
+        let tok = format!("tok-{n}-8c1f2e");
+        // Like Docker Hub: a token for anyone, carrying only the rights they have.
+        let granted = if allowed { scope } else { String::new() };
+        state.tokens.lock().unwrap().insert(tok.clone(), granted);
+        return full(
+            200,
+            serde_json::json!({"token": tok, "expires_in": 300}).to_string(),
+        );
+    }
     let Auth::Bearer {
         expires_in,
         basic: creds,
