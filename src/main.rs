@@ -147,6 +147,14 @@ struct PurgeArgs {
     tag: Option<String>,
 }
 
+/// A cold blob streams through receive buffers of a few hundred KiB, allocated
+/// and freed at network speed. glibc maps each one with `mmap` and unmaps it
+/// when freed, so every buffer is fresh pages: page faults, zeroing and cgroup
+/// charging were about 7% of a cold pull's CPU (perf, 64 MiB blobs). mimalloc
+/// reuses freed pages.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match run(cli.command) {

@@ -23,7 +23,7 @@
 #   GET_CONNS GET_THREADS GET_SECS   warm blob GET run with wrk (4, 2, 8)
 #   HERD           concurrent clients in the cold herd (default 20)
 #   HERD_REPS      cold herds per proxy, each on its own fresh blob, median taken (default 3)
-#   REPS           cold single-pull repetitions, median taken (default 3)
+#   REPS           cold single-pull pairs (direct, then each proxy, each on a fresh blob), median taken (default 9)
 #   PEER_ACCESS_LOG=1  let the peer write its access log (off by default, like Ferry's)
 #   KEEP_DATA=1    keep blobs and registry storage under $OUT/data (deleted by default)
 #
@@ -49,7 +49,7 @@ GET_THREADS=${GET_THREADS:-2}
 GET_SECS=${GET_SECS:-8}
 HERD=${HERD:-20}
 HERD_REPS=${HERD_REPS:-3}
-REPS=${REPS:-3}
+REPS=${REPS:-9}
 KEEP_DATA=${KEEP_DATA:-0}
 FERRY_TAG_TTL=${FERRY_TAG_TTL:-3600}
 FERRY_ARGS=${FERRY_ARGS:-}
