@@ -67,6 +67,11 @@ impl ImageRef {
         if registry == DOCKER_HUB {
             repository = repository.with_library_prefix();
         }
+        // As the runtimes do: the 255-character limit is on the normalised name
+        // (found by the fuzzer: a 248-character Hub name grows past it).
+        if registry.len() + 1 + repository.as_str().len() > 255 {
+            return Err(bad());
+        }
         let tag = match (tag, &digest) {
             (None, None) => Tag::parse("latest"),
             (t, _) => t,
@@ -127,6 +132,17 @@ mod tests {
 
     fn norm(s: &str) -> String {
         ImageRef::parse(s).unwrap().to_string()
+    }
+
+    #[test]
+    fn the_length_limit_is_on_the_normalised_name() {
+        // Found by the fuzzer (tests/fixtures/fuzz/image_ref/normalised-too-long).
+        let long = "a".repeat(248);
+        assert!(
+            ImageRef::parse(&long).is_err(),
+            "docker.io/library/ + 248 > 255"
+        );
+        assert!(ImageRef::parse(&"a".repeat(200)).is_ok());
     }
 
     #[test]
