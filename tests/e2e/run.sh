@@ -33,6 +33,14 @@
 #                 CA) pins a pod's test:1.0 to its digest and warms it; containerd then
 #                 pulls the pinned reference through Ferry with 0 upstream manifest
 #                 requests and 0 upstream blob GETs (Ferry only)
+#   private       upstream-checked access ([upstream.access]) in front of a private
+#                 docker-registry (htpasswd; Ferry fetches as its own user): a CRI node
+#                 (containerd's CRI plugin, hosts.toml mirror, PullImage AuthConfig as
+#                 the kubelet sends a pod's pull secret) pulls with the right password;
+#                 after RemoveImage, a wrong password and no credentials are refused
+#                 although everything is cached, and the right one pulls again with 0
+#                 upstream blob GETs; a cached layer of library/test is 404 under
+#                 library/multi; no credentials get 401 Basic realm="ferry" (Ferry only)
 # Every client case pulls twice (the second after emptying the client's store)
 # and the second pull must cost zero upstream blob GETs. Each case gets a fresh
 # mirror (empty data dir) on the same port.
@@ -57,7 +65,10 @@ set -uo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO=$(cd "$HERE/../.." && pwd)
-ALL_CASES=(docker dockermirror containerd skopeo dockerhub parallel prefetch clientauth tls events nodeconfig admission)
+# start_cri_node, stop_cri_node and cri (cri.py): a kubelet-style CRI node (case private).
+# shellcheck source=SCRIPTDIR/cri-node.sh disable=SC1091 # followed with shellcheck -x
+source "$HERE/cri-node.sh"
+ALL_CASES=(docker dockermirror containerd skopeo dockerhub parallel prefetch clientauth tls events nodeconfig admission private)
 MIRROR=${MIRROR:-ferry}
 RANDOM_MB=${E2E_RANDOM_MB:-4}
 PULL_TIMEOUT=180
@@ -90,7 +101,7 @@ ensure_packages() {
   local need=() pair bin pkg
   for pair in docker-registry:docker-registry skopeo:skopeo containerd:containerd \
       ctr:containerd dockerd:docker.io docker:docker.io curl:curl jq:jq \
-      python3:python3 ss:iproute2 timeout:coreutils; do
+      python3:python3 ss:iproute2 timeout:coreutils htpasswd:apache2-utils; do
     bin=${pair%%:*} pkg=${pair#*:}
     command -v "$bin" >/dev/null 2>&1 || need+=("$pkg")
   done
@@ -138,8 +149,20 @@ DEADPORT=$(pick_port "$UPORT" "$FPORT") || die "no free port in 15000-15999"
 APORT=$(pick_port "$UPORT" "$FPORT" "$DEADPORT") || die "no free port in 15000-15999"
 EVPORT=$(pick_port "$UPORT" "$FPORT" "$DEADPORT" "$APORT") || die "no free port in 15000-15999"
 WHPORT=$(pick_port "$UPORT" "$FPORT" "$DEADPORT" "$APORT" "$EVPORT") || die "no free port in 15000-15999"
+# Case private: the private registry, its seeding twin, the CRI node's stream server.
+PRPORT=$(pick_port "$UPORT" "$FPORT" "$DEADPORT" "$APORT" "$EVPORT" "$WHPORT") || die "no free port in 15000-15999"
+PSPORT=$(pick_port "$UPORT" "$FPORT" "$DEADPORT" "$APORT" "$EVPORT" "$WHPORT" "$PRPORT") \
+  || die "no free port in 15000-15999"
+CRIPORT=$(pick_port "$UPORT" "$FPORT" "$DEADPORT" "$APORT" "$EVPORT" "$WHPORT" "$PRPORT" "$PSPORT") \
+  || die "no free port in 15000-15999"
 UPSTREAM=127.0.0.1:$UPORT
 FERRY=127.0.0.1:$FPORT
+
+# cri.py needs grpcio (PyPI) in its venv: set it up before the safety net below
+# closes every non-loopback route.
+if wants private && [ "$MIRROR" = ferry ]; then
+  cri --help >/dev/null 2>&1 || die "cri.py could not set up its grpcio venv (${CRI_VENV:-/var/cache/ferry/venv-cri})"
+fi
 
 # Safety net: clients fall back to the real registry when a mirror fails
 # (dockerd to Docker Hub, containerd to `server`, skopeo to `location`). Send
@@ -1101,6 +1124,222 @@ case_admission() {
   counts "pinned pull: upstream manifests=$manifests blob GETs=$gets"
 }
 
+# ---------------------------------------------------------------- case private
+# A private registry: distribution with htpasswd, seeded through a twin process
+# on the same storage without auth (as tests/e2e/cri-selftest.sh does). Every
+# valid htpasswd user may pull every repository, so two users play the roles:
+# ferry (Ferry's own upstream credentials) and alice (the pod's pull secret).
+PRIVATE=127.0.0.1:$PRPORT
+PRIV_FERRY_PW=ferry-upstream-pw-e2e
+PRIV_ALICE_PW=s3cret
+private_registry_config() {   # private_registry_config PORT [auth]
+  printf 'version: 0.1\nlog: {level: info}\nstorage:\n  filesystem: {rootdirectory: %s}\n' "$WORK/private-data"
+  printf 'http: {addr: 127.0.0.1:%s}\n' "$1"
+  [ "${2:-}" = auth ] && printf 'auth: {htpasswd: {realm: private-e2e, path: %s}}\n' "$WORK/private.htpasswd"
+  return 0
+}
+http_status() { curl -s -o /dev/null -w '%{http_code}' --max-time 2 "${@:2}" "$1"; }   # http_status URL [CURL_ARG...]
+status_is() { [ "$(http_status "${@:2}")" = "$1" ]; }   # status_is CODE URL [CURL_ARG...]
+# What the private registry was asked after line FROM, digests shortened, counted.
+private_summary() {   # private_summary FROM
+  local got; got=$(norm_log "$UPLOG" "$1" | sed -E 's#sha256:[0-9a-f]{64}#<digest>#' | sort | uniq -c)
+  if [ -n "$got" ]; then sed 's/^ */      /' <<<"$got"; else echo "      (no requests)"; fi
+}
+# distribution names the user only on its error lines ("response completed with
+# error", "error authenticating user"): lines after FROM naming USER for URI.
+private_user_lines() {   # private_user_lines FROM USER URI
+  tail -n +"$(($1 + 1))" "$UPLOG" | grep -E 'auth\.user\.name="?'"$2"'"? |user \\"'"$2"'\\"' \
+    | grep -cF -e "http.request.uri=\"$3\"" -e "http.request.uri=$3 " || true
+}
+# cri_pull LOGNAME [cri.py pull FLAG...]: PullImage of $PRIV_IMG on the CRI node,
+# stdout and stderr in $LOGS/private-LOGNAME.log.
+cri_pull() {
+  local out=$LOGS/$CASE-$1.log; shift
+  echo "\$ cri.py --socket $PRIV_SOCK pull $PRIV_IMG $*" >"$out"
+  cri --socket "$PRIV_SOCK" pull "$PRIV_IMG" --timeout "$PULL_TIMEOUT" "$@" >>"$out" 2>&1
+}
+cri_pull_ok() {   # cri_pull_ok LOGNAME FLAG...: the pull works and prints the config digest
+  cri_pull "$@" || { sed 's/^/    | /' "$LOGS/$CASE-$1.log" >&2; fail "PullImage ($1) failed"; }
+  [ "$(tail -1 "$LOGS/$CASE-$1.log")" = "$(px .test.config)" ] \
+    || { sed 's/^/    | /' "$LOGS/$CASE-$1.log" >&2; fail "PullImage ($1) did not print the config $(px .test.config)"; }
+  ok "PullImage ($1) -> $(px .test.config)"
+}
+# cri_pull_refused LOGNAME FLAG...: the pull fails with Ferry's 401; meanwhile Ferry
+# answered nothing but 401s (no manifest, no blob), fetched no blob upstream, and the
+# node has neither the image nor any blob.
+cri_pull_refused() {
+  local name=$1 mm up got; shift
+  mm=$(lines "$MLOG"); up=$(lines "$UPLOG")
+  if cri_pull "$name" "$@"; then fail "PullImage ($name) succeeded"; fi
+  settle
+  grep -qF "401 Unauthorized" "$LOGS/$CASE-$name.log" \
+    || { sed 's/^/    | /' "$LOGS/$CASE-$name.log" >&2; fail "PullImage ($name): no 401 Unauthorized in the error"; }
+  grep -qF "$FERRY" "$LOGS/$CASE-$name.log" \
+    || { sed 's/^/    | /' "$LOGS/$CASE-$name.log" >&2; fail "PullImage ($name): the error does not name Ferry's host"; }
+  got=$(mirror_lines "$mm")
+  grep -qE "^HEAD /v2/library/test/manifests/1\.0[?]ns=[^ ]+ 401$" <<<"$got" \
+    || { sed 's/^/    | /' <<<"$got" >&2; fail "PullImage ($name): Ferry did not answer the manifest HEAD with 401"; }
+  grep -vqE ' 401$' <<<"$got" \
+    && { sed 's/^/    | /' <<<"$got" >&2; fail "PullImage ($name): Ferry answered something else than 401"; }
+  expect_zero_upstream "$up" "PullImage ($name)"
+  cri --socket "$PRIV_SOCK" status "$PRIV_IMG" >/dev/null 2>&1 && fail "PullImage ($name): the image is on the node"
+  [ -z "$(ls "$PRIV_NODE/root/io.containerd.content.v1.content/blobs/sha256" 2>/dev/null)" ] \
+    || fail "PullImage ($name): blobs reached the node's content store"
+  ok "PullImage ($name) refused; Ferry answered $(grep -c . <<<"$got") requests, all 401; no blob reached the node"
+  echo "    $(tail -1 "$LOGS/$CASE-$name.log" | cut -c1-260)"
+}
+px() { jq -r "$@" "$WORK/private-expected.json"; }   # px [JQ_OPTION...] FILTER
+
+# Upstream-checked access: Ferry has everything cached, yet serves a client only
+# what the upstream would give that client, and a digest only in its repository.
+case_private() {
+  if [ "$MIRROR" != ferry ]; then note "upstream-checked access is Ferry's; skipped"; return 0; fi
+  local UPLOG=$LOGS/private-upstream.log hosts=$WORK/certs.d-private up mm got cold warm n layer
+  local alice=(--username alice --password "$PRIV_ALICE_PW")
+  PRIV_IMG=$PRIVATE/library/test:1.0 PRIV_NODE=$WORK/cri PRIV_SOCK=$WORK/cri/sock
+  # The case runs in a subshell: stop its CRI node however it ends (cleanup's pid
+  # file is the safety net).
+  trap 'stop_all_cri_nodes || true; rm -f "$WORK/pids/cri-private.pid"' EXIT
+
+  step "a private registry $PRIVATE (htpasswd: ferry = Ferry's credentials, alice = the pull secret)"
+  { htpasswd -Bbn ferry "$PRIV_FERRY_PW" && htpasswd -Bbn alice "$PRIV_ALICE_PW"; } \
+    >"$WORK/private.htpasswd" 2>/dev/null || fail "htpasswd failed"
+  private_registry_config "$PRPORT" auth >"$WORK/private-up.yml"
+  private_registry_config "$PSPORT" >"$WORK/private-seed.yml"
+  start_bg privupstream "$UPLOG" docker-registry serve "$WORK/private-up.yml"
+  start_bg privseed "$LOGS/private-seed-registry.log" docker-registry serve "$WORK/private-seed.yml"
+  wait_until 20 privupstream status_is 401 "http://$PRIVATE/v2/" || fail "the private registry did not start"
+  wait_until 20 privseed status_is 200 "http://127.0.0.1:$PSPORT/v2/" || fail "the seeding registry did not start"
+  python3 "$HERE/seed.py" "http://127.0.0.1:$PSPORT" 1 >"$WORK/private-expected.json" 2>>"$LOGS/seed.log" \
+    || fail "seeding the private registry failed"
+  stop_bg privseed || true   # (|| true: its wait returns the SIGTERM status under set -e)
+  status_is 401 "http://$PRIVATE/v2/library/test/manifests/1.0" || fail "the private registry serves anonymous pulls"
+  status_is 200 "http://$PRIVATE/v2/library/test/manifests/1.0" -u "alice:$PRIV_ALICE_PW" \
+    -H "Accept: application/vnd.docker.distribution.manifest.v2+json" || fail "alice cannot pull from the private registry"
+  ok "seeded $PRIV_IMG (manifest $(px .test.manifest)); anonymous 401, alice 200"
+
+  step "curl through Ferry without credentials: 401, WWW-Authenticate: Basic realm=\"ferry\""
+  up=$(lines "$UPLOG")
+  curl -s -o /dev/null -D "$WORK/private-anon.headers" --max-time 10 \
+    "http://$FERRY/v2/library/test/manifests/1.0?ns=$PRIVATE" || fail "curl failed"
+  head -1 "$WORK/private-anon.headers" | grep -q ' 401' || fail "anonymous: $(head -1 "$WORK/private-anon.headers")"
+  grep -qiE '^www-authenticate: Basic realm="ferry"'$'\r''?$' "$WORK/private-anon.headers" \
+    || { sed 's/^/    | /' "$WORK/private-anon.headers" >&2; fail "anonymous: no WWW-Authenticate: Basic realm=\"ferry\""; }
+  status_is 401 "http://$FERRY/v2/" || fail "anonymous GET /v2/ is not 401"
+  # Not the CRI pull's wrong password below: Ferry keeps a "no" for negative_ttl (30 s).
+  status_is 401 "http://$FERRY/v2/library/test/manifests/1.0?ns=$PRIVATE" -u alice:not-her-password \
+    || fail "a wrong password is not 401"
+  settle
+  n=$(private_user_lines "$up" alice "/v2/library/test/tags/list?n=1")
+  ((n > 0)) || { private_summary "$up" >&2; fail "the registry was not asked with alice's wrong password"; }
+  ok "anonymous and wrong-password requests: 401 Basic realm=\"ferry\" (GET /v2/ too); upstream:"
+  private_summary "$up"
+
+  step "a CRI node (containerd $(containerd --version | awk '{print $3}')): hosts.toml mirror http://$FERRY for $PRIVATE"
+  # server is a closed port: a refusal must be Ferry's, not the registry's after a fallback.
+  mkdir -p "$hosts/$PRIVATE"
+  cat >"$hosts/$PRIVATE/hosts.toml" <<TOML
+server = "http://127.0.0.1:$DEADPORT"
+
+[host."http://$FERRY"]
+  capabilities = ["pull", "resolve"]
+TOML
+  CRI_STREAM_PORT=$CRIPORT start_cri_node private "$PRIV_NODE" "$hosts" || fail "the CRI node did not start"
+  cp "$PRIV_NODE/pid" "$WORK/pids/cri-private.pid"
+
+  step "cold: PullImage $PRIV_IMG with alice's credentials (AuthConfig)"
+  up=$(lines "$UPLOG"); mm=$(lines "$MLOG")
+  cri_pull_ok pull-cold "${alice[@]}"
+  settle
+  expect_ns "$mm" "$PRIVATE"
+  expect_mirror_served "$mm" "PullImage (cold)" $(px '.test.blobs[]')
+  expect_upstream_once "$up" "PullImage (cold)" $(px '.test.blobs[]')
+  cold=$(up_blob_gets "$up")
+  got=$(norm_log "$UPLOG" "$up")
+  grep -qE "^GET /v2/library/test/tags/list[?]n=1 200$" <<<"$got" \
+    || { sed 's/^/    | private registry: /' <<<"$got" >&2; fail "Ferry did not ask the registry about alice's access"; }
+  ok "upstream: access asked (GET tags/list?n=1), $cold blob GETs"
+  echo "    private registry saw (count, request):"; private_summary "$up"
+
+  step "RemoveImage: the node forgets the image (the next pull must go through Ferry)"
+  cri --socket "$PRIV_SOCK" rmi "$PRIV_IMG" || fail "RemoveImage failed"
+  cri --socket "$PRIV_SOCK" status "$PRIV_IMG" >/dev/null 2>&1 && fail "the image is still on the node"
+  for _ in $(seq 1 50); do
+    [ -z "$(ls "$PRIV_NODE/root/io.containerd.content.v1.content/blobs/sha256" 2>/dev/null)" ] && break
+    sleep 0.1
+  done
+  [ -z "$(ls "$PRIV_NODE/root/io.containerd.content.v1.content/blobs/sha256" 2>/dev/null)" ] \
+    || fail "blobs left in the node's content store after RemoveImage"
+  ok "image and blobs gone from the node"
+
+  step "PullImage with a wrong password: refused by Ferry (everything is cached)"
+  up=$(lines "$UPLOG")
+  cri_pull_refused pull-wrong-password --username alice --password wrong
+  n=$(private_user_lines "$up" alice "/v2/library/test/tags/list?n=1")
+  ((n > 0)) || { private_summary "$up" >&2; fail "the registry did not see alice's wrong password asked"; }
+  ok "Ferry asked the registry with alice's wrong password (tags/list: $n); upstream:"
+  private_summary "$up"
+  step "PullImage without credentials: refused by Ferry"
+  up=$(lines "$UPLOG")
+  cri_pull_refused pull-no-credentials
+  echo "    upstream (an anonymous \"no\" is kept for negative_ttl, so likely none):"; private_summary "$up"
+
+  step "warm: PullImage with alice's credentials again"
+  up=$(lines "$UPLOG"); mm=$(lines "$MLOG")
+  cri_pull_ok pull-warm "${alice[@]}"
+  settle
+  expect_ns "$mm" "$PRIVATE"
+  expect_mirror_served "$mm" "PullImage (warm)" $(px '.test.blobs[]')
+  warm=$(up_blob_gets "$up")
+  expect_zero_upstream "$up" "PullImage (warm)"
+  n=$(norm_log "$UPLOG" "$up" | grep -c . || true)
+  ok "warm pull: $n upstream requests in all"
+  [ "$n" = 0 ] || norm_log "$UPLOG" "$up" | sed 's/^/    | upstream: /'
+
+  layer=$(px '.test.layers[1]')
+  step "cross-repository: GET library/multi/blobs/${layer:0:19}… (a cached layer of library/test) as alice"
+  status_is 200 "http://$PRIVATE/v2/library/multi/tags/list" -u "alice:$PRIV_ALICE_PW" \
+    || fail "library/multi does not exist upstream"
+  status_is 404 "http://$PRIVATE/v2/library/multi/blobs/$layer" -I -u "alice:$PRIV_ALICE_PW" \
+    || fail "upstream has the layer under library/multi: the check proves nothing"
+  ok "the registry itself: library/multi exists, without that layer (404)"
+  settle
+  up=$(lines "$UPLOG")
+  [ "$(curl -s --max-time 10 -u "alice:$PRIV_ALICE_PW" "http://$FERRY/v2/library/test/blobs/$layer?ns=$PRIVATE" \
+    | sha256sum | cut -d' ' -f1)" = "${layer#sha256:}" ] || fail "the layer under library/test is not served"
+  ok "under library/test: 200, the layer's bytes"
+  n=$(curl -s -o "$WORK/private-cross.json" -w '%{http_code}' --max-time 10 -u "alice:$PRIV_ALICE_PW" \
+    "http://$FERRY/v2/library/multi/blobs/$layer?ns=$PRIVATE")
+  [ "$n" = 404 ] || fail "under library/multi: $n, not 404 ($(head -c 300 "$WORK/private-cross.json"))"
+  jq -e '.errors[0].code == "BLOB_UNKNOWN"' "$WORK/private-cross.json" >/dev/null \
+    || fail "under library/multi: 404 without BLOB_UNKNOWN: $(head -c 300 "$WORK/private-cross.json")"
+  ok "under library/multi: 404 $(jq -c '.errors[0] | {code, message}' "$WORK/private-cross.json")"
+  settle
+  expect_zero_upstream "$up" "cross-repository GETs"
+  n=$(private_user_lines "$up" ferry "/v2/library/multi/blobs/$layer")
+  ((n > 0)) || { private_summary "$up" >&2; fail "Ferry did not ask the registry (as ferry) whether library/multi has the layer"; }
+  ok "Ferry asked the registry as ferry: HEAD library/multi/blobs/… -> 404; upstream (Ferry's requests):"
+  private_summary "$up"
+
+  step "a repository the registry does not have: 404 NAME_UNKNOWN"
+  up=$(lines "$UPLOG")
+  n=$(curl -s -o "$WORK/private-missing.json" -w '%{http_code}' --max-time 10 -u "alice:$PRIV_ALICE_PW" \
+    "http://$FERRY/v2/library/nope/manifests/1.0?ns=$PRIVATE")
+  if [ "$n" != 404 ] || ! jq -e '.errors[0].code == "NAME_UNKNOWN"' "$WORK/private-missing.json" >/dev/null; then
+    fail "library/nope: $n $(head -c 300 "$WORK/private-missing.json")"
+  fi
+  settle
+  n=$(private_user_lines "$up" alice "/v2/library/nope/tags/list?n=1")
+  ((n > 0)) || { private_summary "$up" >&2; fail "Ferry did not ask the registry with alice's credentials"; }
+  ok "library/nope: 404 NAME_UNKNOWN (the registry was asked with alice's credentials)"
+
+  echo "    $(curl -s "http://$FERRY/metrics" | grep '^ferry_access_decisions_total' | paste -sd ' ')"
+  counts "test:1.0 cold=$cold warm=$warm refused(wrong password, none)=0 cross-repo=404"
+  stop_cri_node private || true
+  rm -f "$WORK/pids/cri-private.pid"
+  stop_bg privupstream || true
+}
+
 # ================================================================ main
 mirror_args() {   # extra `ferry serve` arguments for a case (replacing --upstream)
   [ "$MIRROR" = ferry ] || return 0
@@ -1141,6 +1380,19 @@ url = "http://127.0.0.1:$EVPORT"
 secret = "e2e-events-secret-0123"
 TOML
       echo --config "$WORK/ferry-events.toml" ;;
+    private)
+      cat >"$WORK/ferry-private.toml" <<TOML
+# The private registry (case_private starts it): Ferry fetches as ferry, and each
+# client's right to pull is the registry's call, asked with the client's credentials.
+[[upstream]]
+name = "private"
+url = "http://$PRIVATE"
+username = "ferry"
+password = "$PRIV_FERRY_PW"
+[upstream.access]
+ttl = "5m"
+TOML
+      echo --config "$WORK/ferry-private.toml" ;;
     clientauth)
       cat >"$WORK/ferry-auth.toml" <<TOML
 [[upstream]]
