@@ -453,6 +453,22 @@ def table(title, columns, rows_by_column):
         print(f"| {k} | " + " | ".join(r.get(k, "–") for r in rows_by_column) + " |")
 
 
+def side_by_side(tag, title, servers, measure):
+    """Runs `measure(port, pid)` against a fresh Ferry, then a fresh peer; one table."""
+    cols, results = [], []
+    for name, start, port in (("Ferry", start_ferry, FPORT), ("peer", start_peer, PPORT)):
+        if name == "peer" and not PEER:
+            continue
+        proc = start(tag)
+        if proc is None:
+            continue
+        servers.append(proc)
+        cols.append(name)
+        results.append(asyncio.run(measure(port, proc.pid)))
+        stop(proc)
+    table(title, cols, results)
+
+
 def main():
     if len(sys.argv) > 1 and sys.argv[1] == "_upstream":
         return run_upstream()
@@ -468,31 +484,10 @@ def main():
         wait_ready(f"http://127.0.0.1:{UPORT}/v2/", up, "upstream")
         print(f"# Ferry: {ferry_bin()}; logs in {OUT}; {os.cpu_count()} cores")
         if "idle" in which:
-            cols, results = [], []
-            for name, start, port in (("Ferry", lambda: start_ferry("idle"), FPORT), ("peer", lambda: start_peer("idle"), PPORT)):
-                if name == "peer" and not PEER:
-                    continue
-                proc = start()
-                if proc is None:
-                    continue
-                servers.append(proc)
-                cols.append(name)
-                results.append(asyncio.run(idle(port, proc.pid, name, 40)))
-                stop(proc)
-            table("Connection flood (header_timeout 30 s)", cols, results)
+            side_by_side("idle", "Connection flood (header_timeout 30 s)", servers,
+                         lambda port, pid: idle(port, pid, "", 40))
         if "cold" in which:
-            cols, results = [], []
-            for name, start, port in (("Ferry", lambda: start_ferry("cold"), FPORT), ("peer", lambda: start_peer("cold"), PPORT)):
-                if name == "peer" and not PEER:
-                    continue
-                proc = start()
-                if proc is None:
-                    continue
-                servers.append(proc)
-                cols.append(name)
-                results.append(asyncio.run(cold(port, proc.pid, name)))
-                stop(proc)
-            table("Cold flood", cols, results)
+            side_by_side("cold", "Cold flood", servers, lambda port, pid: cold(port, pid, ""))
         if "herd" in which:
             proc = start_ferry("herd")
             servers.append(proc)

@@ -137,18 +137,7 @@ impl Upstream {
         repo: &RepoName,
         credentials: Option<&(String, String)>,
     ) -> Result<Option<String>> {
-        let mut url = url::Url::parse(realm)
-            .map_err(|_| UpstreamError::Invalid(format!("bad token realm {realm:?}")))?;
-        self.destinations
-            .check(&url)
-            .map_err(|why| UpstreamError::Invalid(format!("token realm {why}")))?;
-        {
-            let mut q = url.query_pairs_mut();
-            if let Some(s) = service {
-                q.append_pair("service", s);
-            }
-            q.append_pair("scope", &format!("repository:{repo}:pull"));
-        }
+        let url = self.token_url(realm, service, &format!("repository:{repo}:pull"))?;
         let mut req = self.http.get(url);
         if let Some((u, p)) = credentials {
             req = req.basic_auth(u, Some(p));

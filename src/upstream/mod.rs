@@ -672,18 +672,7 @@ impl Upstream {
         if usable {
             return Ok(());
         }
-        let mut url = Url::parse(realm)
-            .map_err(|_| UpstreamError::Invalid(format!("bad token realm {realm:?}")))?;
-        self.destinations
-            .check(&url)
-            .map_err(|why| UpstreamError::Invalid(format!("token realm {why}")))?;
-        {
-            let mut q = url.query_pairs_mut();
-            if let Some(s) = service {
-                q.append_pair("service", s);
-            }
-            q.append_pair("scope", scope);
-        }
+        let url = self.token_url(realm, service.as_deref(), scope)?;
         let mut req = self.http.get(url);
         if let (true, Some(c)) = (send_credentials, &self.config().credentials) {
             req = req.basic_auth(&c.username, Some(&c.password));
@@ -707,6 +696,26 @@ impl Upstream {
         self.tokens
             .insert(realm, scope, token, expires_ms, self.clock.now_ms());
         Ok(())
+    }
+}
+
+impl Upstream {
+    /// The token endpoint `realm` for `scope`, if the realm may be asked at all
+    /// (see [`destinations`]).
+    fn token_url(&self, realm: &str, service: Option<&str>, scope: &str) -> Result<Url> {
+        let mut url = Url::parse(realm)
+            .map_err(|_| UpstreamError::Invalid(format!("bad token realm {realm:?}")))?;
+        self.destinations
+            .check(&url)
+            .map_err(|why| UpstreamError::Invalid(format!("token realm {why}")))?;
+        {
+            let mut q = url.query_pairs_mut();
+            if let Some(s) = service {
+                q.append_pair("service", s);
+            }
+            q.append_pair("scope", scope);
+        }
+        Ok(url)
     }
 }
 
