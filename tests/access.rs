@@ -406,3 +406,65 @@ async fn an_internal_registry_on_https_with_a_private_ca_and_mutual_tls() {
     .await;
     assert_eq!(p.get("/v2/team/app/manifests/1.0").await.status(), 200);
 }
+
+#[tokio::test]
+async fn without_credentials_of_its_own_ferry_fetches_with_each_clients_and_never_shares_tokens() {
+    let up = FakeRegistry::start().await;
+    let mut rights = acl(true);
+    rights
+        .users
+        .push(("dave".into(), "dave-pw".into(), vec!["team/app".into()]));
+    up.set_auth(Auth::Acl(rights));
+    let (_, layers) = up.add_image("team/app", "1.0", &[b"first layer", b"second layer"]);
+    // No username/password for the upstream: pass-through.
+    let toml = format!(
+        "[[upstream]]\nname = \"corp\"\nurl = \"{}\"\n[upstream.access]\n",
+        up.url()
+    );
+    let p = Proxied::with_toml(&up, &toml).await;
+    let alice = basic("alice", "alice-pw");
+    let dave = basic("dave", "dave-pw");
+    let blob = |d: &str| format!("/v2/team/app/blobs/{d}");
+
+    let r = get_as(&p, "/v2/team/app/manifests/1.0", Some(&alice)).await;
+    assert_eq!(r.status(), 200, "fetched with alice's own credentials");
+    let r = get_as(&p, &blob(&layers[0]), Some(&alice)).await;
+    assert_eq!(r.bytes().await.unwrap().as_ref(), b"first layer");
+    let r = get_as(&p, &blob(&layers[0]), Some(&dave)).await;
+    assert_eq!(
+        r.bytes().await.unwrap().as_ref(),
+        b"first layer",
+        "cached, dave admitted"
+    );
+    let r = get_as(&p, &blob(&layers[1]), Some(&dave)).await;
+    assert_eq!(
+        r.bytes().await.unwrap().as_ref(),
+        b"second layer",
+        "fetched as dave"
+    );
+    assert_eq!(
+        get_as(&p, &blob(&layers[1]), Some(&basic("bob", "bob-pw")))
+            .await
+            .status(),
+        403
+    );
+
+    // Every registry request was made with a token of the client it served.
+    let user_of = |path: &str| -> Vec<Option<String>> {
+        up.requests()
+            .iter()
+            .filter(|r| r.host == Host::Registry && r.method == "GET" && r.path == path)
+            .filter_map(|r| {
+                let token = r
+                    .headers
+                    .get("authorization")?
+                    .to_str()
+                    .ok()?
+                    .strip_prefix("Bearer ")?;
+                up.token_user(token)
+            })
+            .collect()
+    };
+    assert_eq!(user_of(&blob(&layers[0])), vec![Some("alice".to_string())]);
+    assert_eq!(user_of(&blob(&layers[1])), vec![Some("dave".to_string())]);
+}

@@ -7,13 +7,18 @@
 
 use super::errors::{access_error, cache_error, Asked};
 use super::responses::{self, Body};
+use crate::access::clients::parse_basic;
 use crate::access::{ClientAuth, Decisions, Links, Verdict};
-use crate::config::{defaults, Config};
+use crate::config::{defaults, Config, Credentials};
 use crate::oci::Digest;
 use crate::proxy::{Error, Proxy};
-use crate::upstream::{Target, UpstreamError};
+use crate::upstream::{Target, Upstream, UpstreamError};
 use http::header::{self, HeaderMap};
 use http::Response;
+use parking_lot::Mutex;
+use sha2::Digest as _;
+use std::collections::HashMap;
+use std::sync::Arc;
 
 /// The checks, and what they remember.
 pub(crate) struct Gate {
@@ -23,9 +28,19 @@ pub(crate) struct Gate {
     any_checked: bool,
     decisions: Decisions,
     links: Links,
+    /// Pass-through: each client's own view of a checked upstream that Ferry
+    /// has no credentials for, by (upstream, SHA-256 of the credentials).
+    views: Mutex<HashMap<ViewKey, Arc<Upstream>>>,
 }
 
+/// Client views of upstreams kept at most (then all are dropped and rebuilt
+/// as clients come back: each costs one token request).
+const MAX_VIEWS: usize = 4096;
+
 type Refusal = Box<Response<Body>>;
+
+/// (upstream name, SHA-256 of `user:password`).
+type ViewKey = (String, [u8; 32]);
 
 impl Gate {
     pub fn new(proxy: &Proxy, config: &Config) -> Gate {
@@ -38,6 +53,7 @@ impl Gate {
                 proxy.clock().clone(),
             ),
             links: proxy.links(),
+            views: Mutex::new(HashMap::new()),
         }
     }
 
@@ -81,6 +97,39 @@ impl Gate {
             None => refuse(Verdict::Unauthorized, head),
             Some(c) if c.may_pull(target.upstream.name(), target.repo.as_str()) => Ok(()),
             Some(_) => refuse(Verdict::Forbidden, head),
+        }
+    }
+
+    /// The target to fetch with. For a checked upstream Ferry has no
+    /// credentials for, that is the upstream as the client sees it: fetched
+    /// with the client's own credentials (already admitted by the upstream).
+    pub fn fetch_as(&self, headers: &HeaderMap, target: Target) -> Target {
+        let config = target.upstream.config();
+        if config.access.is_none() || config.credentials.is_some() {
+            return target;
+        }
+        let Some((username, password)) = authorization(headers).and_then(parse_basic) else {
+            return target;
+        };
+        let id: [u8; 32] = sha2::Sha256::digest(format!("{username}:{password}").as_bytes()).into();
+        let key = (target.upstream.name().to_string(), id);
+        let mut views = self.views.lock();
+        if views.len() >= MAX_VIEWS && !views.contains_key(&key) {
+            views.clear();
+        }
+        let view = views
+            .entry(key)
+            .or_insert_with(|| {
+                Arc::new(
+                    target
+                        .upstream
+                        .for_client(Credentials { username, password }),
+                )
+            })
+            .clone();
+        Target {
+            upstream: view,
+            repo: target.repo,
         }
     }
 

@@ -157,11 +157,16 @@ impl App {
             Ok(r) => r,
             Err(e) => return responses::error(&e, head),
         };
-        if let resolve::Routed::Tag { target, .. } = &routed {
-            if let Err(refused) = self.gate.admit(headers, target, head).await {
-                return *refused;
+        let routed = match routed {
+            resolve::Routed::Tag { image, target, tag } => {
+                if let Err(refused) = self.gate.admit(headers, &target, head).await {
+                    return *refused;
+                }
+                let target = self.gate.fetch_as(headers, target);
+                resolve::Routed::Tag { image, target, tag }
             }
-        }
+            digest => digest,
+        };
         resolve::answer(&self.proxy, routed, head).await
     }
 
@@ -187,6 +192,7 @@ impl App {
         if let Err(refused) = self.gate.admit(headers, &target, req.head).await {
             return *refused;
         }
+        let target = self.gate.fetch_as(headers, target);
         let by_digest = match &req.route {
             Route::Manifest {
                 reference: Reference::Digest(d),

@@ -191,6 +191,28 @@ impl Upstream {
         })
     }
 
+    /// The same upstream as one client sees it, for pass-through credentials:
+    /// it authenticates with `credentials` (the client's) and keeps tokens of
+    /// its own, so one client's token is never sent for another. It shares the
+    /// HTTP connections and what hosts asked for.
+    pub fn for_client(&self, credentials: crate::config::Credentials) -> Upstream {
+        let mut config = (*self.config()).clone();
+        config.credentials = Some(credentials);
+        Upstream {
+            name: self.name.clone(),
+            config: RwLock::new(Arc::new(config)),
+            http: self.http.clone(),
+            timeouts: self.timeouts,
+            metrics: self.metrics.clone(),
+            clock: self.clock.clone(),
+            challenges: Mutex::new(self.challenges.lock().clone()),
+            tokens: tokens::Tokens::default(),
+            destinations: self.destinations.clone(),
+            token_fetch: tokio::sync::Mutex::new(()),
+            blocked_until_ms: AtomicU64::new(self.blocked_until_ms.load(Ordering::Relaxed)),
+        }
+    }
+
     /// The upstream's configured name.
     pub fn name(&self) -> &str {
         &self.name

@@ -162,6 +162,8 @@ struct State {
     tokens_issued: AtomicUsize,
     /// Valid tokens and the scope each was issued for.
     tokens: Mutex<HashMap<String, String>>,
+    /// [`Auth::Acl`]: who each token was issued to (`None`: anonymous).
+    token_users: Mutex<HashMap<String, Option<String>>>,
     redirect_blobs: AtomicBool,
     redirect_manifests: AtomicBool,
     /// The CDN host demands a Bearer token of its own (service `fake-cdn`).
@@ -197,6 +199,7 @@ impl FakeRegistry {
             auth: Mutex::default(),
             tokens_issued: AtomicUsize::new(0),
             tokens: Mutex::default(),
+            token_users: Mutex::default(),
             redirect_blobs: AtomicBool::new(false),
             redirect_manifests: AtomicBool::new(false),
             cdn_auth: AtomicBool::new(false),
@@ -376,6 +379,11 @@ impl FakeRegistry {
     /// Every request to any of the fake's hosts.
     pub fn total(&self) -> usize {
         self.state.requests.lock().unwrap().len()
+    }
+
+    /// [`Auth::Acl`]: the user a token was issued to (`Some(None)`: anonymously).
+    pub fn token_user(&self, token: &str) -> Option<Option<String>> {
+        self.state.token_users.lock().unwrap().get(token).cloned()
     }
 
     /// Every token the auth listener has handed out.
@@ -667,6 +675,12 @@ fn token(state: &State, req: &Request<Incoming>, query: Option<&str>) -> Respons
         // Like Docker Hub: a token for anyone, carrying only the rights they have.
         let granted = if allowed { scope } else { String::new() };
         state.tokens.lock().unwrap().insert(tok.clone(), granted);
+        let user = acl
+            .users
+            .iter()
+            .find(|(u, p, _)| given == Some(basic(u, p).as_str()))
+            .map(|(u, ..)| u.clone());
+        state.token_users.lock().unwrap().insert(tok.clone(), user);
         return full(
             200,
             serde_json::json!({"token": tok, "expires_in": 300}).to_string(),
