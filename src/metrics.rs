@@ -414,7 +414,7 @@ impl Metrics {
             .inc_by(n);
     }
 
-    /// An upstream-checked access decision (see [`crate::access::checked`]).
+    /// An upstream-checked access decision (upstream-checked access, `server::gate`).
     pub fn access_decision(&self, upstream: &str, source: &'static str, result: &'static str) {
         self.access
             .get_or_create(&AccessLabels {

@@ -386,3 +386,28 @@ async fn no_basic_upstream_password_reaches_the_log_even_at_trace() {
         &["basic-pw-8e2d".to_string(), b64("robot:basic-pw-8e2d")],
     );
 }
+
+#[tokio::test]
+async fn with_checked_access_and_pass_through_no_client_password_or_token_reaches_the_log() {
+    let up = FakeRegistry::start().await;
+    up.set_auth(Auth::Acl(crate::support::fake::Acl {
+        bearer: true,
+        users: vec![(
+            "node".into(),
+            "client-pw-77aa".into(),
+            vec!["team/app".into()],
+        )],
+        public: vec![],
+    }));
+    up.add_image("team/app", "1", &[&bytes_of(10_000, 42)]);
+    // No credentials of Ferry's own: the client's are used for the check and the fetch.
+    let toml = format!(
+        "[[upstream]]\nname = \"private\"\nurl = \"{}\"\n[upstream.access]\n",
+        up.url()
+    );
+    let log = trace_log_of_a_pull(&toml, "team/app", "1").await;
+    let mut secrets = up.issued_tokens();
+    assert!(secrets.len() >= 2, "tokens for the check and the fetch");
+    secrets.extend(["client-pw-77aa".to_string(), b64("node:client-pw-77aa")]);
+    assert_absent(&log, &secrets);
+}

@@ -395,10 +395,9 @@ impl Proxy {
         (self.store.blob_count(), self.store.total_bytes())
     }
 
-    /// The repository → digest links of checked-access upstreams, kept in
-    /// this proxy's store.
-    pub fn links(&self) -> crate::access::Links {
-        crate::access::Links::new(self.store.clone(), self.clock.clone())
+    /// The store, for what the edge keeps beside the cache (repository links).
+    pub(crate) fn store(&self) -> &Store {
+        &self.store
     }
 
     /// The proxy's clock.

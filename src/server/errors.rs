@@ -2,7 +2,6 @@
 //! Everything below the edge returns typed errors; what the client sees is
 //! decided here, and failures a person must look at are logged here, once.
 
-use crate::access::Verdict;
 use crate::oci::{ErrorCode, OciError};
 use crate::proxy::Error;
 use crate::upstream::{RouteError, UpstreamError};
@@ -60,32 +59,6 @@ pub fn cache_error(e: &Error, asked: Asked) -> OciError {
             tracing::error!(error = %why, "internal error; answering 500");
             OciError::new(ErrorCode::Unknown, "internal error")
         }
-    }
-}
-
-/// An upstream-checked access refusal (`Unauthorized` also needs the
-/// challenge header: see `responses::unauthorized`).
-pub fn access_error(v: Verdict) -> OciError {
-    match v {
-        Verdict::Allowed => OciError::new(ErrorCode::Unknown, "allowed"),
-        Verdict::Unauthorized => OciError::new(
-            ErrorCode::Unauthorized,
-            "the upstream did not accept these credentials for this repository",
-        ),
-        Verdict::Forbidden => OciError::new(
-            ErrorCode::Denied,
-            "the upstream does not let these credentials pull this repository",
-        ),
-        Verdict::Missing => OciError::new(
-            ErrorCode::NameUnknown,
-            "repository not found upstream for these credentials",
-        ),
-        Verdict::Unavailable => OciError::new(
-            ErrorCode::Unavailable,
-            "the upstream cannot be asked whether these credentials may pull this repository",
-        )
-        .with_status(StatusCode::SERVICE_UNAVAILABLE)
-        .with_retry_after(Some(5)),
     }
 }
 

@@ -1,20 +1,27 @@
 //! Who gets an answer: the checks between a routed request and the cache.
 //!
 //! For an upstream with checked access the upstream decides (see
-//! [`crate::access::checked`]) and a digest is served under a repository only
-//! once it is known to be there ([`crate::access::links`]). For the others,
-//! Ferry's own `[[client]]` identities apply, each limited to its repositories.
+//! [`decisions`]) and a digest is served under a repository only once it is
+//! known to be there ([`links`]). For the others, Ferry's own `[[client]]`
+//! identities apply, each limited to its repositories.
 
-use super::errors::{access_error, cache_error, Asked};
+mod decisions;
+mod links;
+
+pub(crate) use decisions::Verdict;
+
+use super::errors::{cache_error, Asked};
 use super::responses::{self, Body};
 use crate::access::clients::parse_basic;
-use crate::access::{ClientAuth, Decisions, Links, Verdict};
+use crate::access::ClientAuth;
 use crate::config::{defaults, Config, Credentials};
-use crate::oci::Digest;
+use crate::oci::{Digest, ErrorCode, OciError};
 use crate::proxy::{Error, Proxy};
 use crate::upstream::{Target, Upstream, UpstreamError};
+use decisions::Decisions;
 use http::header::{self, HeaderMap};
-use http::Response;
+use http::{Response, StatusCode};
+use links::Links;
 use parking_lot::Mutex;
 use sha2::Digest as _;
 use std::collections::HashMap;
@@ -52,7 +59,7 @@ impl Gate {
                 proxy.metrics().clone(),
                 proxy.clock().clone(),
             ),
-            links: proxy.links(),
+            links: Links::new(proxy.store().clone(), proxy.clock().clone()),
             views: Mutex::new(HashMap::new()),
         }
     }
@@ -201,5 +208,31 @@ fn refuse(v: Verdict, head: bool) -> Result<(), Refusal> {
         Verdict::Allowed => Ok(()),
         Verdict::Unauthorized => Err(Box::new(responses::unauthorized(head))),
         v => Err(Box::new(responses::error(&access_error(v), head))),
+    }
+}
+
+/// An upstream-checked access refusal (`Unauthorized` also needs the
+/// challenge header: see `responses::unauthorized`).
+fn access_error(v: Verdict) -> OciError {
+    match v {
+        Verdict::Allowed => OciError::new(ErrorCode::Unknown, "allowed"),
+        Verdict::Unauthorized => OciError::new(
+            ErrorCode::Unauthorized,
+            "the upstream did not accept these credentials for this repository",
+        ),
+        Verdict::Forbidden => OciError::new(
+            ErrorCode::Denied,
+            "the upstream does not let these credentials pull this repository",
+        ),
+        Verdict::Missing => OciError::new(
+            ErrorCode::NameUnknown,
+            "repository not found upstream for these credentials",
+        ),
+        Verdict::Unavailable => OciError::new(
+            ErrorCode::Unavailable,
+            "the upstream cannot be asked whether these credentials may pull this repository",
+        )
+        .with_status(StatusCode::SERVICE_UNAVAILABLE)
+        .with_retry_after(Some(5)),
     }
 }

@@ -11,7 +11,7 @@
 //! Bounded: past `capacity` entries ([`crate::config::defaults::ACCESS_DECISIONS`]), those past `stale`
 //! go first, then the oldest tenth.
 
-use super::clients::parse_basic;
+use crate::access::clients::parse_basic;
 use crate::clock::Clock;
 use crate::config::AccessPolicy;
 use crate::metrics::Metrics;
@@ -177,16 +177,6 @@ impl Decisions {
             }
         }
         map.insert(key, d);
-    }
-
-    /// Decisions held now.
-    pub fn len(&self) -> usize {
-        self.decided.lock().len()
-    }
-
-    /// Whether none is held.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 }
 
