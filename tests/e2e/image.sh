@@ -437,7 +437,9 @@ done
 ok "e. upstream served each of the $(wc -w <<<"$ALL_BLOBS") blobs exactly once for both clients"
 
 # ---------------------------------------------------------------- f. SIGTERM mid-pull
-metric() { curl -s --max-time 2 "http://$FERRY/metrics" | awk -v m="$1" '$1 == m {print $2; exit}'; }
+# awk reads the whole page: quitting at the match would cut curl's write short
+# (curl exits 23, and pipefail would end the script).
+metric() { { curl -s --max-time 2 "http://$FERRY/metrics" || true; } | awk -v m="$1" '$1 == m && v == "" {v = $2} END {print v}'; }
 BIG=$FERRY/library/big:1.0
 "${DKC[@]}" pull "$BIG" >"$LOGS/pull-big-1.log" 2>&1 &
 PULL_PID=$!
