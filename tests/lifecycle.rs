@@ -20,6 +20,44 @@ fn config(up: &FakeRegistry, dir: &std::path::Path, toml: &str) -> Config {
     .unwrap()
 }
 
+/// A Ferry run by `ferry::run` on bound listeners, stopped by sending on `stop`.
+struct Running {
+    addr: std::net::SocketAddr,
+    stop: tokio::sync::oneshot::Sender<()>,
+    running: tokio::task::JoinHandle<Result<(), ferry::StartError>>,
+}
+
+async fn run(config: Config) -> Running {
+    let listeners = ferry::Listeners::bind(&config).await.unwrap();
+    let addr = listeners.client.local_addr().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let (_reload_tx, reloads) = tokio::sync::mpsc::channel(1);
+    let running = tokio::spawn(async move {
+        // Held for the run: a dropped sender would end the reload loop.
+        let _reload_tx = _reload_tx;
+        ferry::run(
+            config,
+            listeners,
+            async {
+                let _ = stopped.await;
+            },
+            reloads,
+        )
+        .await
+    });
+    Running {
+        addr,
+        stop,
+        running,
+    }
+}
+
+async fn until_ready(client: &reqwest::Client, addr: std::net::SocketAddr) {
+    while status(client, format!("http://{addr}/readyz")).await != 200 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 async fn status(client: &reqwest::Client, url: String) -> u16 {
     client.get(url).send().await.unwrap().status().as_u16()
 }
@@ -32,18 +70,11 @@ async fn readyz_is_503_until_the_store_opens_then_200() {
     // Another process holds the store (a previous Ferry still stopping).
     let held = ferry_storage::Store::open(ferry_storage::StoreOptions::new(dir.path())).unwrap();
     let config = config(&up, dir.path(), "");
-    let listeners = ferry::Listeners::bind(&config).await.unwrap();
-    let addr = listeners.client.local_addr().unwrap();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let (_reload_tx, reloads) = tokio::sync::mpsc::channel(1);
-    let running = tokio::spawn(ferry::run(
-        config,
-        listeners,
-        async {
-            let _ = stopped.await;
-        },
-        reloads,
-    ));
+    let Running {
+        addr,
+        stop,
+        running,
+    } = run(config).await;
     let c = reqwest::Client::new();
     let url = |p: &str| format!("http://{addr}{p}");
     assert_eq!(status(&c, url("/readyz")).await, 503);
@@ -83,22 +114,13 @@ async fn a_stop_lets_a_running_pull_finish_and_its_blob_land() {
     up.faults(|f| f.throttle = Some((64 * 1024, Duration::from_millis(20))));
     let dir = tempfile::tempdir().unwrap();
     let config = config(&up, dir.path(), "shutdown_grace = \"20s\"");
-    let listeners = ferry::Listeners::bind(&config).await.unwrap();
-    let addr = listeners.client.local_addr().unwrap();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let (_reload_tx, reloads) = tokio::sync::mpsc::channel(1);
-    let running = tokio::spawn(ferry::run(
-        config,
-        listeners,
-        async {
-            let _ = stopped.await;
-        },
-        reloads,
-    ));
+    let Running {
+        addr,
+        stop,
+        running,
+    } = run(config).await;
     let c = reqwest::Client::new();
-    while status(&c, format!("http://{addr}/readyz")).await != 200 {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    until_ready(&c, addr).await;
     let r = c
         .get(format!("http://{addr}/v2/library/app/blobs/{d}"))
         .send()
@@ -131,22 +153,13 @@ async fn a_stop_gives_up_at_the_end_of_the_grace_period() {
     let gate = up.gate(1000);
     let dir = tempfile::tempdir().unwrap();
     let config = config(&up, dir.path(), "shutdown_grace = \"1s\"");
-    let listeners = ferry::Listeners::bind(&config).await.unwrap();
-    let addr = listeners.client.local_addr().unwrap();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let (_reload_tx, reloads) = tokio::sync::mpsc::channel(1);
-    let running = tokio::spawn(ferry::run(
-        config,
-        listeners,
-        async {
-            let _ = stopped.await;
-        },
-        reloads,
-    ));
+    let Running {
+        addr,
+        stop,
+        running,
+    } = run(config).await;
     let c = reqwest::Client::new();
-    while status(&c, format!("http://{addr}/readyz")).await != 200 {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    until_ready(&c, addr).await;
     // A pull stuck upstream (the gate never opens).
     let r = c
         .get(format!("http://{addr}/v2/library/app/blobs/{d}"))
