@@ -9,6 +9,8 @@
 //! - [`tag_lists`] and [`referrers`], kept in the [`answers`] cache;
 //! - [`store_health`]: disk-failure episodes (blobs stream uncached meanwhile);
 //! - [`prefetch`]: warming the cache with a whole image;
+//! - [`tag_events`]: push events applied; [`maintenance`]: purges, fsck,
+//!   maintenance passes and shutdown;
 //! - [`flight`]: single-flight, at most one upstream request per key;
 //! - [`error`]: the typed error every path returns.
 //!
@@ -25,6 +27,7 @@ pub mod blobs;
 pub mod error;
 mod flight;
 pub mod freshness;
+mod maintenance;
 mod manifests;
 mod negative;
 mod prefetch;
@@ -51,12 +54,11 @@ use crate::upstream::{RouteError, Router, Target};
 use answers::Budget;
 use blobs::Blobs;
 use bytes::Bytes;
-use ferry_storage::{FsckReport, Store};
+use ferry_storage::Store;
 use manifests::Manifests;
 use referrers::Referrers;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Duration;
 use store_health::StoreHealth;
 use tag_lists::TagLists;
 use tags::Tags;
@@ -255,141 +257,6 @@ impl Proxy {
         Some(up.reconfigure(new))
     }
 
-    // ------------------------------------------------------------ push events
-
-    /// The events secret of the upstream with this name, if it receives events.
-    pub fn events_secret(&self, upstream: &str) -> Option<Vec<u8>> {
-        let up = self.router.by_name(upstream)?;
-        up.config().events.as_ref().map(|e| e.secret.clone())
-    }
-
-    /// Applies the events an upstream posted: tags set, dropped or expired
-    /// as a revalidation would, tag lists forgotten, pushed images in
-    /// `prewarm` repositories fetched in the background.
-    pub fn apply_events(
-        &self,
-        upstream: &str,
-        parsed: &crate::events::Parsed,
-    ) -> Result<EventReport, RouteError> {
-        let up = self
-            .router
-            .by_name(upstream)
-            .filter(|u| u.config().events.is_some())
-            .ok_or_else(|| RouteError::UnknownUpstream(upstream.to_string()))?;
-        let (report, follow) = tag_events::apply_all(
-            &self.tags,
-            &self.seen_events,
-            up,
-            parsed,
-            self.clock.now_ms(),
-        );
-        for t in &follow.changed {
-            self.tag_lists.forget(t.upstream.name(), t.repo.as_str());
-        }
-        for (target, tag, digest) in follow.manifests {
-            let tags = self.tags.clone();
-            tokio::spawn(async move { tags.complete_pushed(&target, &tag, &digest).await });
-        }
-        for (target, digest) in follow.prewarm {
-            let (tags, manifests, blobs) = (
-                self.tags.clone(),
-                self.manifests.clone(),
-                self.blobs.clone(),
-            );
-            tokio::spawn(async move {
-                prefetch::with_retries(
-                    &tags,
-                    &manifests,
-                    &blobs,
-                    &target,
-                    &Reference::Digest(digest),
-                )
-                .await
-            });
-        }
-        Ok(report)
-    }
-
-    // ------------------------------------------------------------ operations
-
-    /// Removes a blob or manifest and the tags pointing at it; waits first for
-    /// a fetch of it in flight, so the purge is not undone by its commit.
-    pub async fn purge_digest(&self, digest: &Digest) -> Result<usize> {
-        self.blobs.settled(digest).await;
-        let (store, d) = (self.store.clone(), digest.clone());
-        blocking(move || store.purge_digest(&d).map(usize::from)).await
-    }
-
-    /// Forgets one tag, or every tag of a repository, with its tag lists and
-    /// referrers answers; they are resolved afresh next time.
-    pub async fn purge_tags(&self, target: &Target, tag: Option<&str>) -> Result<usize> {
-        let (up, repo) = (target.upstream.name().to_string(), target.repo.to_string());
-        self.tag_lists.forget(&up, &repo);
-        self.referrers.forget(&up, &repo);
-        let (store, tag) = (self.store.clone(), tag.map(str::to_owned));
-        blocking(move || store.purge_tags(&up, &repo, tag.as_deref())).await
-    }
-
-    /// Drops kept tag-list and referrers answers older than any policy could serve.
-    fn prune_answers(&self) -> Result<()> {
-        let oldest = self.router.upstreams().iter().map(|u| {
-            let d = u.config().policy.defaults;
-            d.tag_ttl.saturating_add(d.stale_if_error)
-        });
-        let keep = oldest
-            .max()
-            .unwrap_or_default()
-            .max(Duration::from_secs(7 * 24 * 3600));
-        let limit = self.clock.now_ms().saturating_sub(keep.as_millis() as u64);
-        self.store.forget_answers(b"", Some(limit))?;
-        Ok(())
-    }
-
-    /// Checks the store (report only on a live store).
-    pub async fn fsck(&self, verify: bool) -> Result<FsckReport> {
-        let store = self.store.clone();
-        let report = blocking(move || store.fsck(verify, false)).await?;
-        self.metrics.fsck_findings.set(report.findings.len() as i64);
-        Ok(report)
-    }
-
-    /// One maintenance pass: write batched access times, keep the store in
-    /// budget, drop answers too old to serve.
-    pub async fn maintain(&self) -> Result<()> {
-        let store = self.store.clone();
-        blocking(move || {
-            store.flush_access_times()?;
-            store.evict_if_over_budget().map(drop)
-        })
-        .await?;
-        self.prune_answers()
-    }
-
-    /// Lets blob fetches in flight land (at most `within`) and writes what is
-    /// batched in memory; whether every fetch landed.
-    pub async fn shutdown(&self, within: Duration) -> bool {
-        let landed = self.blobs.landed(within).await;
-        if let Err(e) = self.maintain_flush().await {
-            tracing::warn!(error = %e, "could not write access times at shutdown");
-        }
-        landed
-    }
-
-    async fn maintain_flush(&self) -> Result<()> {
-        let store = self.store.clone();
-        blocking(move || store.flush_access_times().map(drop)).await
-    }
-
-    /// Waits, at most `within`, until no blob fetch is in flight.
-    pub async fn fetches_landed(&self, within: Duration) -> bool {
-        self.blobs.landed(within).await
-    }
-
-    /// Blob fetches in flight now.
-    pub fn fetches_in_flight(&self) -> usize {
-        self.blobs.in_flight()
-    }
-
     /// Blobs and bytes in the store.
     pub fn store_usage(&self) -> (u64, u64) {
         (self.store.blob_count(), self.store.total_bytes())
@@ -432,15 +299,5 @@ impl Proxy {
     #[doc(hidden)]
     pub fn store_for_tests(&self) -> &Store {
         &self.store
-    }
-}
-
-/// Runs a store call on the blocking pool.
-async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> std::result::Result<T, ferry_storage::StoreError> + Send + 'static,
-) -> Result<T> {
-    match tokio::task::spawn_blocking(f).await {
-        Ok(r) => r.map_err(Error::from),
-        Err(e) => Err(Error::Internal(format!("store task failed: {e}"))),
     }
 }

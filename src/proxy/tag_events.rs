@@ -13,9 +13,10 @@
 //! - pushes to repositories matching `prewarm` are fetched at once.
 
 use super::tags::{Applied, TagChange, Tags};
+use super::Proxy;
 use crate::events::{Change, Event, Parsed};
-use crate::oci::{Digest, RepoName};
-use crate::upstream::{Target, Upstream};
+use crate::oci::{Digest, Reference, RepoName};
+use crate::upstream::{RouteError, Target, Upstream};
 use parking_lot::Mutex;
 use std::collections::{HashSet, VecDeque};
 use std::sync::Arc;
@@ -208,6 +209,61 @@ pub(crate) fn apply_all(
         report.count(apply(tags, seen, upstream, event, now_ms, &mut follow));
     }
     (report, follow)
+}
+
+impl Proxy {
+    /// The events secret of the upstream with this name, if it receives events.
+    pub fn events_secret(&self, upstream: &str) -> Option<Vec<u8>> {
+        let up = self.router.by_name(upstream)?;
+        up.config().events.as_ref().map(|e| e.secret.clone())
+    }
+
+    /// Applies the events an upstream posted: tags set, dropped or expired
+    /// as a revalidation would, tag lists forgotten, pushed images in
+    /// `prewarm` repositories fetched in the background.
+    pub fn apply_events(
+        &self,
+        upstream: &str,
+        parsed: &crate::events::Parsed,
+    ) -> Result<EventReport, RouteError> {
+        let up = self
+            .router
+            .by_name(upstream)
+            .filter(|u| u.config().events.is_some())
+            .ok_or_else(|| RouteError::UnknownUpstream(upstream.to_string()))?;
+        let (report, follow) = apply_all(
+            &self.tags,
+            &self.seen_events,
+            up,
+            parsed,
+            self.clock.now_ms(),
+        );
+        for t in &follow.changed {
+            self.tag_lists.forget(t.upstream.name(), t.repo.as_str());
+        }
+        for (target, tag, digest) in follow.manifests {
+            let tags = self.tags.clone();
+            tokio::spawn(async move { tags.complete_pushed(&target, &tag, &digest).await });
+        }
+        for (target, digest) in follow.prewarm {
+            let (tags, manifests, blobs) = (
+                self.tags.clone(),
+                self.manifests.clone(),
+                self.blobs.clone(),
+            );
+            tokio::spawn(async move {
+                super::prefetch::with_retries(
+                    &tags,
+                    &manifests,
+                    &blobs,
+                    &target,
+                    &Reference::Digest(digest),
+                )
+                .await
+            });
+        }
+        Ok(report)
+    }
 }
 
 #[cfg(test)]

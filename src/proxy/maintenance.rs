@@ -1,0 +1,98 @@
+//! Operations on the whole cache: purges (admin API), fsck, the periodic
+//! maintenance pass (access times, budget, old answers) and shutdown.
+
+use super::{Error, Proxy, Result};
+use crate::oci::Digest;
+use crate::upstream::Target;
+use ferry_storage::FsckReport;
+use std::time::Duration;
+
+impl Proxy {
+    /// Removes a blob or manifest and the tags pointing at it; waits first for
+    /// a fetch of it in flight, so the purge is not undone by its commit.
+    pub async fn purge_digest(&self, digest: &Digest) -> Result<usize> {
+        self.blobs.settled(digest).await;
+        let (store, d) = (self.store.clone(), digest.clone());
+        blocking(move || store.purge_digest(&d).map(usize::from)).await
+    }
+
+    /// Forgets one tag, or every tag of a repository, with its tag lists and
+    /// referrers answers; they are resolved afresh next time.
+    pub async fn purge_tags(&self, target: &Target, tag: Option<&str>) -> Result<usize> {
+        let (up, repo) = (target.upstream.name().to_string(), target.repo.to_string());
+        self.tag_lists.forget(&up, &repo);
+        self.referrers.forget(&up, &repo);
+        let (store, tag) = (self.store.clone(), tag.map(str::to_owned));
+        blocking(move || store.purge_tags(&up, &repo, tag.as_deref())).await
+    }
+
+    /// Drops kept tag-list and referrers answers older than any policy could serve.
+    fn prune_answers(&self) -> Result<()> {
+        let oldest = self.router.upstreams().iter().map(|u| {
+            let d = u.config().policy.defaults;
+            d.tag_ttl.saturating_add(d.stale_if_error)
+        });
+        let keep = oldest
+            .max()
+            .unwrap_or_default()
+            .max(Duration::from_secs(7 * 24 * 3600));
+        let limit = self.clock.now_ms().saturating_sub(keep.as_millis() as u64);
+        self.store.forget_answers(b"", Some(limit))?;
+        Ok(())
+    }
+
+    /// Checks the store (report only on a live store).
+    pub async fn fsck(&self, verify: bool) -> Result<FsckReport> {
+        let store = self.store.clone();
+        let report = blocking(move || store.fsck(verify, false)).await?;
+        self.metrics.fsck_findings.set(report.findings.len() as i64);
+        Ok(report)
+    }
+
+    /// One maintenance pass: write batched access times, keep the store in
+    /// budget, drop answers too old to serve.
+    pub async fn maintain(&self) -> Result<()> {
+        let store = self.store.clone();
+        blocking(move || {
+            store.flush_access_times()?;
+            store.evict_if_over_budget().map(drop)
+        })
+        .await?;
+        self.prune_answers()
+    }
+
+    /// Lets blob fetches in flight land (at most `within`) and writes what is
+    /// batched in memory; whether every fetch landed.
+    pub async fn shutdown(&self, within: Duration) -> bool {
+        let landed = self.blobs.landed(within).await;
+        if let Err(e) = self.maintain_flush().await {
+            tracing::warn!(error = %e, "could not write access times at shutdown");
+        }
+        landed
+    }
+
+    async fn maintain_flush(&self) -> Result<()> {
+        let store = self.store.clone();
+        blocking(move || store.flush_access_times().map(drop)).await
+    }
+
+    /// Waits, at most `within`, until no blob fetch is in flight.
+    pub async fn fetches_landed(&self, within: Duration) -> bool {
+        self.blobs.landed(within).await
+    }
+
+    /// Blob fetches in flight now.
+    pub fn fetches_in_flight(&self) -> usize {
+        self.blobs.in_flight()
+    }
+}
+
+/// Runs a store call on the blocking pool.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> std::result::Result<T, ferry_storage::StoreError> + Send + 'static,
+) -> Result<T> {
+    match tokio::task::spawn_blocking(f).await {
+        Ok(r) => r.map_err(Error::from),
+        Err(e) => Err(Error::Internal(format!("store task failed: {e}"))),
+    }
+}
