@@ -323,7 +323,7 @@ mod targets {
         fuzz("headers", |b| {
             let s = text(b);
             let _ = crate::proxy::tag_lists::link_last(&s);
-            if let Some(d) = crate::upstream::parse_retry_after(&s, 1_700_000_000_000) {
+            if let Some(d) = crate::upstream::send::parse_retry_after(&s, 1_700_000_000_000) {
                 let _ = d.as_millis();
             }
             if let Some((start, Some(total))) = crate::upstream::parse_content_range(&s) {
