@@ -1296,6 +1296,52 @@ TOML
   ok "warm pull: $n upstream requests in all"
   [ "$n" = 0 ] || norm_log "$UPLOG" "$up" | sed 's/^/    | upstream: /'
 
+  # containers/image (skopeo here; podman and CRI-O pull the same way), with a
+  # path-prefix mirror and a closed port as the primary: an answer can only be Ferry's.
+  local skconf=$WORK/registries-private.conf skout=$WORK/skopeo-private skref d
+  skref=docker://127.0.0.1:$DEADPORT/library/test:1.0
+  cat >"$skconf" <<CONF
+[[registry]]
+location = "127.0.0.1:$DEADPORT"
+insecure = true
+
+[[registry.mirror]]
+location = "$FERRY/$PRIVATE"
+insecure = true
+CONF
+  local SKP=(skopeo --registries-conf "$skconf" --policy "$WORK/policy.json")
+  step "skopeo $(skopeo --version | awk '{print $3}') copy through Ferry (mirror $FERRY/$PRIVATE): alice, then a wrong password, then none"
+  up=$(lines "$UPLOG"); mm=$(lines "$MLOG")
+  run_logged skopeo-alice "${SKP[@]}" copy --src-creds "alice:$PRIV_ALICE_PW" "$skref" "dir:$skout" \
+    || fail "skopeo copy with alice's credentials failed"
+  [ "sha256:$(sha256sum <"$skout/manifest.json" | cut -d' ' -f1)" = "$(px .test.manifest)" ] \
+    || fail "skopeo: manifest.json is not $(px .test.manifest)"
+  for d in $(px '.test.blobs[]'); do
+    [ "sha256:$(sha256sum <"$skout/${d#sha256:}" | cut -d' ' -f1)" = "$d" ] || fail "skopeo: blob $d missing or wrong"
+  done
+  settle
+  expect_mirror_served "$mm" "skopeo copy (alice)" $(px '.test.blobs[]')
+  expect_zero_upstream "$up" "skopeo copy (alice)"
+  ok "skopeo: manifest $(px .test.manifest) and $(px '.test.blobs | length') blobs verified by content"
+  for who in wrong none; do
+    up=$(lines "$UPLOG"); mm=$(lines "$MLOG")
+    local creds=(); [ "$who" = wrong ] && creds=(--src-creds alice:wrong)
+    if run_logged "skopeo-$who" "${SKP[@]}" copy "${creds[@]}" "$skref" "dir:$skout-$who" 2>/dev/null; then
+      fail "skopeo copy ($who credentials) succeeded"
+    fi
+    grep -qiE "unauthorized|401" "$LOGS/$CASE-skopeo-$who.log" \
+      || { sed 's/^/    | /' "$LOGS/$CASE-skopeo-$who.log" >&2; fail "skopeo ($who): the error is not a 401"; }
+    settle
+    # GET /v2/ passes any credentials (they are judged per repository).
+    got=$(mirror_lines "$mm" | grep -vE '^(GET|HEAD) /v2/ ' || true)
+    grep -qE '/library/test/manifests/1\.0 401$' <<<"$got" \
+      || { sed 's/^/    | /' <<<"$got" >&2; fail "skopeo ($who): Ferry did not answer the manifest with 401"; }
+    grep -vqE ' 401$' <<<"$got" \
+      && { sed 's/^/    | /' <<<"$got" >&2; fail "skopeo ($who): Ferry answered a repository request with other than 401"; }
+    expect_zero_upstream "$up" "skopeo copy ($who credentials)"
+    ok "skopeo ($who credentials) refused: Ferry answered $(grep -c . <<<"$got") repository requests, all 401"
+  done
+
   layer=$(px '.test.layers[1]')
   step "cross-repository: GET library/multi/blobs/${layer:0:19}… (a cached layer of library/test) as alice"
   status_is 200 "http://$PRIVATE/v2/library/multi/tags/list" -u "alice:$PRIV_ALICE_PW" \
