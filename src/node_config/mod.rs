@@ -150,14 +150,36 @@ fn drop_in(config: &Config, ferry: &Url) -> String {
     let mut s = format!("{MARKER}\n");
     for u in &config.upstreams {
         let host = registry_host(u);
+        let Some(prefix) = mirror_prefix(u, &host) else {
+            s.push_str(&format!(
+                "\n# {host}: no mirror. containers/image cannot take a host with a port as a\n\
+                 # path prefix, and the upstream's name {:?} is not a repository path component.\n",
+                u.name
+            ));
+            continue;
+        };
         s.push_str(&format!(
-            "\n[[registry]]\nprefix = \"{host}\"\nlocation = \"{host}\"\n[[registry.mirror]]\nlocation = \"{ferry}/{host}\"\n"
+            "\n[[registry]]\nprefix = \"{host}\"\nlocation = \"{host}\"\n[[registry.mirror]]\nlocation = \"{ferry}/{prefix}\"\n"
         ));
         if insecure {
             s.push_str("insecure = true\n");
         }
     }
     s
+}
+
+/// The path prefix a CRI-O or podman mirror puts before repository names so
+/// Ferry routes them to `u`: the registry's host, or, when that has a port
+/// (containers/image refuses `ferry/host:port/name` as "invalid reference
+/// format"), the upstream's name, which Ferry also routes by.
+fn mirror_prefix(u: &crate::config::UpstreamConfig, host: &str) -> Option<String> {
+    if !host.contains(':') {
+        return Some(host.to_string());
+    }
+    let name = u.name.to_ascii_lowercase();
+    crate::oci::RepoName::parse(&name)
+        .filter(|n| n.components().count() == 1)
+        .map(|_| name)
 }
 
 /// `daemon.json` with Ferry first in `registry-mirrors` (Docker Hub images

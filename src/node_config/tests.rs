@@ -67,7 +67,10 @@ fn writes_each_client_config_and_a_second_run_changes_nothing() {
     assert!(local.contains("server = \"http://127.0.0.1:5001\""));
     let drop_in = &files[&dir.join("registries.conf.d").join(DROP_IN)];
     assert!(drop_in.contains("location = \"10.96.0.50:5000/docker.io\""));
-    assert!(drop_in.contains("location = \"10.96.0.50:5000/127.0.0.1:5001\""));
+    // A host with a port cannot be a containers/image path prefix: the name is.
+    assert!(drop_in.contains("prefix = \"127.0.0.1:5001\""));
+    assert!(drop_in.contains("location = \"10.96.0.50:5000/local\""));
+    assert!(!drop_in.contains("10.96.0.50:5000/127.0.0.1"));
     assert!(drop_in.contains("insecure = true"));
     let daemon: serde_json::Value = serde_json::from_str(&files[&dir.join("daemon.json")]).unwrap();
     assert_eq!(

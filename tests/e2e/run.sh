@@ -649,10 +649,10 @@ TOML
 }
 
 # registries.conf as in docker/registries.conf (host form), for $UPSTREAM.
-write_registries_conf() {   # write_registries_conf FILE MIRROR_LOC
+write_registries_conf() {   # write_registries_conf FILE MIRROR_LOC [PRIMARY_LOC (default $UPSTREAM)]
   cat >"$1" <<CONF
 [[registry]]
-location = "$UPSTREAM"
+location = "${3:-$UPSTREAM}"
 insecure = true
 
 [[registry.mirror]]
@@ -1298,21 +1298,19 @@ TOML
 
   # containers/image (skopeo here; podman and CRI-O pull the same way), with a
   # path-prefix mirror and a closed port as the primary: an answer can only be Ferry's.
-  local skconf=$WORK/registries-private.conf skout=$WORK/skopeo-private skref d
+  # The prefix is the upstream's name: containers/image refuses host:port there.
+  # It sends a mirror the credentials an auth file holds for the mirror's host
+  # (podman login), not --src-creds (those are the primary's, c/image 5.23).
+  local skconf=$WORK/registries-private.conf skout=$WORK/skopeo-private skref d who
   skref=docker://127.0.0.1:$DEADPORT/library/test:1.0
-  cat >"$skconf" <<CONF
-[[registry]]
-location = "127.0.0.1:$DEADPORT"
-insecure = true
-
-[[registry.mirror]]
-location = "$FERRY/$PRIVATE"
-insecure = true
-CONF
+  write_registries_conf "$skconf" "$FERRY/private" "127.0.0.1:$DEADPORT"
+  for who in "alice:$PRIV_ALICE_PW" alice:wrong; do
+    printf '{"auths":{"%s":{"auth":"%s"}}}\n' "$FERRY" "$(printf %s "$who" | base64 -w0)" >"$WORK/auth-${who#alice:}.json"
+  done
   local SKP=(skopeo --registries-conf "$skconf" --policy "$WORK/policy.json")
-  step "skopeo $(skopeo --version | awk '{print $3}') copy through Ferry (mirror $FERRY/$PRIVATE): alice, then a wrong password, then none"
+  step "skopeo $(skopeo --version | awk '{print $3}') copy through Ferry (mirror $FERRY/private, an auth file for $FERRY): alice, then a wrong password"
   up=$(lines "$UPLOG"); mm=$(lines "$MLOG")
-  run_logged skopeo-alice "${SKP[@]}" copy --src-creds "alice:$PRIV_ALICE_PW" "$skref" "dir:$skout" \
+  run_logged skopeo-alice "${SKP[@]}" copy --src-authfile "$WORK/auth-$PRIV_ALICE_PW.json" "$skref" "dir:$skout" \
     || fail "skopeo copy with alice's credentials failed"
   [ "sha256:$(sha256sum <"$skout/manifest.json" | cut -d' ' -f1)" = "$(px .test.manifest)" ] \
     || fail "skopeo: manifest.json is not $(px .test.manifest)"
@@ -1323,24 +1321,21 @@ CONF
   expect_mirror_served "$mm" "skopeo copy (alice)" $(px '.test.blobs[]')
   expect_zero_upstream "$up" "skopeo copy (alice)"
   ok "skopeo: manifest $(px .test.manifest) and $(px '.test.blobs | length') blobs verified by content"
-  for who in wrong none; do
-    up=$(lines "$UPLOG"); mm=$(lines "$MLOG")
-    local creds=(); [ "$who" = wrong ] && creds=(--src-creds alice:wrong)
-    if run_logged "skopeo-$who" "${SKP[@]}" copy "${creds[@]}" "$skref" "dir:$skout-$who" 2>/dev/null; then
-      fail "skopeo copy ($who credentials) succeeded"
-    fi
-    grep -qiE "unauthorized|401" "$LOGS/$CASE-skopeo-$who.log" \
-      || { sed 's/^/    | /' "$LOGS/$CASE-skopeo-$who.log" >&2; fail "skopeo ($who): the error is not a 401"; }
-    settle
-    # GET /v2/ passes any credentials (they are judged per repository).
-    got=$(mirror_lines "$mm" | grep -vE '^(GET|HEAD) /v2/ ' || true)
-    grep -qE '/library/test/manifests/1\.0 401$' <<<"$got" \
-      || { sed 's/^/    | /' <<<"$got" >&2; fail "skopeo ($who): Ferry did not answer the manifest with 401"; }
-    grep -vqE ' 401$' <<<"$got" \
-      && { sed 's/^/    | /' <<<"$got" >&2; fail "skopeo ($who): Ferry answered a repository request with other than 401"; }
-    expect_zero_upstream "$up" "skopeo copy ($who credentials)"
-    ok "skopeo ($who credentials) refused: Ferry answered $(grep -c . <<<"$got") repository requests, all 401"
-  done
+  up=$(lines "$UPLOG"); mm=$(lines "$MLOG")
+  if run_logged skopeo-wrong "${SKP[@]}" copy --src-authfile "$WORK/auth-wrong.json" "$skref" "dir:$skout-wrong" 2>/dev/null; then
+    fail "skopeo copy with a wrong password succeeded"
+  fi
+  grep -qiE "unauthorized|401" "$LOGS/$CASE-skopeo-wrong.log" \
+    || { sed 's/^/    | /' "$LOGS/$CASE-skopeo-wrong.log" >&2; fail "skopeo (wrong password): the error is not a 401"; }
+  settle
+  # GET /v2/ passes any credentials (they are judged per repository).
+  got=$(mirror_lines "$mm" | grep -vE '^(GET|HEAD) /v2/ ' || true)
+  grep -qE '/library/test/manifests/1\.0 401$' <<<"$got" \
+    || { sed 's/^/    | /' <<<"$got" >&2; fail "skopeo (wrong password): Ferry did not answer the manifest with 401"; }
+  grep -vqE ' 401$' <<<"$got" \
+    && { sed 's/^/    | /' <<<"$got" >&2; fail "skopeo (wrong password): Ferry answered a repository request with other than 401"; }
+  expect_zero_upstream "$up" "skopeo copy (wrong password)"
+  ok "skopeo (wrong password) refused: Ferry answered $(grep -c . <<<"$got") repository requests, all 401"
 
   layer=$(px '.test.layers[1]')
   step "cross-repository: GET library/multi/blobs/${layer:0:19}… (a cached layer of library/test) as alice"
