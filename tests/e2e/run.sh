@@ -1337,6 +1337,43 @@ TOML
   expect_zero_upstream "$up" "skopeo copy (wrong password)"
   ok "skopeo (wrong password) refused: Ferry answered $(grep -c . <<<"$got") repository requests, all 401"
 
+  # docker sends the credentials `docker login` stored for Ferry's host; the image
+  # is named in Ferry's prefix form (<ferry>/<upstream name>/<repo>).
+  local dref=$FERRY/private/library/test:1.0
+  step "docker $(dk version -f '{{.Server.Version}}'): login $FERRY as alice, pull $dref"
+  dk_clean
+  dk logout "$FERRY" >/dev/null 2>&1 || true
+  up=$(lines "$UPLOG"); mm=$(lines "$MLOG")
+  printf %s "$PRIV_ALICE_PW" | run_logged docker-login "${DKC[@]}" login "$FERRY" -u alice --password-stdin \
+    || fail "docker login as alice failed"
+  run_logged docker-pull "${DKC[@]}" pull "$dref" || fail "docker pull as alice failed"
+  [ "$(dk image inspect -f '{{.Id}}' "$dref")" = "$(px .test.config)" ] \
+    || fail "docker: the image's id is not the config $(px .test.config)"
+  settle
+  expect_mirror_served "$mm" "docker pull (alice)" $(px '.test.layers[]')
+  expect_zero_upstream "$up" "docker pull (alice)"
+  ok "docker pulled $dref as alice: image id $(px .test.config)"
+  step "docker: login with a wrong password (GET /v2/ passes it), pull refused"
+  dk_clean
+  up=$(lines "$UPLOG"); mm=$(lines "$MLOG")
+  echo wrong | run_logged docker-login-wrong "${DKC[@]}" login "$FERRY" -u alice --password-stdin \
+    || fail "docker login (any credentials pass /v2/) failed"
+  if run_logged docker-pull-wrong "${DKC[@]}" pull "$dref" 2>/dev/null; then
+    fail "docker pull with a wrong password succeeded"
+  fi
+  grep -qiE "unauthorized|401|denied|authentication required" "$LOGS/$CASE-docker-pull-wrong.log" \
+    || { sed 's/^/    | /' "$LOGS/$CASE-docker-pull-wrong.log" >&2; fail "docker (wrong password): not an authorization error"; }
+  settle
+  got=$(mirror_lines "$mm" | grep -vE '^(GET|HEAD) /v2/ ' || true)
+  grep -qE '/private/library/test/manifests/1\.0 401$' <<<"$got" \
+    || { sed 's/^/    | /' <<<"$got" >&2; fail "docker (wrong password): Ferry did not answer the manifest with 401"; }
+  grep -vqE ' 401$' <<<"$got" \
+    && { sed 's/^/    | /' <<<"$got" >&2; fail "docker (wrong password): Ferry answered a repository request with other than 401"; }
+  expect_zero_upstream "$up" "docker pull (wrong password)"
+  [ -z "$(dk images -aq)" ] || fail "docker (wrong password): an image reached dockerd"
+  ok "docker (wrong password) refused: $(grep -oiE 'unauthorized[^"]{0,60}|authentication required[^"]{0,40}' "$LOGS/$CASE-docker-pull-wrong.log" | head -1)"
+  dk logout "$FERRY" >/dev/null 2>&1 || true
+
   layer=$(px '.test.layers[1]')
   step "cross-repository: GET library/multi/blobs/${layer:0:19}… (a cached layer of library/test) as alice"
   status_is 200 "http://$PRIVATE/v2/library/multi/tags/list" -u "alice:$PRIV_ALICE_PW" \
@@ -1458,7 +1495,7 @@ python3 "$HERE/seed.py" "http://$UPSTREAM" "$RANDOM_MB" >"$EXP" 2>"$LOGS/seed.lo
 log "test:1.0 manifest $(x .test.manifest), layers: $(x '.test.layers | join(" ")')"
 log "multi:1.0 index $(x .multi.index), amd64 $(x '.multi.platforms["linux/amd64"].manifest'), arm64 $(x '.multi.platforms["linux/arm64"].manifest')"
 if wants_any containerd parallel clientauth tls nodeconfig admission; then start_containerd containerd "$CTD"; fi
-if wants_any docker dockermirror parallel clientauth; then
+if wants_any docker dockermirror parallel clientauth private; then
   start_containerd containerd-docker "$DK/ctd"
   start_dockerd
 fi
