@@ -76,7 +76,10 @@ fn upstream_error(e: &UpstreamError, asked: Asked) -> OciError {
         }
         UpstreamError::Timeout => OciError::new(ErrorCode::Unavailable, "upstream timed out")
             .with_status(StatusCode::GATEWAY_TIMEOUT),
-        UpstreamError::Transport(_) => {
+        UpstreamError::Transport(cause) => {
+            // The client hears only "unreachable"; the operator needs the cause
+            // (refused, DNS, a certificate not trusted without ca_file, ...).
+            tracing::warn!(error = %cause, "upstream unreachable; answering 503");
             OciError::new(ErrorCode::Unavailable, "upstream unreachable")
                 .with_status(StatusCode::SERVICE_UNAVAILABLE)
         }

@@ -155,6 +155,9 @@ PSPORT=$(pick_port "$UPORT" "$FPORT" "$DEADPORT" "$APORT" "$EVPORT" "$WHPORT" "$
   || die "no free port in 15000-15999"
 CRIPORT=$(pick_port "$UPORT" "$FPORT" "$DEADPORT" "$APORT" "$EVPORT" "$WHPORT" "$PRPORT" "$PSPORT") \
   || die "no free port in 15000-15999"
+# Case tls: a docker-registry on HTTPS behind Ferry (an upstream with ca_file).
+TRPORT=$(pick_port "$UPORT" "$FPORT" "$DEADPORT" "$APORT" "$EVPORT" "$WHPORT" "$PRPORT" "$PSPORT" "$CRIPORT") \
+  || die "no free port in 15000-15999"
 UPSTREAM=127.0.0.1:$UPORT
 FERRY=127.0.0.1:$FPORT
 
@@ -930,7 +933,43 @@ case_tls() {
   step "ctr images pull --hosts-dir: hosts.toml mirror https://$FERRY with ca = the test CA"
   ct_pull_mirror_only ctr-tls "$CT_NS-tls" "https://$FERRY" "  ca = \"$WORK/tls/certs/ca.crt\""
   ok "skopeo and containerd pulled over HTTPS; an untrusting client was refused"
-  counts "test:1.0 over HTTPS (skopeo, containerd)"
+
+  local trlog=$LOGS/tls-registry.log tr=$WORK/tls-registry.yml n d
+  step "an upstream on HTTPS: docker-registry on https://127.0.0.1:$TRPORT (the test CA), upstream tlsreg with ca_file"
+  printf 'version: 0.1\nlog: {level: info}\nstorage:\n  filesystem: {rootdirectory: %s}\nhttp:\n  addr: 127.0.0.1:%s\n  tls: {certificate: %s, key: %s}\n' \
+    "$WORK/upstream-data" "$TRPORT" "$WORK/tls/leaf.pem" "$WORK/tls/leaf.key" >"$tr"
+  start_bg tlsregistry "$trlog" docker-registry serve "$tr"
+  wait_until 20 tlsregistry curl -sf --cacert "$WORK/tls/certs/ca.crt" -o /dev/null "https://127.0.0.1:$TRPORT/v2/" \
+    || { tail -5 "$trlog" >&2; fail "the TLS registry did not start"; }
+  mm=$(lines "$MLOG")
+  run_logged copy-tlsreg skopeo --policy "$WORK/policy.json" copy --src-cert-dir "$WORK/tls/certs" \
+    "docker://$FERRY/tlsreg/library/test:1.0" "dir:$out/tlsreg" || fail "skopeo through Ferry from the TLS registry failed"
+  settle
+  sk_verify_dir "$out/tlsreg"
+  # test:1.0's blobs are in Ferry's store already (same content, content-addressed):
+  # the manifest comes from the TLS registry, and one blob Ferry has never seen.
+  grep -qE '^GET /v2/library/test/manifests/1\.0 200$' <<<"$(norm_log "$trlog" 0)" \
+    || { norm_log "$trlog" 0 | sed 's/^/    | tls registry: /' >&2; fail "Ferry did not GET the manifest from the TLS registry"; }
+  d=$(x '.multi.platforms["linux/arm64"].blobs[-1]')
+  [ "$(curl -s --cacert "$WORK/tls/certs/ca.crt" --max-time 20 "https://$FERRY/v2/tlsreg/library/multi/blobs/$d" \
+    | sha256sum | cut -d' ' -f1)" = "${d#sha256:}" ] || fail "blob $d through tlsreg: wrong bytes"
+  settle
+  n=$(norm_log "$trlog" 0 | grep -cF "GET /v2/library/multi/blobs/$d 200" || true)
+  [ "$n" = 1 ] || { norm_log "$trlog" 0 | sed 's/^/    | tls registry: /' >&2; fail "the TLS registry served blob $d $n times, not once"; }
+  ok "Ferry fetched from the HTTPS registry, its certificate checked with ca_file: test:1.0's manifest, and blob ${d:0:19}… once (verified)"
+  step "the same registry without ca_file (upstream tlsnoca): refused for its certificate"
+  mm=$(lines "$MLOG")
+  n=$(curl -s -o "$WORK/tlsnoca.json" -w '%{http_code}' --cacert "$WORK/tls/certs/ca.crt" --max-time 20 \
+    "https://$FERRY/v2/tlsnoca/library/test/manifests/1.0")
+  [ "$n" = 503 ] || fail "tlsnoca: $n, not 503 ($(head -c 300 "$WORK/tlsnoca.json"))"
+  jq -e '.errors[0].code == "UNAVAILABLE"' "$WORK/tlsnoca.json" >/dev/null \
+    || fail "tlsnoca: not UNAVAILABLE: $(head -c 300 "$WORK/tlsnoca.json")"
+  settle
+  got=$(tail -n +"$((mm + 1))" "$MLOG" | grep -E 'WARN.*upstream unreachable' | grep -iE 'certificate|UnknownIssuer' | head -1)
+  [ -n "$got" ] || { tail -n +"$((mm + 1))" "$MLOG" | sed 's/^/    | /' >&2; fail "tlsnoca: Ferry's log does not name the certificate problem"; }
+  ok "tlsnoca: 503 UNAVAILABLE; Ferry's log says why: $(grep -oiE 'invalid peer certificate[^"]{0,40}|UnknownIssuer' <<<"$got" | head -1)"
+  stop_bg tlsregistry || true
+  counts "test:1.0 over HTTPS (skopeo, containerd); an HTTPS upstream via ca_file, refused without"
 }
 
 case_clientauth() {
@@ -1436,7 +1475,22 @@ TOML
     prefetch) echo --upstream "http://$UPSTREAM" --admin-listen "127.0.0.1:$APORT" ;;
     tls)
       make_test_ca "$WORK/tls" >&2
-      echo --upstream "http://$UPSTREAM" --tls-cert "$WORK/tls/leaf.pem" --tls-key "$WORK/tls/leaf.key" ;;
+      # tlsreg: the same registry content on HTTPS (case_tls starts it), trusted
+      # through ca_file; tlsnoca: the same registry without it.
+      cat >"$WORK/ferry-tls.toml" <<TOML
+default_upstream = "local"
+[[upstream]]
+name = "local"
+url = "http://$UPSTREAM"
+[[upstream]]
+name = "tlsreg"
+url = "https://127.0.0.1:$TRPORT"
+ca_file = "$WORK/tls/certs/ca.crt"
+[[upstream]]
+name = "tlsnoca"
+url = "https://localhost:$TRPORT"
+TOML
+      echo --config "$WORK/ferry-tls.toml" --tls-cert "$WORK/tls/leaf.pem" --tls-key "$WORK/tls/leaf.key" ;;
     admission)
       make_webhook_cert "$WORK/wh" >&2
       cat >"$WORK/ferry-admission.toml" <<TOML
