@@ -1227,7 +1227,20 @@ cri_pull_refused() {
   ok "PullImage ($name) refused; Ferry answered $(grep -c . <<<"$got") requests, all 401; no blob reached the node"
   echo "    $(tail -1 "$LOGS/$CASE-$name.log" | cut -c1-260)"
 }
-px() { jq -r "$@" "$WORK/private-expected.json"; }   # px [JQ_OPTION...] FILTER
+px() { jq -r "$@" "$WORK/private-expected.json"; }
+# only_401s FROM WHAT MANIFEST_RE: after line FROM, Ferry answered the manifest
+# (path matching MANIFEST_RE) and every other repository request with 401, and
+# prints how many there were. GET /v2/ passes any credentials (they are judged
+# per repository), so it is left out.
+only_401s() {
+  local got; got=$(mirror_lines "$1" | grep -vE '^(GET|HEAD) /v2/ ' || true)
+  grep -qE "$3 401\$" <<<"$got" \
+    || { sed 's/^/    | /' <<<"$got" >&2; fail "$2: Ferry did not answer the manifest with 401"; }
+  grep -vqE ' 401$' <<<"$got" \
+    && { sed 's/^/    | /' <<<"$got" >&2; fail "$2: Ferry answered a repository request with other than 401"; }
+  grep -c . <<<"$got"
+}
+   # px [JQ_OPTION...] FILTER
 
 # Upstream-checked access: Ferry has everything cached, yet serves a client only
 # what the upstream would give that client, and a digest only in its repository.
@@ -1367,14 +1380,9 @@ TOML
   grep -qiE "unauthorized|401" "$LOGS/$CASE-skopeo-wrong.log" \
     || { sed 's/^/    | /' "$LOGS/$CASE-skopeo-wrong.log" >&2; fail "skopeo (wrong password): the error is not a 401"; }
   settle
-  # GET /v2/ passes any credentials (they are judged per repository).
-  got=$(mirror_lines "$mm" | grep -vE '^(GET|HEAD) /v2/ ' || true)
-  grep -qE '/library/test/manifests/1\.0 401$' <<<"$got" \
-    || { sed 's/^/    | /' <<<"$got" >&2; fail "skopeo (wrong password): Ferry did not answer the manifest with 401"; }
-  grep -vqE ' 401$' <<<"$got" \
-    && { sed 's/^/    | /' <<<"$got" >&2; fail "skopeo (wrong password): Ferry answered a repository request with other than 401"; }
+  n=$(only_401s "$mm" "skopeo (wrong password)" '/library/test/manifests/1\.0')
   expect_zero_upstream "$up" "skopeo copy (wrong password)"
-  ok "skopeo (wrong password) refused: Ferry answered $(grep -c . <<<"$got") repository requests, all 401"
+  ok "skopeo (wrong password) refused: Ferry answered $n repository requests, all 401"
 
   # docker sends the credentials `docker login` stored for Ferry's host; the image
   # is named in Ferry's prefix form (<ferry>/<upstream name>/<repo>).
@@ -1403,11 +1411,7 @@ TOML
   grep -qiE "unauthorized|401|denied|authentication required" "$LOGS/$CASE-docker-pull-wrong.log" \
     || { sed 's/^/    | /' "$LOGS/$CASE-docker-pull-wrong.log" >&2; fail "docker (wrong password): not an authorization error"; }
   settle
-  got=$(mirror_lines "$mm" | grep -vE '^(GET|HEAD) /v2/ ' || true)
-  grep -qE '/private/library/test/manifests/1\.0 401$' <<<"$got" \
-    || { sed 's/^/    | /' <<<"$got" >&2; fail "docker (wrong password): Ferry did not answer the manifest with 401"; }
-  grep -vqE ' 401$' <<<"$got" \
-    && { sed 's/^/    | /' <<<"$got" >&2; fail "docker (wrong password): Ferry answered a repository request with other than 401"; }
+  only_401s "$mm" "docker (wrong password)" '/private/library/test/manifests/1\.0' >/dev/null
   expect_zero_upstream "$up" "docker pull (wrong password)"
   [ -z "$(dk images -aq)" ] || fail "docker (wrong password): an image reached dockerd"
   ok "docker (wrong password) refused: $(grep -oiE 'unauthorized[^"]{0,60}|authentication required[^"]{0,40}' "$LOGS/$CASE-docker-pull-wrong.log" | head -1)"
