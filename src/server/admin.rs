@@ -206,6 +206,7 @@ async fn fsck(proxy: &Proxy, query: Option<&str>) -> Result<Response<Body>, OciE
     let findings: Vec<String> = report.findings.iter().map(|f| f.to_string()).collect();
     let body = serde_json::json!({
         "clean": report.clean(),
+        "format": report.format,
         "blobs_checked": report.blobs_checked,
         "manifests_checked": report.manifests_checked,
         "tags_checked": report.tags_checked,

@@ -1,6 +1,7 @@
 //! `ferry fsck`: the index checked against the files, and optionally repaired.
 
-use crate::{blob_path, remove_if_exists, Digest, Hasher, Store, StoreError};
+use crate::paths::{blob_path, remove_if_exists};
+use crate::{Digest, Hasher, Store, StoreError};
 use std::collections::HashSet;
 use std::fs::{self, File};
 use std::io::{self, Read};
@@ -33,6 +34,8 @@ pub enum FsckFinding {
 /// What fsck found, and whether it repaired it.
 #[derive(Clone, Debug, Default)]
 pub struct FsckReport {
+    /// The store's format version.
+    pub format: u32,
     pub blobs_checked: u64,
     pub manifests_checked: u64,
     pub tags_checked: u64,
@@ -92,6 +95,7 @@ impl std::fmt::Display for FsckFinding {
 pub(crate) fn run(store: &Store, verify: bool, repair: bool) -> Result<FsckReport, StoreError> {
     let inner = &store.inner;
     let mut report = FsckReport {
+        format: store.format(),
         repaired: repair,
         ..FsckReport::default()
     };

@@ -22,17 +22,22 @@
 //! calls (eviction, fsck) belong on a blocking thread.
 
 pub mod digest;
+mod error;
+pub mod format;
 mod fsck;
 mod index;
+mod paths;
 mod writer;
 
 pub use digest::{Algorithm, Digest, DigestError, Hasher};
+pub use error::StoreError;
 pub use fsck::{FsckFinding, FsckReport};
 pub use index::{StoredManifest, TagKey, TagRecord};
 pub use writer::{BlobWriter, CommitError, VerifiedBlob};
 
 use index::{BlobMeta, Index};
 use parking_lot::Mutex;
+use paths::{blob_path, remove_if_exists, sweep_dir};
 use std::collections::HashMap;
 use std::fs::{self, File};
 use std::io;
@@ -41,38 +46,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-/// Errors from the store. I/O and index failures are distinct so callers can
-/// decide whether to degrade (stream without caching) or refuse.
-#[derive(Debug, thiserror::Error)]
-pub enum StoreError {
-    #[error("storage I/O error: {0}")]
-    Io(#[from] io::Error),
-    #[error("index error: {0}")]
-    Index(#[from] rocksdb::Error),
-    #[error("index holds a corrupt record under {0:?}")]
-    CorruptRecord(String),
-    #[error("bytes do not hash to {0}")]
-    DigestMismatch(Digest),
-}
-
 /// By default eviction starts above this fraction of the size budget…
 pub const DEFAULT_HIGH_WATERMARK: f64 = 0.95;
 /// …and stops below this one.
 pub const DEFAULT_LOW_WATERMARK: f64 = 0.85;
-
-impl StoreError {
-    /// The index is locked by another process (a second Ferry on the same
-    /// data directory, or the previous one still stopping).
-    pub fn is_locked(&self) -> bool {
-        match self {
-            StoreError::Index(e) => {
-                let m = e.to_string();
-                m.contains("LOCK") || m.contains("lock file")
-            }
-            _ => false,
-        }
-    }
-}
 
 /// What a store is opened with.
 #[derive(Clone, Debug)]
@@ -157,6 +134,8 @@ struct Inner {
     evicting: Mutex<()>,
     faults: Faults,
     stats: StoreStats,
+    /// The data directory's format version ([`format`]).
+    format: u32,
 }
 
 /// A committed blob opened for reading. While it lives the blob cannot be evicted.
@@ -194,12 +173,16 @@ impl Store {
     /// Opens (creating if needed) the store under `options.root`, sweeping any
     /// temp files a crash left behind. Does not read the blob files.
     pub fn open(options: StoreOptions) -> Result<Store, StoreError> {
+        // Before anything is created or swept: never write into a directory
+        // this build does not understand.
+        let found = format::check(&options.root)?;
         let blobs_dir = options.root.join("blobs");
         let tmp_dir = options.root.join("tmp");
         fs::create_dir_all(&blobs_dir)?;
         fs::create_dir_all(&tmp_dir)?;
         sweep_dir(&tmp_dir)?;
         let index = Index::open(&options.root.join("index"))?;
+        let format = format::migrate(&options.root, found)?;
         let (total, count, newest) = index.blob_totals()?;
         Ok(Store {
             inner: Arc::new(Inner {
@@ -215,12 +198,18 @@ impl Store {
                 evicting: Mutex::new(()),
                 faults: Faults::default(),
                 stats: StoreStats::default(),
+                format,
             }),
         })
     }
 
     pub fn root(&self) -> &Path {
         &self.inner.options.root
+    }
+
+    /// The data directory's format version ([`format`]).
+    pub fn format(&self) -> u32 {
+        self.inner.format
     }
 
     pub fn faults(&self) -> &Faults {
@@ -534,44 +523,6 @@ impl Inner {
                 Some(c.saturating_sub(1))
             });
     }
-}
-
-fn blob_path(blobs_dir: &Path, digest: &Digest) -> PathBuf {
-    let hex = digest.hex();
-    blobs_dir
-        .join(digest.algorithm().as_str())
-        .join(&hex[..2])
-        .join(hex)
-}
-
-fn remove_if_exists(path: &Path) -> io::Result<()> {
-    match fs::remove_file(path) {
-        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
-        _ => Ok(()),
-    }
-}
-
-/// Deletes every entry of a directory (the temp area after a crash).
-fn sweep_dir(dir: &Path) -> io::Result<usize> {
-    let mut n = 0;
-    for entry in fs::read_dir(dir)? {
-        let path = entry?.path();
-        if path.is_dir() {
-            fs::remove_dir_all(&path)?;
-        } else {
-            remove_if_exists(&path)?;
-        }
-        n += 1;
-    }
-    if n > 0 {
-        tracing::info!(files = n, "swept temp files left by an earlier run");
-    }
-    Ok(n)
-}
-
-/// fsyncs a directory so a rename or unlink in it survives power loss.
-fn sync_dir(dir: &Path) -> io::Result<()> {
-    File::open(dir)?.sync_all()
 }
 
 #[cfg(test)]

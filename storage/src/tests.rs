@@ -552,3 +552,57 @@ fn tag_records_keep_the_expired_flag_and_read_old_records() {
     .unwrap();
     assert!(!old.expired, "records written before the flag existed");
 }
+
+#[test]
+fn a_store_from_a_newer_ferry_is_refused_and_left_untouched() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = {
+        let s = store(dir.path());
+        assert_eq!(s.format(), format::CURRENT);
+        put_blob(&s, b"kept")
+    };
+    let newer = format::CURRENT + 1;
+    fs::write(dir.path().join("FORMAT"), format!("ferry-store {newer}\n")).unwrap();
+    fs::write(dir.path().join("tmp").join("in-flight"), b"a newer Ferry's").unwrap();
+    let err = match Store::open(StoreOptions::new(dir.path())) {
+        Err(e) => e.to_string(),
+        Ok(_) => panic!("a newer format was opened"),
+    };
+    assert!(err.contains("written by a newer Ferry"), "{err}");
+    assert!(err.contains(&format!("store format {newer}")), "{err}");
+    assert_eq!(tmp_entries(dir.path()), 1, "nothing swept");
+    assert_eq!(
+        fs::read_to_string(dir.path().join("FORMAT")).unwrap(),
+        format!("ferry-store {newer}\n")
+    );
+    // Back to a version this build reads: everything is still there.
+    fs::write(dir.path().join("FORMAT"), "ferry-store 1\n").unwrap();
+    assert_eq!(read_all(&store(dir.path()), &d), b"kept");
+}
+
+#[test]
+fn a_store_from_before_versions_is_upgraded_and_a_too_old_one_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = put_blob(&store(dir.path()), b"from an older Ferry");
+    // Every Ferry before versions were recorded wrote no FORMAT file.
+    fs::remove_file(dir.path().join("FORMAT")).unwrap();
+    assert_eq!(format::read(dir.path()).unwrap(), format::Found::Unrecorded);
+    let s = store(dir.path());
+    assert_eq!(s.format(), format::CURRENT);
+    assert_eq!(read_all(&s, &d), b"from an older Ferry");
+    drop(s);
+    assert_eq!(
+        fs::read_to_string(dir.path().join("FORMAT")).unwrap(),
+        format!("ferry-store {}\n", format::CURRENT)
+    );
+    fs::write(dir.path().join("FORMAT"), "ferry-store 0\n").unwrap();
+    let err = match Store::open(StoreOptions::new(dir.path())) {
+        Err(e) => e.to_string(),
+        Ok(_) => panic!("a format too old was opened"),
+    };
+    assert!(err.contains("too old for this Ferry to upgrade"), "{err}");
+    assert!(
+        err.contains(&format!("mv {}", dir.path().display())),
+        "{err}"
+    );
+}

@@ -1,6 +1,7 @@
 //! Writing a blob: a temp file hashed as it grows, committed only if it verifies.
 
-use crate::{blob_path, sync_dir, Digest, Hasher, Store, StoreError};
+use crate::paths::{blob_path, sync_dir};
+use crate::{Digest, Hasher, Store, StoreError};
 use bytes::Bytes;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, IoSlice, Write};
