@@ -24,6 +24,7 @@
 
 pub mod access;
 pub mod admission;
+pub mod bounded;
 pub mod clock;
 pub mod config;
 pub mod events;

@@ -148,6 +148,10 @@ pub struct Metrics {
     pub uncached_passthrough: Counter,
     /// Problems found by the last fsck through the admin API.
     pub fsck_findings: Gauge,
+    /// Images whose warming started after admission pinned them…
+    pub warms_started: Counter,
+    /// …and pinned images not warmed again (warmed in the last 10 minutes).
+    pub warms_skipped: Counter,
     store_bytes: Gauge,
     store_blobs: Gauge,
     store_max_bytes: Gauge,
@@ -204,6 +208,8 @@ impl Metrics {
             store_write_errors: Counter::default(),
             uncached_passthrough: Counter::default(),
             fsck_findings: Gauge::default(),
+            warms_started: Counter::default(),
+            warms_skipped: Counter::default(),
             store_bytes: Gauge::default(),
             store_blobs: Gauge::default(),
             store_max_bytes: Gauge::default(),
@@ -237,6 +243,16 @@ impl Metrics {
             self.request_seconds
         );
         reg!("cache_hits", "Answers from the cache, by kind.", self.hits);
+        reg!(
+            "admission_warms",
+            "Images pinned at admission whose warming started.",
+            self.warms_started
+        );
+        reg!(
+            "admission_warms_skipped",
+            "Images pinned at admission not warmed again (warmed in the last 10 minutes).",
+            self.warms_skipped
+        );
         reg!(
             "events",
             "Push events received, by upstream, format and outcome (applied, ignored, duplicate, outdated, foreign, invalid, rejected).",
@@ -414,7 +430,7 @@ impl Metrics {
             .inc_by(n);
     }
 
-    /// An upstream-checked access decision (upstream-checked access, `server::gate`).
+    /// An upstream-checked access decision (`proxy::access`).
     pub fn access_decision(&self, upstream: &str, source: &'static str, result: &'static str) {
         self.access
             .get_or_create(&AccessLabels {

@@ -168,6 +168,45 @@ async fn a_digest_known_from_one_repository_is_refused_under_another() {
     );
 }
 
+/// The confirmation that a digest is in a repository is shared like any
+/// upstream request: a herd of clients asking for a blob never seen through a
+/// manifest (a cold `HEAD`, then a `GET`, each) costs one upstream `HEAD` and
+/// one `GET`, with the `HEAD` of the blob itself answered by the confirmation.
+#[tokio::test]
+async fn a_herd_asking_for_an_unconfirmed_digest_costs_one_upstream_head_and_one_get() {
+    let up = FakeRegistry::start().await;
+    up.set_auth(Auth::Acl(acl(false)));
+    up.add_image("team/app", "1.0", &[b"app layer"]);
+    // A blob no manifest Ferry has seen references (a layer pushed alone).
+    let blob = up.add_blob_in("team/app", bytes_of(300_000, 7));
+    let p = std::sync::Arc::new(checked(&up, "").await);
+    let alice = basic("alice", "alice-pw");
+    // Ferry learns the upstream's challenge (and alice is admitted) first.
+    let r = get_as(&p, "/v2/team/app/manifests/1.0", Some(&alice)).await;
+    assert_eq!(r.status(), 200);
+    up.clear_requests();
+    let path = format!("/v2/team/app/blobs/{blob}");
+    let pulls: Vec<_> = (0..40u64)
+        .map(|i| {
+            let (p, path, alice) = (p.clone(), path.clone(), alice.clone());
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(i * 5)).await;
+                let auth = [("authorization", alice.as_str())];
+                let head = p.head_with(&path, &auth).await;
+                assert_eq!(head.status(), 200);
+                assert_eq!(header(&head, "content-length"), Some("300000"));
+                body_digest(p.get_with(&path, &auth).await).await.unwrap().0
+            })
+        })
+        .collect();
+    for pull in pulls {
+        assert_eq!(pull.await.unwrap(), blob);
+    }
+    assert_eq!(up.count("HEAD", |r| r.is_blob()), 1, "one confirmation");
+    assert_eq!(up.count("GET", |r| r.is_blob()), 1, "one transfer");
+    assert_eq!(up.total(), 2, "and nothing else: alice's decision stands");
+}
+
 #[tokio::test]
 async fn on_a_bearer_registry_tokens_decide_and_public_repositories_need_nothing() {
     let up = FakeRegistry::start().await;

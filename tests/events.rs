@@ -395,3 +395,53 @@ async fn tag_lists_and_referrers_survive_a_restart_with_upstream_down() {
     assert_eq!(r.text().await.unwrap(), refs);
     assert_eq!(p.metric("ferry_stale_answers_total"), 2);
 }
+
+/// A store that fails while an event is applied must not lose the event: the
+/// post is answered 503 (every sender retries until a 2xx), the id is not
+/// remembered, and the retry applies it.
+#[tokio::test]
+async fn an_event_the_store_could_not_record_is_applied_when_the_sender_retries() {
+    let (up, p, old) = start("").await;
+    assert_eq!(digest_of_tag(&p).await, old);
+    push_upstream(&up);
+    p.advance(Duration::from_secs(1));
+    let event = at("distribution-v1-push.json", p.clock.now_ms() - 10);
+    p.store()
+        .faults()
+        .fail_reads
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    let r = post(&p, event.clone(), &[BEARER]).await;
+    assert_eq!(r.status(), 503);
+    assert_eq!(header(&r, "retry-after"), Some("1"));
+    let report = json(r).await;
+    assert_eq!(
+        (report["failed"].as_u64(), report["applied"].as_u64()),
+        (Some(1), Some(0)),
+        "{report}"
+    );
+    assert_eq!(
+        p.metric(
+            "ferry_events_total{upstream=\"corp\",format=\"distribution\",outcome=\"failed\"}"
+        ),
+        1
+    );
+    p.store()
+        .faults()
+        .fail_reads
+        .store(false, std::sync::atomic::Ordering::SeqCst);
+    // The retry: applied, not skipped as a duplicate.
+    let r = post(&p, event.clone(), &[BEARER]).await;
+    assert_eq!(r.status(), 200);
+    let report = json(r).await;
+    assert_eq!(
+        (report["applied"].as_u64(), report["duplicate"].as_u64()),
+        (Some(1), Some(0)),
+        "{report}"
+    );
+    up.clear_requests();
+    assert_eq!(digest_of_tag(&p).await, NEW);
+    assert_eq!(up.total(), 0);
+    // And once applied, a further retry is a duplicate.
+    let r = post(&p, event, &[BEARER]).await;
+    assert_eq!(json(r).await["duplicate"], 1);
+}

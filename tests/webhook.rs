@@ -235,11 +235,39 @@ async fn a_dry_run_is_pinned_but_warms_nothing() {
         image(&obj, "/spec/containers/0/image"),
         format!("127.0.0.1:5001/team/app:1.0@{}", s.app)
     );
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        s.p.metric("ferry_admission_warms_total"),
+        0,
+        "no warm on a dry run"
+    );
+    assert_eq!(s.p.metric("ferry_admission_warms_skipped_total"), 0);
     assert_eq!(
         s.local.count("GET", |r| r.is_blob()),
         0,
         "no side effects on a dry run"
+    );
+}
+
+/// A Deployment's replicas are admitted one by one: each image is warmed at
+/// most once in ten minutes.
+#[tokio::test]
+async fn each_image_is_warmed_at_most_once_in_ten_minutes() {
+    let s = setup("warm = true").await;
+    let review = fixture("cronjob.json");
+    for _ in 0..5 {
+        s.admit(&review, "10s").await;
+    }
+    assert_eq!(s.p.metric("ferry_admission_warms_total"), 1);
+    assert_eq!(s.p.metric("ferry_admission_warms_skipped_total"), 4);
+    s.p.advance(Duration::from_secs(599));
+    s.admit(&review, "10s").await;
+    assert_eq!(s.p.metric("ferry_admission_warms_total"), 1, "still recent");
+    s.p.advance(Duration::from_secs(2));
+    s.admit(&review, "10s").await;
+    assert_eq!(
+        s.p.metric("ferry_admission_warms_total"),
+        2,
+        "ten minutes on"
     );
 }
 
@@ -285,7 +313,11 @@ async fn with_upstream_down_the_stale_digest_is_used_with_a_warning() {
         image(&obj, "/spec/template/spec/containers/0/image"),
         format!("nginx:1.27@{}", s.nginx)
     );
-    assert!(r["warnings"][0].as_str().unwrap().contains("stale"), "{r}");
+    assert_eq!(
+        r["warnings"],
+        json!(["ferry: nginx:1.27 pinned to a stale digest (upstream unavailable)"]),
+        "{r}"
+    );
 }
 
 #[tokio::test]
@@ -305,7 +337,11 @@ async fn a_hanging_upstream_still_gets_an_answer_inside_the_timeout() {
         image(&obj, "/spec/template/spec/containers/0/image"),
         "nginx:1.27"
     );
-    assert!(r["warnings"][0].as_str().is_some(), "{r}");
+    assert_eq!(
+        r["warnings"],
+        json!(["ferry: no image pinned: the resolution took too long"]),
+        "{r}"
+    );
 }
 
 #[tokio::test]
@@ -320,6 +356,24 @@ async fn on_error_deny_refuses_an_image_that_cannot_be_resolved() {
         .as_str()
         .unwrap()
         .contains("nginx:9.99"));
+}
+
+#[tokio::test]
+async fn on_error_deny_refuses_the_object_when_resolution_times_out() {
+    let s = setup("warm = false\non_error = \"deny\"").await;
+    s.hub.faults(|f| f.delay = Some(Duration::from_secs(10)));
+    let (r, obj) = s.admit(&fixture("deployment.json"), "2s").await;
+    assert_eq!(r["allowed"], false, "{r}");
+    assert_eq!(
+        r["status"]["message"],
+        "ferry could not pin the images in time: the resolution took too long"
+    );
+    assert_eq!(r["status"]["code"], 403);
+    assert!(r.get("patch").is_none(), "{r}");
+    assert_eq!(
+        image(&obj, "/spec/template/spec/containers/0/image"),
+        "nginx:1.27"
+    );
 }
 
 #[tokio::test]

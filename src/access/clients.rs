@@ -103,6 +103,12 @@ pub fn parse_basic(authorization: &str) -> Option<(String, String)> {
     Some((user.to_string(), password.to_string()))
 }
 
+/// What identifies a client's credentials in Ferry's memory: the SHA-256 of
+/// `user:password` (the credentials themselves are never kept).
+pub fn credentials_id(username: &str, password: &str) -> [u8; 32] {
+    sha2::Sha256::digest(format!("{username}:{password}").as_bytes()).into()
+}
+
 fn password_digest(password: &str) -> [u8; 32] {
     sha2::Sha256::digest(password.as_bytes()).into()
 }

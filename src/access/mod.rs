@@ -5,7 +5,7 @@
 //! - [`admin`]: the admin API's bearer token.
 //!
 //! Upstream-checked access (the upstream decides) needs the upstream and the
-//! cache, so it lives above them, at the edge: `server::gate`.
+//! cache, so it lives in the cache: `proxy::access`.
 
 pub mod admin;
 pub mod clients;

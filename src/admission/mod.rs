@@ -105,12 +105,7 @@ impl Admission {
         };
         let response = tokio::time::timeout(budget, self.review(request))
             .await
-            .unwrap_or_else(|_| Verdict {
-                patch: Vec::new(),
-                warnings: vec!["ferry: no image pinned: the resolution took too long".into()],
-                denied: None,
-                pinned: Vec::new(),
-            });
+            .unwrap_or_else(|_| self.too_slow());
         let dry_run = request["dryRun"].as_bool().unwrap_or(false);
         if self.config.warm && !dry_run {
             for (target, digest) in &response.pinned {
@@ -118,6 +113,20 @@ impl Admission {
             }
         }
         responses::json(response.into_review(uid).to_string())
+    }
+
+    /// The answer when resolution did not finish in time: nothing pinned, and
+    /// with `on_error = "deny"` the object refused, as for any image that
+    /// cannot be resolved.
+    fn too_slow(&self) -> Verdict {
+        let mut v = Verdict::default();
+        match self.config.on_error {
+            OnError::Allow => v.warn("ferry: no image pinned: the resolution took too long".into()),
+            OnError::Deny => v.deny(
+                "ferry could not pin the images in time: the resolution took too long".into(),
+            ),
+        }
+        v
     }
 
     /// Works out the patch for one admission request.
@@ -181,8 +190,7 @@ impl Admission {
                             v.warn(format!("ferry: {} not pinned: {}", at.image, why.message))
                         }
                         OnError::Deny => {
-                            v.denied =
-                                Some(format!("ferry could not pin {}: {}", at.image, why.message))
+                            v.deny(format!("ferry could not pin {}: {}", at.image, why.message))
                         }
                     }
                 }
@@ -197,13 +205,21 @@ impl Admission {
 struct Verdict {
     patch: Vec<Value>,
     warnings: Vec<String>,
-    /// `Some(why)`: refuse the object (`on_error = "deny"`).
+    /// `Some(why)`: refuse the object (`on_error = "deny"`); every image that
+    /// could not be pinned is named.
     denied: Option<String>,
     /// What was pinned, to warm.
     pinned: Vec<(crate::upstream::Target, crate::oci::Digest)>,
 }
 
 impl Verdict {
+    fn deny(&mut self, why: String) {
+        self.denied = Some(match self.denied.take() {
+            Some(before) => format!("{before}; {why}"),
+            None => why,
+        });
+    }
+
     fn warn(&mut self, mut w: String) {
         if w.len() > MAX_WARNING {
             let mut cut = MAX_WARNING - 1;

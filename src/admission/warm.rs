@@ -1,30 +1,26 @@
 //! Warm on admission: once a pod's image is pinned, its blobs are fetched in
 //! the background (the prefetch path: every platform, through the shared
 //! single-flight fetch), a few images at a time, so the pull that follows
-//! seconds later finds them cached. An image warmed in the last ten minutes is
-//! not warmed again (a Deployment's replicas are admitted one by one).
+//! seconds later finds them cached. An image warmed in the last
+//! [`defaults::REWARM_AFTER`] is not warmed again (a Deployment's replicas are
+//! admitted one by one); at most [`defaults::WARMED_IMAGES`] are remembered.
 
+use crate::bounded::ExpiringMap;
+use crate::config::defaults;
 use crate::oci::{Digest, Reference};
 use crate::proxy::{Progress, Proxy};
 use crate::upstream::Target;
 use parking_lot::Mutex;
-use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 use tokio::sync::Semaphore;
-
-/// How long a warmed digest is not warmed again.
-const REWARM_AFTER: Duration = Duration::from_secs(600);
-/// Digests remembered at most.
-const REMEMBERED: usize = 4096;
 
 /// Background prefetches of pinned images.
 pub struct Warmer {
     proxy: Arc<Proxy>,
     /// Prefetches running at once.
     slots: Arc<Semaphore>,
-    /// Digest → when it was last warmed.
-    recent: Mutex<HashMap<Digest, Instant>>,
+    /// Digests warmed recently, each until it may be warmed again.
+    recent: Mutex<ExpiringMap<Digest, ()>>,
 }
 
 impl Warmer {
@@ -33,37 +29,24 @@ impl Warmer {
         Warmer {
             proxy,
             slots: Arc::new(Semaphore::new(concurrency.max(1))),
-            recent: Mutex::new(HashMap::new()),
+            recent: Mutex::new(ExpiringMap::new(defaults::WARMED_IMAGES)),
         }
     }
 
     /// Starts warming `digest` in `target`, unless it was warmed recently.
     pub fn warm(&self, target: Target, digest: Digest) {
+        let metrics = self.proxy.metrics();
         {
+            let now = self.proxy.now_ms();
             let mut recent = self.recent.lock();
-            let now = Instant::now();
-            if recent
-                .get(&digest)
-                .is_some_and(|t| now.duration_since(*t) < REWARM_AFTER)
-            {
+            if recent.contains(&digest, now) {
+                metrics.warms_skipped.inc();
                 return;
             }
-            if recent.len() >= REMEMBERED {
-                recent.retain(|_, t| now.duration_since(*t) < REWARM_AFTER);
-            }
-            // Still full of recent digests: forget the oldest, so the map stays
-            // bounded however many distinct images are admitted.
-            if recent.len() >= REMEMBERED {
-                if let Some(oldest) = recent
-                    .iter()
-                    .min_by_key(|(_, t)| **t)
-                    .map(|(d, _)| d.clone())
-                {
-                    recent.remove(&oldest);
-                }
-            }
-            recent.insert(digest.clone(), now);
+            let until = now.saturating_add(defaults::REWARM_AFTER.as_millis() as u64);
+            recent.insert(digest.clone(), (), until, now);
         }
+        metrics.warms_started.inc();
         let (proxy, slots) = (self.proxy.clone(), self.slots.clone());
         tokio::spawn(async move {
             let Ok(_slot) = slots.acquire_owned().await else {

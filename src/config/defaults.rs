@@ -29,8 +29,6 @@ pub const ACCESS_NEGATIVE_TTL: Duration = Duration::from_secs(30);
 /// While the upstream cannot be asked, a decision this old still stands;
 /// past it, `503`: never an open door.
 pub const ACCESS_STALE: Duration = Duration::from_secs(3600);
-/// Access decisions kept in memory at most (then the oldest go).
-pub const ACCESS_DECISIONS: usize = 100_000;
 /// How long an upstream "no such tag" is remembered.
 pub const NEGATIVE_TTL: Duration = Duration::from_secs(15);
 
@@ -50,6 +48,58 @@ pub const RESPONSE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Upstream: the longest silence inside a body before the transfer is
 /// abandoned (and resumed with `Range`).
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+
+// ---------------------------------------------------------------- [limits]
+
+/// Concurrent client connections per listener.
+pub const MAX_CONNECTIONS: usize = 10_000;
+/// A connection must have sent a whole request head this long after it became
+/// ready for one (after it opened, and after each response).
+pub const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
+/// The largest request head (request line and headers) read.
+pub const MAX_HEADER_BYTES: usize = 64 * 1024;
+/// Concurrent streams per HTTP/2 connection.
+pub const H2_MAX_STREAMS: u32 = 128;
+/// HTTP/2 streams a client may open and reset before Ferry handles them (a
+/// "rapid reset" flood) before its connection is closed.
+pub const H2_MAX_PENDING_RESETS: usize = 20;
+/// Concurrent upstream blob transfers; more wait for a slot.
+pub const MAX_FETCHES: usize = 64;
+
+// ------------------------------------------- what bounds memory (not configurable)
+// Every in-memory map is an `ExpiringMap` (src/bounded.rs) with one of these
+// capacities. Losing an entry at the bound costs at most one upstream request.
+
+/// Tags remembered as missing upstream.
+pub const NEGATIVE_TAGS: usize = 10_000;
+/// Bearer tokens kept per upstream.
+pub const TOKENS_PER_UPSTREAM: usize = 4_096;
+/// Access decisions kept (upstream-checked access).
+pub const ACCESS_DECISIONS: usize = 100_000;
+/// Clients' own views of checked upstreams Ferry has no credentials for; the
+/// least recently used goes first (rebuilding one costs a token request).
+pub const CLIENT_VIEWS: usize = 4_096;
+/// A client's view unused this long is dropped.
+pub const CLIENT_VIEW_IDLE: Duration = Duration::from_secs(3600);
+/// Cold blob `HEAD` answers (size) remembered, so a rollout's herd of `HEAD`s
+/// arriving in waves costs one upstream request…
+pub const BLOB_HEADS: usize = 10_000;
+/// …each for this long (short: a blob's size never changes, but a blob
+/// deleted upstream should not be announced for long).
+pub const BLOB_HEAD_MEMORY: Duration = Duration::from_secs(10);
+/// Images warmed at admission remembered, so each is warmed at most once…
+pub const WARMED_IMAGES: usize = 4_096;
+/// …in this long.
+pub const REWARM_AFTER: Duration = Duration::from_secs(600);
+/// Push-event ids remembered to skip a sender's retries…
+pub const EVENT_IDS: usize = 10_000;
+/// …for this long at most.
+pub const EVENT_ID_MEMORY: Duration = Duration::from_secs(24 * 3600);
+/// Tag-list pages and referrers indexes kept in memory, each cache…
+pub const ANSWERS: usize = 1_024;
+/// …and the bytes they may hold (an answer over a quarter of it is served but
+/// not kept in memory).
+pub const ANSWER_BYTES: usize = 32 * 1024 * 1024;
 
 /// `--help` text for a flag that overrides a setting with this default.
 pub fn help(what: &str, default: impl std::fmt::Display) -> String {

@@ -1,25 +1,15 @@
 //! `[limits]`: what one client, or many, may cost Ferry. Each limit says what
 //! happens at it; none of them fails a request that is already being served.
 
+use super::defaults::{
+    H2_MAX_PENDING_RESETS, H2_MAX_STREAMS, HEADER_TIMEOUT, MAX_CONNECTIONS, MAX_FETCHES,
+    MAX_HEADER_BYTES,
+};
 use super::raw::RawLimits;
 use super::units::{duration_or, parse_size};
 use super::{err, ConfigError};
 use std::time::Duration;
 
-/// Concurrent client connections per listener.
-pub const MAX_CONNECTIONS: usize = 10_000;
-/// A connection must have sent a whole request head this long after it became
-/// ready for one (after it opened, and after each response).
-pub const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
-/// The largest request head (request line and headers) read.
-pub const MAX_HEADER_BYTES: usize = 64 * 1024;
-/// Concurrent streams per HTTP/2 connection.
-pub const H2_MAX_STREAMS: u32 = 128;
-/// HTTP/2 streams a client may open and reset before Ferry handles them (a
-/// "rapid reset" flood) before its connection is closed.
-pub const H2_MAX_PENDING_RESETS: usize = 20;
-/// Concurrent upstream blob transfers; more wait for a slot.
-pub const MAX_FETCHES: usize = 64;
 /// hyper's smallest read buffer: a header limit below it cannot be honoured.
 const MIN_HEADER_BYTES: usize = 8192;
 

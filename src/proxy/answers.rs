@@ -3,8 +3,11 @@
 //! tags: fresh inside `tag_ttl`, asked again once (single-flight) past it, and
 //! served stale for up to `stale_if_error` while upstream fails.
 //!
-//! Bounded by count and by bytes; the oldest answers go first, and one answer
-//! over a quarter of the byte budget is served but not kept.
+//! Bounded by count and by bytes ([`defaults::ANSWERS`],
+//! [`defaults::ANSWER_BYTES`]): an answer is dropped once it could no longer
+//! be served even stale, and at the bound the one that would become useless
+//! soonest goes first; one answer over a quarter of the byte budget is served
+//! but not kept in memory.
 //!
 //! Every answer kept is also written to the store's index, and an answer not
 //! in memory is looked up there, so after a restart with upstream down the
@@ -13,13 +16,13 @@
 use super::error::{Error, Result};
 use super::flight::SingleFlight;
 use super::freshness;
+use crate::bounded::ExpiringMap;
 use crate::clock::Clock;
-use crate::config::Freshness;
+use crate::config::{defaults, Freshness};
 use crate::metrics::{Kind, Metrics};
 use crate::upstream::UpstreamError;
 use ferry_storage::Store;
 use parking_lot::Mutex;
-use std::collections::HashMap;
 use std::future::Future;
 use std::hash::Hash;
 use std::sync::Arc;
@@ -42,10 +45,27 @@ pub(crate) trait AnswerKey {
     fn index_key(&self) -> Vec<u8>;
 }
 
-/// The index-key prefix of every answer of `kind` about one repository.
-pub(crate) fn repo_prefix(kind: u8, upstream: &str, repo: &str) -> Vec<u8> {
+/// The index's answer key spaces: what a key's first byte says it holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub(crate) enum Space {
+    /// Tag-list pages ([`super::tag_lists`]).
+    TagLists = 1,
+    /// Referrers indexes ([`super::referrers`]).
+    Referrers = 2,
+    /// Repository → digest links of checked upstreams ([`super::access`]).
+    Links = 3,
+}
+
+impl Space {
+    /// Every space, for whole-index passes (pruning).
+    pub const ALL: [Space; 3] = [Space::TagLists, Space::Referrers, Space::Links];
+}
+
+/// The index-key prefix of every entry of `space` about one repository.
+pub(crate) fn repo_prefix(space: Space, upstream: &str, repo: &str) -> Vec<u8> {
     let mut k = Vec::with_capacity(upstream.len() + repo.len() + 3);
-    k.push(kind);
+    k.push(space as u8);
     k.extend_from_slice(upstream.as_bytes());
     k.push(0);
     k.extend_from_slice(repo.as_bytes());
@@ -63,10 +83,10 @@ pub(crate) struct Budget {
 }
 
 impl Budget {
-    /// Kept per answer cache unless configured: 1,024 answers, 32 MiB.
+    /// Kept per answer cache: [`defaults::ANSWERS`], [`defaults::ANSWER_BYTES`].
     pub const DEFAULT: Budget = Budget {
-        count: 1024,
-        bytes: 32 * 1024 * 1024,
+        count: defaults::ANSWERS,
+        bytes: defaults::ANSWER_BYTES,
     };
 }
 
@@ -78,15 +98,10 @@ pub(crate) struct Answers<K, V> {
     metrics: Arc<Metrics>,
     /// Where answers are kept across restarts.
     store: Store,
-    entries: Mutex<Entries<K, V>>,
+    /// The answers held in memory, each until it could no longer be served.
+    entries: Mutex<ExpiringMap<K, Kept<V>>>,
     /// One upstream fetch per key at a time.
     flights: SingleFlight<K, Result<Kept<V>>>,
-}
-
-/// The kept answers and the bytes they hold.
-struct Entries<K, V> {
-    map: HashMap<K, Kept<V>>,
-    bytes: usize,
 }
 
 #[derive(Clone)]
@@ -113,10 +128,7 @@ where
             clock,
             metrics,
             store,
-            entries: Mutex::new(Entries {
-                map: HashMap::new(),
-                bytes: 0,
-            }),
+            entries: Mutex::new(ExpiringMap::weighted(budget.count, budget.bytes)),
             flights: SingleFlight::default(),
         }
     }
@@ -132,7 +144,7 @@ where
     where
         F: Future<Output = std::result::Result<V, UpstreamError>> + Send + 'static,
     {
-        let kept = self.kept(&key);
+        let kept = self.kept(&key, &policy);
         if let Some(k) = kept.as_ref() {
             if freshness::is_fresh(k.fetched_at_ms, &policy, self.clock.now_ms()) {
                 self.metrics.hit(self.kind);
@@ -153,7 +165,7 @@ where
                             value,
                             fetched_at_ms: now,
                         };
-                        this.keep(key2, k.clone());
+                        this.keep(key2, k.clone(), &policy);
                         Ok(k)
                     }
                     Err(e) if e.allows_stale() => match kept {
@@ -180,8 +192,9 @@ where
     }
 
     /// The answer kept for `key`, from memory, else from the index.
-    fn kept(&self, key: &K) -> Option<Kept<V>> {
-        if let Some(k) = self.entries.lock().map.get(key) {
+    fn kept(&self, key: &K, policy: &Freshness) -> Option<Kept<V>> {
+        let now = self.clock.now_ms();
+        if let Some(k) = self.entries.lock().get(key, now) {
             return Some(k.clone());
         }
         let (fetched_at_ms, bytes) = match self.store.answer(&key.index_key()) {
@@ -195,7 +208,7 @@ where
             value: V::decode(&bytes)?,
             fetched_at_ms,
         };
-        self.remember(key.clone(), kept.clone());
+        self.remember(key.clone(), kept.clone(), policy);
         Some(kept)
     }
 
@@ -205,63 +218,40 @@ where
         if let Err(e) = self.store.forget_answers(prefix, None) {
             tracing::warn!(kind = ?self.kind, error = %e, "could not forget kept answers");
         }
-        let mut e = self.entries.lock();
-        let gone: usize = e
-            .map
-            .iter()
-            .filter(|(k, _)| matches(k))
-            .map(|(_, v)| v.value.weight())
-            .sum();
-        e.map.retain(|k, _| !matches(k));
-        e.bytes -= gone;
+        self.entries.lock().retain(|k, _| !matches(k));
     }
 
     fn remove(&self, key: &K) {
-        let mut e = self.entries.lock();
-        if let Some(old) = e.map.remove(key) {
-            e.bytes -= old.value.weight();
-        }
-        drop(e);
+        self.entries.lock().remove(key);
         if let Err(e) = self.store.forget_answers(&key.index_key(), None) {
             tracing::warn!(kind = ?self.kind, error = %e, "could not forget a kept answer");
         }
     }
 
     /// Keeps a fresh answer, in memory and in the index.
-    fn keep(&self, key: K, kept: Kept<V>) {
+    fn keep(&self, key: K, kept: Kept<V>, policy: &Freshness) {
         let stored =
             self.store
                 .put_answer(&key.index_key(), kept.fetched_at_ms, &kept.value.encode());
         if let Err(e) = stored {
             tracing::warn!(kind = ?self.kind, error = %e, "could not keep an answer in the index");
         }
-        self.remember(key, kept);
+        self.remember(key, kept, policy);
     }
 
-    /// Holds an answer in memory, within the budget.
-    fn remember(&self, key: K, kept: Kept<V>) {
+    /// Holds an answer in memory, within the budget, while it can be served.
+    fn remember(&self, key: K, kept: Kept<V>, policy: &Freshness) {
         let weight = kept.value.weight();
         if weight > self.budget.bytes / 4 {
             return; // one huge answer would push out everything else
         }
-        let mut e = self.entries.lock();
-        if let Some(old) = e.map.remove(&key) {
-            e.bytes -= old.value.weight();
+        let until = freshness::useful_until(kept.fetched_at_ms, policy);
+        let now = self.clock.now_ms();
+        if until > now {
+            self.entries
+                .lock()
+                .insert_weighted(key, kept, weight, until, now);
         }
-        while !e.map.is_empty()
-            && (e.map.len() >= self.budget.count || e.bytes + weight > self.budget.bytes)
-        {
-            let oldest = e
-                .map
-                .iter()
-                .min_by_key(|(_, k)| k.fetched_at_ms)
-                .map(|(k, _)| k.clone());
-            if let Some(old) = oldest.and_then(|k| e.map.remove(&k)) {
-                e.bytes -= old.value.weight();
-            }
-        }
-        e.bytes += weight;
-        e.map.insert(key, kept);
     }
 }
 
@@ -269,6 +259,7 @@ where
 mod tests {
     use super::*;
     use bytes::Bytes;
+    use std::time::Duration;
 
     impl Answer for Bytes {
         fn weight(&self) -> usize {
@@ -284,7 +275,7 @@ mod tests {
 
     impl AnswerKey for u32 {
         fn index_key(&self) -> Vec<u8> {
-            let mut k = repo_prefix(9, "up", "repo");
+            let mut k = repo_prefix(Space::TagLists, "up", "repo");
             k.extend_from_slice(&self.to_be_bytes());
             k
         }
@@ -293,6 +284,13 @@ mod tests {
     const BUDGET: Budget = Budget {
         count: 8,
         bytes: 4096,
+    };
+
+    const POLICY: Freshness = Freshness {
+        tag_ttl: Duration::from_secs(30),
+        stale_if_error: Duration::from_secs(3600),
+        negative_ttl: Duration::from_secs(15),
+        immutable: false,
     };
 
     fn answers() -> (tempfile::TempDir, Arc<Answers<u32, Bytes>>) {
@@ -308,15 +306,21 @@ mod tests {
         (dir, Arc::new(a))
     }
 
-    fn kept(n: usize, at: u64) -> Kept<Bytes> {
+    /// An answer of `n` bytes fetched `at` ms after the test clock's start.
+    fn kept(a: &Answers<u32, Bytes>, n: usize, at: u64) -> Kept<Bytes> {
         Kept {
             value: Bytes::from(vec![0u8; n]),
-            fetched_at_ms: at,
+            fetched_at_ms: a.clock.now_ms() + at,
         }
     }
 
     fn bytes(a: &Answers<u32, Bytes>) -> usize {
-        a.entries.lock().bytes
+        a.entries.lock().weight()
+    }
+
+    fn held(a: &Answers<u32, Bytes>, k: u32) -> bool {
+        let now = a.clock.now_ms();
+        a.entries.lock().contains(&k, now)
     }
 
     #[test]
@@ -324,12 +328,12 @@ mod tests {
         let (_dir, a) = answers();
         let quarter = BUDGET.bytes / 4;
         for i in 0..4u32 {
-            a.keep(i, kept(quarter, u64::from(i)));
+            a.keep(i, kept(&a, quarter, u64::from(i)), &POLICY);
         }
         assert_eq!(bytes(&a), BUDGET.bytes);
-        a.keep(4, kept(10, 4));
-        assert!(!a.entries.lock().map.contains_key(&0), "the oldest went");
-        assert!(a.entries.lock().map.contains_key(&4));
+        a.keep(4, kept(&a, 10, 4), &POLICY);
+        assert!(!held(&a, 0), "the oldest went");
+        assert!(held(&a, 4));
         assert_eq!(bytes(&a), 3 * quarter + 10);
     }
 
@@ -337,21 +341,35 @@ mod tests {
     fn the_count_budget_holds() {
         let (_dir, a) = answers();
         for i in 0..20u32 {
-            a.keep(i, kept(1, u64::from(i)));
+            a.keep(i, kept(&a, 1, u64::from(i)), &POLICY);
         }
-        let e = a.entries.lock();
-        assert_eq!(e.map.len(), BUDGET.count);
-        assert!(e.map.contains_key(&19) && !e.map.contains_key(&11));
+        assert_eq!(a.entries.lock().len(), BUDGET.count);
+        assert!(held(&a, 19) && !held(&a, 11));
+    }
+
+    #[test]
+    fn answers_too_old_to_serve_even_stale_leave_memory() {
+        let (_dir, a) = answers();
+        a.keep(1, kept(&a, 5, 0), &POLICY);
+        a.clock.advance(POLICY.tag_ttl + POLICY.stale_if_error);
+        assert!(!held(&a, 1));
+        let immutable = Freshness {
+            immutable: true,
+            ..POLICY
+        };
+        a.keep(2, kept(&a, 5, 0), &immutable);
+        a.clock.advance(Duration::from_secs(365 * 24 * 3600));
+        assert!(held(&a, 2), "an immutable answer never expires");
     }
 
     #[test]
     fn huge_answers_are_not_kept_and_replacing_one_keeps_the_count_right() {
         let (_dir, a) = answers();
-        a.remember(1, kept(BUDGET.bytes / 4 + 1, 0));
-        assert!(a.entries.lock().map.is_empty());
-        a.keep(1, kept(100, 0));
-        a.keep(1, kept(50, 1));
-        a.keep(2, kept(7, 2));
+        a.remember(1, kept(&a, BUDGET.bytes / 4 + 1, 0), &POLICY);
+        assert!(a.entries.lock().is_empty());
+        a.keep(1, kept(&a, 100, 0), &POLICY);
+        a.keep(1, kept(&a, 50, 1), &POLICY);
+        a.keep(2, kept(&a, 7, 2), &POLICY);
         assert_eq!(bytes(&a), 57);
         a.forget(&1u32.index_key(), |k| *k == 1);
         assert_eq!(bytes(&a), 7);
@@ -362,27 +380,26 @@ mod tests {
     #[test]
     fn kept_answers_are_found_in_the_index_after_a_restart() {
         let dir = tempfile::tempdir().unwrap();
+        let clock = Clock::manual();
         let open = || {
             let store = Store::open(ferry_storage::StoreOptions::new(dir.path())).unwrap();
-            Answers::<u32, Bytes>::new(
-                Kind::TagList,
-                BUDGET,
-                Clock::manual(),
-                Arc::default(),
-                store,
-            )
+            Answers::<u32, Bytes>::new(Kind::TagList, BUDGET, clock.clone(), Arc::default(), store)
         };
+        let at = clock.now_ms();
         {
             let a = open();
-            a.keep(7, kept(3, 1234));
-            a.keep(8, kept(4, 1235));
+            a.keep(7, kept(&a, 3, 0), &POLICY);
+            a.keep(8, kept(&a, 4, 1), &POLICY);
             a.remove(&8);
         }
         let a = open();
-        let k = a.kept(&7).expect("from the index");
-        assert_eq!((k.value.len(), k.fetched_at_ms), (3, 1234));
-        assert!(a.kept(&8).is_none(), "a removed answer stays removed");
-        a.forget(&repo_prefix(9, "up", "repo"), |_| true);
-        assert!(a.kept(&7).is_none());
+        let k = a.kept(&7, &POLICY).expect("from the index");
+        assert_eq!((k.value.len(), k.fetched_at_ms), (3, at));
+        assert!(
+            a.kept(&8, &POLICY).is_none(),
+            "a removed answer stays removed"
+        );
+        a.forget(&repo_prefix(Space::TagLists, "up", "repo"), |_| true);
+        assert!(a.kept(&7, &POLICY).is_none());
     }
 }

@@ -22,6 +22,17 @@ pub fn servable_on_error(confirmed_ms: u64, policy: &Freshness, now_ms: u64) -> 
             .saturating_add(ms(policy.stale_if_error))
 }
 
+/// Until when an answer confirmed at `confirmed_ms` can be served at all
+/// (fresh, or stale while upstream fails); `u64::MAX` for immutable ones.
+pub fn useful_until(confirmed_ms: u64, policy: &Freshness) -> u64 {
+    if policy.immutable {
+        return u64::MAX;
+    }
+    confirmed_ms
+        .saturating_add(ms(policy.tag_ttl))
+        .saturating_add(ms(policy.stale_if_error))
+}
+
 /// Until when an upstream "not found" learnt now is believed.
 pub fn negative_until(policy: &Freshness, now_ms: u64) -> u64 {
     now_ms.saturating_add(ms(policy.negative_ttl))

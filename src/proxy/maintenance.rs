@@ -1,6 +1,7 @@
 //! Operations on the whole cache: purges (admin API), fsck, the periodic
 //! maintenance pass (access times, budget, old answers) and shutdown.
 
+use super::answers::Space;
 use super::{Error, Proxy, Result};
 use crate::oci::Digest;
 use crate::upstream::Target;
@@ -26,7 +27,10 @@ impl Proxy {
         blocking(move || store.purge_tags(&up, &repo, tag.as_deref())).await
     }
 
-    /// Drops kept tag-list and referrers answers older than any policy could serve.
+    /// Drops what the index's answer spaces keep (tag-list pages, referrers
+    /// indexes, checked upstreams' repository links) once older than any
+    /// policy could serve, and at least a week old; a pruned link is
+    /// confirmed again by one upstream `HEAD` when next asked.
     fn prune_answers(&self) -> Result<()> {
         let oldest = self.router.upstreams().iter().map(|u| {
             let d = u.config().policy.defaults;
@@ -37,7 +41,9 @@ impl Proxy {
             .unwrap_or_default()
             .max(Duration::from_secs(7 * 24 * 3600));
         let limit = self.clock.now_ms().saturating_sub(keep.as_millis() as u64);
-        self.store.forget_answers(b"", Some(limit))?;
+        for space in Space::ALL {
+            self.store.forget_answers(&[space as u8], Some(limit))?;
+        }
         Ok(())
     }
 

@@ -7,6 +7,8 @@
 //! - [`blobs`]: blobs from the store or one shared upstream fetch (a folder:
 //!   the in-flight registry, the leader, followers, the uncached relay, stored files);
 //! - [`tag_lists`] and [`referrers`], kept in the [`answers`] cache;
+//! - [`access`]: upstream-checked access (who may read a repository, and
+//!   which digests are known in it);
 //! - [`store_health`]: disk-failure episodes (blobs stream uncached meanwhile);
 //! - [`prefetch`]: warming the cache with a whole image;
 //! - [`tag_events`]: push events applied; [`maintenance`]: purges, fsck,
@@ -20,8 +22,11 @@
 //! - a manifest is `GET` upstream only when its digest is not stored, and a tag
 //!   is `GET` only when nothing is known about it and the client wants the body;
 //! - manifests and blobs by digest never talk to upstream once stored;
-//! - at most one upstream request per blob digest is in flight.
+//! - at most one upstream request per blob digest is in flight;
+//! - with checked access, a digest is served under a repository only once
+//!   upstream has shown it there (one confirmation, shared, remembered).
 
+pub mod access;
 pub(crate) mod answers;
 pub mod blobs;
 pub mod error;
@@ -37,20 +42,23 @@ pub mod tag_events;
 pub mod tag_lists;
 pub mod tags;
 
+pub use access::Refusal;
 pub use blobs::{BlobAnswer, ByteStream};
 pub use error::{Error, Result};
 pub use flight::SingleFlight;
 pub use manifests::ManifestMeta;
 pub use prefetch::{PrefetchReport, Progress};
 pub use referrers::ReferrersAnswer;
-pub use tag_events::EventReport;
+pub use tag_events::{EventReport, Outcome};
 pub use tag_lists::TagListAnswer;
 pub use tags::{Resolved, Source};
 
 use crate::clock::Clock;
+use crate::config::defaults;
 use crate::metrics::{Metrics, StoreGauges};
 use crate::oci::{Digest, RangeRequest, Reference, RepoName, Tag, TagsPage};
 use crate::upstream::{RouteError, Router, Target};
+use access::Access;
 use answers::Budget;
 use blobs::Blobs;
 use bytes::Bytes;
@@ -62,9 +70,6 @@ use std::sync::Arc;
 use store_health::StoreHealth;
 use tag_lists::TagLists;
 use tags::Tags;
-
-/// Tags remembered as missing at most (the negative cache's bound).
-const NEGATIVE_CAPACITY: usize = 10_000;
 
 /// A manifest answer: what a `HEAD` needs, and the body for a `GET`.
 pub struct ManifestAnswer {
@@ -89,6 +94,8 @@ pub struct Proxy {
     blobs: Arc<Blobs>,
     tag_lists: TagLists,
     referrers: Referrers,
+    /// Upstream-checked access: decisions, client views, repository links.
+    access: Access,
     /// Push-event ids already applied.
     seen_events: tag_events::SeenIds,
 }
@@ -111,12 +118,13 @@ impl Proxy {
                 clock.clone(),
                 metrics.clone(),
                 manifests.clone(),
-                NEGATIVE_CAPACITY,
+                defaults::NEGATIVE_TAGS,
             )),
             blobs: Arc::new(Blobs::new(
                 store.clone(),
                 metrics.clone(),
                 health,
+                clock.clone(),
                 max_fetches,
             )),
             tag_lists: TagLists::new(
@@ -131,6 +139,7 @@ impl Proxy {
                 metrics.clone(),
                 store.clone(),
             ),
+            access: Access::new(store.clone(), clock.clone(), metrics.clone()),
             manifests,
             router,
             store,
@@ -153,10 +162,45 @@ impl Proxy {
         self.router.named(upstream, repo)
     }
 
+    // ------------------------------------------------------------ who reads
+
+    /// Whether the client sending `authorization` may read `target`'s
+    /// repository: for an upstream with checked access, as the upstream
+    /// decides (asked once per client and repository, then remembered);
+    /// always for the others (Ferry's own `[[client]]` identities are the
+    /// edge's to check).
+    pub async fn admit(
+        &self,
+        target: &Target,
+        authorization: Option<&str>,
+    ) -> std::result::Result<(), Refusal> {
+        self.access.admit(target, authorization).await
+    }
+
+    /// The target to fetch with for the client sending `authorization`: a
+    /// checked upstream Ferry has no credentials for is fetched with the
+    /// client's own.
+    pub fn fetch_as(&self, target: Target, authorization: Option<&str>) -> Target {
+        self.access.fetch_as(target, authorization)
+    }
+
     // ------------------------------------------------------------ the pull API
 
     /// A manifest by tag or digest. `head`: only what a `HEAD` answers needs.
+    /// With checked access, a digest must be known in the repository.
     pub async fn manifest(
+        &self,
+        target: &Target,
+        reference: &Reference,
+        head: bool,
+    ) -> Result<ManifestAnswer> {
+        let answer = self.manifest_unchecked(target, reference, head).await?;
+        self.access
+            .saw_manifest(target, &answer.digest, answer.body.as_deref());
+        Ok(answer)
+    }
+
+    async fn manifest_unchecked(
         &self,
         target: &Target,
         reference: &Reference,
@@ -175,7 +219,19 @@ impl Proxy {
                 }
                 meta.digest
             }
-            Reference::Digest(d) => d.clone(),
+            Reference::Digest(d) => {
+                let (t, d2) = (target.clone(), d.clone());
+                self.access
+                    .confirm(target, d, move || async move {
+                        t.upstream
+                            .head_manifest(&t.repo, &d2.to_string())
+                            .await
+                            .map(drop)
+                            .map_err(Error::from)
+                    })
+                    .await?;
+                d.clone()
+            }
         };
         let m = self.manifests.by_digest(target, &digest).await?;
         Ok(ManifestAnswer {
@@ -191,7 +247,8 @@ impl Proxy {
         self.tags.resolve(target, tag, false).await
     }
 
-    /// A blob (or a range of it).
+    /// A blob (or a range of it). With checked access, it must be known in
+    /// the repository; its confirmation is the blob's own cold `HEAD`.
     pub async fn blob(
         &self,
         target: &Target,
@@ -199,6 +256,12 @@ impl Proxy {
         range: RangeRequest,
         head: bool,
     ) -> Result<BlobAnswer> {
+        let (blobs, t, d) = (self.blobs.clone(), target.clone(), digest.clone());
+        self.access
+            .confirm(target, digest, move || async move {
+                blobs.head_upstream(&t, &d).await.map(drop)
+            })
+            .await?;
         self.blobs.get(target, digest, range, head).await
     }
 
@@ -257,14 +320,41 @@ impl Proxy {
         Some(up.reconfigure(new))
     }
 
+    /// The events secret of the upstream with this name, if it receives events.
+    pub fn events_secret(&self, upstream: &str) -> Option<Vec<u8>> {
+        let up = self.router.by_name(upstream)?;
+        up.config().events.as_ref().map(|e| e.secret.clone())
+    }
+
+    /// Applies the events an upstream posted (see [`tag_events`]).
+    pub fn apply_events(
+        &self,
+        upstream: &str,
+        parsed: &crate::events::Parsed,
+    ) -> std::result::Result<EventReport, RouteError> {
+        let up = self
+            .router
+            .by_name(upstream)
+            .filter(|u| u.config().events.is_some())
+            .ok_or_else(|| RouteError::UnknownUpstream(upstream.to_string()))?;
+        let cache = tag_events::Cache {
+            tags: &self.tags,
+            manifests: &self.manifests,
+            blobs: &self.blobs,
+            tag_lists: &self.tag_lists,
+            seen: &self.seen_events,
+        };
+        Ok(tag_events::apply_post(
+            cache,
+            up,
+            parsed,
+            self.clock.now_ms(),
+        ))
+    }
+
     /// Blobs and bytes in the store.
     pub fn store_usage(&self) -> (u64, u64) {
         (self.store.blob_count(), self.store.total_bytes())
-    }
-
-    /// The store, for what the edge keeps beside the cache (repository links).
-    pub(crate) fn store(&self) -> &Store {
-        &self.store
     }
 
     /// The proxy's clock.

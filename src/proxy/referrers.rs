@@ -4,7 +4,7 @@
 //! repository's freshness policy. Upstream's referrers API is used when it has
 //! one, else the `sha256-<hex>` fallback tag, else the answer is an empty index.
 
-use super::answers::{repo_prefix, Answer, AnswerKey, Answers, Budget};
+use super::answers::{repo_prefix, Answer, AnswerKey, Answers, Budget, Space};
 use super::error::Result;
 use crate::clock::Clock;
 use crate::metrics::{Kind, Metrics};
@@ -18,12 +18,9 @@ use std::sync::Arc;
 /// (upstream, repository, subject, `artifactType`).
 type Key = (String, String, Digest, Option<String>);
 
-/// The index-key kind byte of referrers indexes.
-const KIND: u8 = 2;
-
 impl AnswerKey for Key {
     fn index_key(&self) -> Vec<u8> {
-        let mut k = repo_prefix(KIND, &self.0, &self.1);
+        let mut k = repo_prefix(Space::Referrers, &self.0, &self.1);
         k.extend_from_slice(
             serde_json::json!([self.2.as_str(), self.3])
                 .to_string()
@@ -103,10 +100,10 @@ impl Referrers {
 
     /// Drops the indexes kept for a repository.
     pub fn forget(&self, upstream: &str, repo: &str) {
-        self.answers
-            .forget(&repo_prefix(KIND, upstream, repo), |(u, r, ..)| {
-                u == upstream && r == repo
-            });
+        self.answers.forget(
+            &repo_prefix(Space::Referrers, upstream, repo),
+            |(u, r, ..)| u == upstream && r == repo,
+        );
     }
 }
 

@@ -12,17 +12,17 @@
 //! - push and delete events forget the repository's tag lists;
 //! - pushes to repositories matching `prewarm` are fetched at once.
 
+use super::blobs::Blobs;
+use super::manifests::Manifests;
+use super::tag_lists::TagLists;
 use super::tags::{Applied, TagChange, Tags};
-use super::Proxy;
+use crate::bounded::ExpiringMap;
+use crate::config::defaults;
 use crate::events::{Change, Event, Parsed};
 use crate::oci::{Digest, Reference, RepoName};
-use crate::upstream::{RouteError, Target, Upstream};
+use crate::upstream::{Target, Upstream};
 use parking_lot::Mutex;
-use std::collections::{HashSet, VecDeque};
 use std::sync::Arc;
-
-/// Event ids remembered to skip duplicates (senders retry until answered).
-const SEEN_IDS: usize = 10_000;
 
 /// What became of one event.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -37,9 +37,22 @@ pub enum Outcome {
     Foreign,
     /// The repository name is not valid for the pull API.
     Invalid,
+    /// The store could not record it: not remembered as seen, and the post is
+    /// answered `503` so the sender retries it.
+    Failed,
 }
 
 impl Outcome {
+    /// Every outcome, in the order reports and metrics list them.
+    pub const ALL: [Outcome; 6] = [
+        Outcome::Applied,
+        Outcome::Duplicate,
+        Outcome::Outdated,
+        Outcome::Foreign,
+        Outcome::Invalid,
+        Outcome::Failed,
+    ];
+
     /// The metrics label.
     pub fn label(self) -> &'static str {
         match self {
@@ -48,31 +61,36 @@ impl Outcome {
             Outcome::Outdated => "outdated",
             Outcome::Foreign => "foreign",
             Outcome::Invalid => "invalid",
+            Outcome::Failed => "failed",
         }
     }
 }
 
-/// Ids of events already applied, oldest first, bounded.
-#[derive(Default)]
+/// Ids of events already applied (senders retry until answered), each
+/// remembered for [`defaults::EVENT_ID_MEMORY`], at most
+/// [`defaults::EVENT_IDS`] of them, oldest dropped first.
 pub(crate) struct SeenIds {
-    inner: Mutex<(HashSet<String>, VecDeque<String>)>,
+    ids: Mutex<ExpiringMap<String, ()>>,
+}
+
+impl Default for SeenIds {
+    fn default() -> SeenIds {
+        SeenIds {
+            ids: Mutex::new(ExpiringMap::new(defaults::EVENT_IDS)),
+        }
+    }
 }
 
 impl SeenIds {
-    /// Records `id`; whether it was new.
-    pub fn first_time(&self, id: &str) -> bool {
-        let mut g = self.inner.lock();
-        let (set, order) = &mut *g;
-        if !set.insert(id.to_string()) {
-            return false;
-        }
-        order.push_back(id.to_string());
-        while order.len() > SEEN_IDS {
-            if let Some(old) = order.pop_front() {
-                set.remove(&old);
-            }
-        }
-        true
+    /// Whether `id` was applied already.
+    fn seen(&self, id: &str, now_ms: u64) -> bool {
+        self.ids.lock().contains(id, now_ms)
+    }
+
+    /// Records `id` as applied.
+    fn record(&self, id: &str, now_ms: u64) {
+        let until = now_ms.saturating_add(defaults::EVENT_ID_MEMORY.as_millis() as u64);
+        self.ids.lock().insert(id.to_string(), (), until, now_ms);
     }
 }
 
@@ -91,35 +109,56 @@ pub struct EventReport {
     pub outdated: usize,
     /// Events for another registry host.
     pub foreign: usize,
-    /// Events naming an invalid repository or failing to apply.
+    /// Events naming an invalid repository.
     pub invalid: usize,
+    /// Events the store could not record (the sender should retry the post).
+    pub failed: usize,
 }
 
 impl EventReport {
     fn count(&mut self, o: Outcome) {
+        *self.slot(o) += 1;
+    }
+
+    fn slot(&mut self, o: Outcome) -> &mut usize {
         match o {
-            Outcome::Applied => self.applied += 1,
-            Outcome::Duplicate => self.duplicate += 1,
-            Outcome::Outdated => self.outdated += 1,
-            Outcome::Foreign => self.foreign += 1,
-            Outcome::Invalid => self.invalid += 1,
+            Outcome::Applied => &mut self.applied,
+            Outcome::Duplicate => &mut self.duplicate,
+            Outcome::Outdated => &mut self.outdated,
+            Outcome::Foreign => &mut self.foreign,
+            Outcome::Invalid => &mut self.invalid,
+            Outcome::Failed => &mut self.failed,
+        }
+    }
+
+    /// Events with outcome `o`.
+    pub fn of(&self, o: Outcome) -> usize {
+        match o {
+            Outcome::Applied => self.applied,
+            Outcome::Duplicate => self.duplicate,
+            Outcome::Outdated => self.outdated,
+            Outcome::Foreign => self.foreign,
+            Outcome::Invalid => self.invalid,
+            Outcome::Failed => self.failed,
         }
     }
 }
 
 /// Work an applied event leaves for the background.
 #[derive(Default)]
-pub(crate) struct FollowUp {
+struct FollowUp {
     /// Pushed images to fetch at once (`prewarm` repositories).
-    pub prewarm: Vec<(Target, Digest)>,
+    prewarm: Vec<(Target, Digest)>,
     /// Pushed tags whose manifest must be read to learn its media type.
-    pub manifests: Vec<(Target, crate::oci::Tag, Digest)>,
+    manifests: Vec<(Target, crate::oci::Tag, Digest)>,
     /// Repositories whose tag lists are out of date.
-    pub changed: Vec<Target>,
+    changed: Vec<Target>,
 }
 
 /// Applies one event to the tag cache, noting in `follow` what is left to do.
-pub(crate) fn apply(
+/// Its id is remembered only once the store has recorded it, so a sender's
+/// retry of an event that failed is applied, not skipped as a duplicate.
+fn apply(
     tags: &Tags,
     seen: &SeenIds,
     upstream: &Arc<Upstream>,
@@ -127,9 +166,25 @@ pub(crate) fn apply(
     now_ms: u64,
     follow: &mut FollowUp,
 ) -> Outcome {
-    if event.id.as_deref().is_some_and(|id| !seen.first_time(id)) {
+    if event.id.as_deref().is_some_and(|id| seen.seen(id, now_ms)) {
         return Outcome::Duplicate;
     }
+    let outcome = apply_new(tags, upstream, event, now_ms, follow);
+    if outcome != Outcome::Failed {
+        if let Some(id) = event.id.as_deref() {
+            seen.record(id, now_ms);
+        }
+    }
+    outcome
+}
+
+fn apply_new(
+    tags: &Tags,
+    upstream: &Arc<Upstream>,
+    event: &Event,
+    now_ms: u64,
+    follow: &mut FollowUp,
+) -> Outcome {
     if event
         .host
         .as_deref()
@@ -185,20 +240,30 @@ pub(crate) fn apply(
         }
         Ok(Applied::Outdated) => Outcome::Outdated,
         Err(e) => {
-            tracing::warn!(?target, %tag, error = %e, "push event not applied");
-            Outcome::Invalid
+            tracing::error!(?target, %tag, error = %e, "push event not applied: the store failed; the sender is asked to retry");
+            Outcome::Failed
         }
     }
 }
 
-/// Applies every event of a post.
-pub(crate) fn apply_all(
-    tags: &Tags,
-    seen: &SeenIds,
+/// What applying a post needs of the cache.
+pub(crate) struct Cache<'a> {
+    pub tags: &'a Arc<Tags>,
+    pub manifests: &'a Arc<Manifests>,
+    pub blobs: &'a Arc<Blobs>,
+    pub tag_lists: &'a TagLists,
+    pub seen: &'a SeenIds,
+}
+
+/// Applies every event of a post: tags set, dropped or expired as a
+/// revalidation would, tag lists forgotten, and in the background, manifests
+/// of pushed tags read and pushed images in `prewarm` repositories fetched.
+pub(crate) fn apply_post(
+    cache: Cache<'_>,
     upstream: &Arc<Upstream>,
     parsed: &Parsed,
     now_ms: u64,
-) -> (EventReport, FollowUp) {
+) -> EventReport {
     let mut report = EventReport {
         format: parsed.format,
         ignored: parsed.ignored,
@@ -206,64 +271,40 @@ pub(crate) fn apply_all(
     };
     let mut follow = FollowUp::default();
     for event in &parsed.events {
-        report.count(apply(tags, seen, upstream, event, now_ms, &mut follow));
+        report.count(apply(
+            cache.tags,
+            cache.seen,
+            upstream,
+            event,
+            now_ms,
+            &mut follow,
+        ));
     }
-    (report, follow)
-}
-
-impl Proxy {
-    /// The events secret of the upstream with this name, if it receives events.
-    pub fn events_secret(&self, upstream: &str) -> Option<Vec<u8>> {
-        let up = self.router.by_name(upstream)?;
-        up.config().events.as_ref().map(|e| e.secret.clone())
+    for t in &follow.changed {
+        cache.tag_lists.forget(t.upstream.name(), t.repo.as_str());
     }
-
-    /// Applies the events an upstream posted: tags set, dropped or expired
-    /// as a revalidation would, tag lists forgotten, pushed images in
-    /// `prewarm` repositories fetched in the background.
-    pub fn apply_events(
-        &self,
-        upstream: &str,
-        parsed: &crate::events::Parsed,
-    ) -> Result<EventReport, RouteError> {
-        let up = self
-            .router
-            .by_name(upstream)
-            .filter(|u| u.config().events.is_some())
-            .ok_or_else(|| RouteError::UnknownUpstream(upstream.to_string()))?;
-        let (report, follow) = apply_all(
-            &self.tags,
-            &self.seen_events,
-            up,
-            parsed,
-            self.clock.now_ms(),
+    for (target, tag, digest) in follow.manifests {
+        let tags = cache.tags.clone();
+        tokio::spawn(async move { tags.complete_pushed(&target, &tag, &digest).await });
+    }
+    for (target, digest) in follow.prewarm {
+        let (tags, manifests, blobs) = (
+            cache.tags.clone(),
+            cache.manifests.clone(),
+            cache.blobs.clone(),
         );
-        for t in &follow.changed {
-            self.tag_lists.forget(t.upstream.name(), t.repo.as_str());
-        }
-        for (target, tag, digest) in follow.manifests {
-            let tags = self.tags.clone();
-            tokio::spawn(async move { tags.complete_pushed(&target, &tag, &digest).await });
-        }
-        for (target, digest) in follow.prewarm {
-            let (tags, manifests, blobs) = (
-                self.tags.clone(),
-                self.manifests.clone(),
-                self.blobs.clone(),
-            );
-            tokio::spawn(async move {
-                super::prefetch::with_retries(
-                    &tags,
-                    &manifests,
-                    &blobs,
-                    &target,
-                    &Reference::Digest(digest),
-                )
-                .await
-            });
-        }
-        Ok(report)
+        tokio::spawn(async move {
+            super::prefetch::with_retries(
+                &tags,
+                &manifests,
+                &blobs,
+                &target,
+                &Reference::Digest(digest),
+            )
+            .await
+        });
     }
+    report
 }
 
 #[cfg(test)]
@@ -271,14 +312,17 @@ mod tests {
     use super::*;
 
     #[test]
-    fn ids_are_remembered_and_bounded() {
+    fn ids_are_remembered_for_a_while_and_bounded() {
         let s = SeenIds::default();
-        assert!(s.first_time("a"));
-        assert!(!s.first_time("a"));
-        for i in 0..SEEN_IDS {
-            s.first_time(&i.to_string());
+        s.record("a", 0);
+        assert!(s.seen("a", 1));
+        let day = defaults::EVENT_ID_MEMORY.as_millis() as u64;
+        assert!(!s.seen("a", day), "forgotten after a day");
+        s.record("a", 10);
+        for i in 0..defaults::EVENT_IDS {
+            s.record(&i.to_string(), 20);
         }
-        assert!(s.first_time("a"), "the oldest was forgotten");
-        assert_eq!(s.inner.lock().0.len(), SEEN_IDS);
+        assert!(!s.seen("a", 30), "the oldest was forgotten");
+        assert_eq!(s.ids.lock().len(), defaults::EVENT_IDS);
     }
 }

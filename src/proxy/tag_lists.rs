@@ -4,7 +4,7 @@
 //! to the client's view: its `name`, and a `Link` to the next page that keeps
 //! the client's `ns`.
 
-use super::answers::{repo_prefix, Answer, AnswerKey, Answers, Budget};
+use super::answers::{repo_prefix, Answer, AnswerKey, Answers, Budget, Space};
 use super::error::{Error, Result};
 use crate::clock::Clock;
 use crate::metrics::{Kind, Metrics};
@@ -17,12 +17,9 @@ use std::sync::Arc;
 /// (upstream, repository, `n`, `last`).
 type Key = (String, String, Option<usize>, Option<String>);
 
-/// The index-key kind byte of tag-list pages.
-const KIND: u8 = 1;
-
 impl AnswerKey for Key {
     fn index_key(&self) -> Vec<u8> {
-        let mut k = repo_prefix(KIND, &self.0, &self.1);
+        let mut k = repo_prefix(Space::TagLists, &self.0, &self.1);
         k.extend_from_slice(serde_json::json!([self.2, self.3]).to_string().as_bytes());
         k
     }
@@ -165,10 +162,10 @@ impl TagLists {
 
     /// Drops the pages kept for a repository.
     pub fn forget(&self, upstream: &str, repo: &str) {
-        self.answers
-            .forget(&repo_prefix(KIND, upstream, repo), |(u, r, ..)| {
-                u == upstream && r == repo
-            });
+        self.answers.forget(
+            &repo_prefix(Space::TagLists, upstream, repo),
+            |(u, r, ..)| u == upstream && r == repo,
+        );
     }
 }
 

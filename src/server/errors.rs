@@ -3,7 +3,7 @@
 //! decided here, and failures a person must look at are logged here, once.
 
 use crate::oci::{ErrorCode, OciError};
-use crate::proxy::Error;
+use crate::proxy::{Error, Refusal};
 use crate::upstream::{RouteError, UpstreamError};
 use http::StatusCode;
 
@@ -92,6 +92,32 @@ fn upstream_error(e: &UpstreamError, asked: Asked) -> OciError {
             format!("upstream sent an invalid response: {why}"),
         )
         .with_status(StatusCode::BAD_GATEWAY),
+    }
+}
+
+/// A refused request (Ferry's own `[[client]]` identities, or the upstream's
+/// decision for checked access). `Unauthorized` also needs the challenge
+/// header: see `responses::unauthorized`.
+pub fn refusal(r: Refusal) -> OciError {
+    match r {
+        Refusal::Unauthorized => OciError::new(
+            ErrorCode::Unauthorized,
+            "the upstream did not accept these credentials for this repository",
+        ),
+        Refusal::Forbidden => OciError::new(
+            ErrorCode::Denied,
+            "these credentials may not pull this repository",
+        ),
+        Refusal::Missing => OciError::new(
+            ErrorCode::NameUnknown,
+            "repository not found upstream for these credentials",
+        ),
+        Refusal::Unavailable => OciError::new(
+            ErrorCode::Unavailable,
+            "the upstream cannot be asked whether these credentials may pull this repository",
+        )
+        .with_status(StatusCode::SERVICE_UNAVAILABLE)
+        .with_retry_after(Some(5)),
     }
 }
 

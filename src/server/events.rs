@@ -5,6 +5,9 @@
 //! does not apply: the secret is this endpoint's own. Answers:
 //! - `200` with counts of what was applied and ignored, for every well-formed
 //!   post (unknown kinds included: a picky receiver backs up the sender's queue);
+//! - `503` with the same counts when the store could not record an event:
+//!   those events are not remembered as seen, so the sender's retry (every
+//!   registry retries until a 2xx) applies them;
 //! - `401` without the secret or with a wrong signature, `400` for a body in
 //!   no known format, `404` for an upstream without events, `413` over 1 MiB.
 //!
@@ -13,6 +16,7 @@
 use super::responses::{self, Body};
 use crate::events;
 use crate::oci::{ErrorCode, OciError};
+use crate::proxy::tag_events::Outcome;
 use crate::proxy::Proxy;
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
@@ -71,19 +75,27 @@ where
     };
     match proxy.apply_events(upstream, &parsed) {
         Ok(report) => {
-            for (outcome, n) in [
-                ("applied", report.applied),
-                ("ignored", report.ignored),
-                ("duplicate", report.duplicate),
-                ("outdated", report.outdated),
-                ("foreign", report.foreign),
-                ("invalid", report.invalid),
-            ] {
+            for outcome in Outcome::ALL {
+                let n = report.of(outcome);
                 if n > 0 {
-                    metrics.event(upstream, report.format, outcome, n as u64);
+                    metrics.event(upstream, report.format, outcome.label(), n as u64);
                 }
             }
-            responses::json(serde_json::to_string(&report).unwrap_or_default())
+            if report.ignored > 0 {
+                metrics.event(upstream, report.format, "ignored", report.ignored as u64);
+            }
+            let body = serde_json::to_string(&report).unwrap_or_default();
+            if report.failed > 0 {
+                // Not remembered as seen: the sender's retry applies them.
+                let mut resp = responses::json(body);
+                *resp.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+                resp.headers_mut().insert(
+                    http::header::RETRY_AFTER,
+                    http::HeaderValue::from_static("1"),
+                );
+                return resp;
+            }
+            responses::json(body)
         }
         Err(e) => reject(
             StatusCode::NOT_FOUND,

@@ -53,7 +53,7 @@ impl App {
     /// The service for `proxy` as `config` sets it up.
     pub fn new(proxy: Arc<Proxy>, config: &Config) -> App {
         App {
-            gate: gate::Gate::new(&proxy, config),
+            gate: gate::Gate::new(config),
             proxy,
             access_log: config.access_log,
             draining: AtomicBool::new(false),
@@ -159,11 +159,10 @@ impl App {
         };
         let routed = match routed {
             resolve::Routed::Tag { image, target, tag } => {
-                if let Err(refused) = self.gate.admit(headers, &target, head).await {
-                    return *refused;
+                match self.gate.admit(&self.proxy, headers, target, head).await {
+                    Ok(target) => resolve::Routed::Tag { image, target, tag },
+                    Err(refused) => return *refused,
                 }
-                let target = self.gate.fetch_as(headers, target);
-                resolve::Routed::Tag { image, target, tag }
             }
             digest => digest,
         };
@@ -189,32 +188,16 @@ impl App {
             Ok(t) => t,
             Err(e) => return responses::error(&errors::route_error(&e), req.head),
         };
-        if let Err(refused) = self.gate.admit(headers, &target, req.head).await {
-            return *refused;
-        }
-        let target = self.gate.fetch_as(headers, target);
-        let by_digest = match &req.route {
-            Route::Manifest {
-                reference: Reference::Digest(d),
-                ..
-            }
-            | Route::Blob { digest: d, .. } => Some(d),
-            _ => None,
+        let target = match self.gate.admit(proxy, headers, target, req.head).await {
+            Ok(t) => t,
+            Err(refused) => return *refused,
         };
-        if let Some(d) = by_digest {
-            if let Err(refused) = self.gate.seen_here(&target, d, asked, req.head).await {
-                return *refused;
-            }
-        }
         let answer = match &req.route {
             Route::Base => unreachable!("answered above"),
-            Route::Manifest { reference, .. } => {
-                proxy.manifest(&target, reference, req.head).await.map(|m| {
-                    self.gate
-                        .saw_manifest(&target, &m.digest, m.body.as_deref());
-                    responses::manifest(headers, &m.digest, &m.media_type, m.size, m.body)
-                })
-            }
+            Route::Manifest { reference, .. } => proxy
+                .manifest(&target, reference, req.head)
+                .await
+                .map(|m| responses::manifest(headers, &m.digest, &m.media_type, m.size, m.body)),
             Route::Blob { digest, .. } => {
                 let range =
                     RangeRequest::parse(headers.get(header::RANGE).and_then(|v| v.to_str().ok()));

@@ -1,65 +1,45 @@
 //! Bearer tokens an upstream issued, by (realm, scope), until they expire.
 //!
-//! Bounded: one entry per repository pulled would otherwise grow without end.
-//! At [`MAX_TOKENS`], expired tokens are dropped first, then the one that would
-//! expire soonest; losing one costs a token request.
+//! Bounded ([`defaults::TOKENS_PER_UPSTREAM`]): one entry per repository
+//! pulled would otherwise grow without end. At the bound, expired tokens are
+//! dropped first, then the one that would expire soonest; losing one costs a
+//! token request.
 
+use crate::bounded::ExpiringMap;
+use crate::config::defaults;
 use parking_lot::Mutex;
-use std::collections::HashMap;
-
-/// Tokens kept per upstream at most.
-pub(crate) const MAX_TOKENS: usize = 4096;
-
-struct Cached {
-    token: String,
-    expires_ms: u64,
-}
 
 /// The token cache of one upstream.
 pub(crate) struct Tokens {
-    capacity: usize,
-    map: Mutex<HashMap<(String, String), Cached>>,
+    /// (realm, scope) → token, until it expires.
+    map: Mutex<ExpiringMap<(String, String), String>>,
 }
 
 impl Default for Tokens {
     fn default() -> Tokens {
-        Tokens::with_capacity(MAX_TOKENS)
+        Tokens::with_capacity(defaults::TOKENS_PER_UPSTREAM)
     }
 }
 
 impl Tokens {
     pub fn with_capacity(capacity: usize) -> Tokens {
         Tokens {
-            capacity: capacity.max(1),
-            map: Mutex::new(HashMap::new()),
+            map: Mutex::new(ExpiringMap::new(capacity)),
         }
     }
 
     /// The token for `(realm, scope)` if it is still valid at `now_ms`.
     pub fn get(&self, realm: &str, scope: &str, now_ms: u64) -> Option<String> {
-        let map = self.map.lock();
-        map.get(&(realm.to_string(), scope.to_string()))
-            .filter(|t| t.expires_ms > now_ms)
-            .map(|t| t.token.clone())
+        self.map
+            .lock()
+            .get(&(realm.to_string(), scope.to_string()), now_ms)
+            .cloned()
     }
 
     /// Keeps `token` for `(realm, scope)` until `expires_ms`.
     pub fn insert(&self, realm: &str, scope: &str, token: String, expires_ms: u64, now_ms: u64) {
         let key = (realm.to_string(), scope.to_string());
-        let mut map = self.map.lock();
-        if map.len() >= self.capacity && !map.contains_key(&key) {
-            map.retain(|_, t| t.expires_ms > now_ms);
-            if map.len() >= self.capacity {
-                let soonest = map
-                    .iter()
-                    .min_by_key(|(_, t)| t.expires_ms)
-                    .map(|(k, _)| k.clone());
-                if let Some(k) = soonest {
-                    map.remove(&k);
-                }
-            }
-        }
-        map.insert(key, Cached { token, expires_ms });
+        self.map.lock().insert(key, token, expires_ms, now_ms);
     }
 
     /// Forgets every token (the credentials they were issued to changed).
@@ -93,7 +73,7 @@ mod tests {
         assert_eq!(t.get("r", "b", 250).as_deref(), Some("tb"));
         assert_eq!(t.get("r", "c", 0), None);
         assert_eq!(t.len(), 3);
-        // A million repositories later, still bounded.
+        // Ten thousand repositories later, still bounded.
         for i in 0..10_000 {
             t.insert("r", &format!("repo{i}"), "x".into(), 1_000 + i, 300);
         }

@@ -249,6 +249,14 @@ impl FakeRegistry {
         d
     }
 
+    /// A blob pushed to `repo` alone, referenced by no manifest there.
+    pub fn add_blob_in(&self, repo: &str, bytes: impl Into<Bytes>) -> String {
+        let d = self.add_blob(bytes);
+        let mut c = self.state.content.lock().unwrap();
+        c.links.insert((repo.to_string(), d.clone()));
+        d
+    }
+
     /// Stores a manifest by digest (and under `tag`, if given); returns its digest.
     pub fn add_manifest(
         &self,

@@ -8,49 +8,31 @@
 //! question per key is in flight at a time. While the upstream cannot be
 //! asked, a decision up to `stale` old keeps its answer; with none, the answer
 //! is `503`, never an open door. Only a SHA-256 of the credentials is kept.
-//! Bounded: past `capacity` entries ([`crate::config::defaults::ACCESS_DECISIONS`]), those past `stale`
-//! go first, then the oldest tenth.
+//! Bounded ([`crate::config::defaults::ACCESS_DECISIONS`]): a decision is
+//! dropped once even a stale answer could not use it, and at the bound the
+//! oldest goes first.
 
-use crate::access::clients::parse_basic;
+use super::Refusal;
+use crate::access::clients::{credentials_id, parse_basic};
+use crate::bounded::ExpiringMap;
 use crate::clock::Clock;
 use crate::config::AccessPolicy;
 use crate::metrics::Metrics;
 use crate::oci::RepoName;
-use crate::proxy::SingleFlight;
+use crate::proxy::flight::SingleFlight;
+use crate::proxy::Error;
 use crate::upstream::{Access, Upstream};
 use parking_lot::Mutex;
-use sha2::Digest as _;
-use std::collections::HashMap;
 use std::sync::Arc;
 
-/// What the edge does with a request for a checked upstream.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Verdict {
-    /// Serve it.
-    Allowed,
-    /// `401` with a Basic challenge: credentials are missing or refused.
-    Unauthorized,
-    /// `403`: these credentials may not pull this repository.
-    Forbidden,
-    /// `404`: the upstream knows no such repository for these credentials.
-    Missing,
-    /// `503`: the upstream cannot be asked and no recent decision stands.
-    Unavailable,
+/// Whose question about which repository.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+struct Key {
+    /// SHA-256 of `user:password`, or zeros for no credentials.
+    credentials: [u8; 32],
+    upstream: String,
+    repo: String,
 }
-
-impl From<Access> for Verdict {
-    fn from(a: Access) -> Verdict {
-        match a {
-            Access::Allowed => Verdict::Allowed,
-            Access::Unauthenticated => Verdict::Unauthorized,
-            Access::Forbidden => Verdict::Forbidden,
-            Access::Missing => Verdict::Missing,
-        }
-    }
-}
-
-/// (SHA-256 of `user:password`, or of nothing; upstream; repository).
-type Key = ([u8; 32], String, String);
 
 #[derive(Clone, Copy)]
 struct Decision {
@@ -59,10 +41,11 @@ struct Decision {
 }
 
 /// The decisions, with their upstream questions.
-pub struct Decisions {
-    decided: Mutex<HashMap<Key, Decision>>,
-    capacity: usize,
-    asking: SingleFlight<Key, Result<Access, String>>,
+pub(crate) struct Decisions {
+    /// Decisions by key, each kept while it could still answer (fresh or stale).
+    decided: Mutex<ExpiringMap<Key, Decision>>,
+    /// The upstream question per key in flight; an error means it could not be asked.
+    asking: SingleFlight<Key, Result<Access, Error>>,
     metrics: Arc<Metrics>,
     clock: Clock,
 }
@@ -71,8 +54,7 @@ impl Decisions {
     /// An empty cache holding at most `capacity` decisions.
     pub fn new(capacity: usize, metrics: Arc<Metrics>, clock: Clock) -> Decisions {
         Decisions {
-            decided: Mutex::new(HashMap::new()),
-            capacity: capacity.max(1),
+            decided: Mutex::new(ExpiringMap::new(capacity)),
             asking: SingleFlight::default(),
             metrics,
             clock,
@@ -87,16 +69,18 @@ impl Decisions {
         policy: AccessPolicy,
         repo: &RepoName,
         authorization: Option<&str>,
-    ) -> Verdict {
+    ) -> Result<(), Refusal> {
         let credentials = authorization.and_then(parse_basic);
-        let id: [u8; 32] = match &credentials {
-            Some((u, p)) => sha2::Sha256::digest(format!("{u}:{p}").as_bytes()).into(),
-            None => [0; 32],
+        let key = Key {
+            credentials: credentials
+                .as_ref()
+                .map_or([0; 32], |(u, p)| credentials_id(u, p)),
+            upstream: upstream.name().to_string(),
+            repo: repo.as_str().to_string(),
         };
-        let key: Key = (id, upstream.name().to_string(), repo.as_str().to_string());
         let name = upstream.name();
         let now = self.clock.now_ms();
-        let kept = self.decided.lock().get(&key).copied();
+        let kept = self.decided.lock().get(&key, now).copied();
         if let Some(d) = kept {
             let ttl = match d.access {
                 Access::Allowed => policy.ttl,
@@ -105,7 +89,7 @@ impl Decisions {
             if now.saturating_sub(d.decided_ms) < ttl.as_millis() as u64 {
                 self.metrics
                     .access_decision(name, "cached", d.access.label());
-                return d.access.into();
+                return verdict(d.access);
             }
         }
         let (up, repo) = (upstream.clone(), repo.clone());
@@ -114,72 +98,54 @@ impl Decisions {
             .run(key.clone(), move || async move {
                 up.check_access(&repo, credentials.as_ref())
                     .await
-                    .map_err(|e| e.to_string())
+                    .map_err(Error::from)
             })
             .await;
-        match asked {
+        let failed = match asked {
             Some(Ok(access)) => {
                 self.metrics
                     .access_decision(name, "upstream", access.label());
-                self.keep(
-                    key,
-                    Decision {
-                        access,
-                        decided_ms: now,
-                    },
-                    policy,
-                );
-                access.into()
+                self.keep(key, access, now, policy);
+                return verdict(access);
             }
-            failed => {
-                let why = match failed {
-                    Some(Err(e)) => e,
-                    _ => "the check was cut short".into(),
-                };
-                let stale_ms = policy.stale.as_millis() as u64;
-                match kept.filter(|d| now.saturating_sub(d.decided_ms) < stale_ms) {
-                    Some(d) => {
-                        tracing::warn!(
-                            upstream = name,
-                            repository = repo_label(&key),
-                            "access check failed, keeping the last decision: {why}"
-                        );
-                        self.metrics
-                            .access_decision(name, "stale", d.access.label());
-                        d.access.into()
-                    }
-                    None => {
-                        tracing::warn!(
-                            upstream = name,
-                            repository = repo_label(&key),
-                            "access check failed: {why}"
-                        );
-                        self.metrics
-                            .access_decision(name, "upstream", "unavailable");
-                        Verdict::Unavailable
-                    }
-                }
+            Some(Err(e)) => e.to_string(),
+            None => "the check was cut short".into(),
+        };
+        let stale_ms = policy.stale.as_millis() as u64;
+        match kept.filter(|d| now.saturating_sub(d.decided_ms) < stale_ms) {
+            Some(d) => {
+                tracing::warn!(upstream = name, repository = %key.repo, "access check failed, keeping the last decision: {failed}");
+                self.metrics
+                    .access_decision(name, "stale", d.access.label());
+                verdict(d.access)
+            }
+            None => {
+                tracing::warn!(upstream = name, repository = %key.repo, "access check failed: {failed}");
+                self.metrics
+                    .access_decision(name, "upstream", "unavailable");
+                Err(Refusal::Unavailable)
             }
         }
     }
 
-    fn keep(&self, key: Key, d: Decision, policy: AccessPolicy) {
-        let mut map = self.decided.lock();
-        if map.len() >= self.capacity && !map.contains_key(&key) {
-            let stale_ms = policy.stale.as_millis() as u64;
-            map.retain(|_, v| d.decided_ms.saturating_sub(v.decided_ms) < stale_ms);
-            if map.len() >= self.capacity {
-                let mut ages: Vec<u64> = map.values().map(|v| v.decided_ms).collect();
-                let nth = ages.len() / 10;
-                let (_, cut, _) = ages.select_nth_unstable(nth);
-                let cut = *cut;
-                map.retain(|_, v| v.decided_ms > cut);
-            }
-        }
-        map.insert(key, d);
+    /// Keeps a fresh decision for as long as it could answer, fresh or stale.
+    fn keep(&self, key: Key, access: Access, now: u64, policy: AccessPolicy) {
+        let useful = policy.ttl.max(policy.negative_ttl).max(policy.stale);
+        let deadline = now.saturating_add(useful.as_millis() as u64);
+        let decision = Decision {
+            access,
+            decided_ms: now,
+        };
+        self.decided.lock().insert(key, decision, deadline, now);
     }
 }
 
-fn repo_label(key: &Key) -> &str {
-    &key.2
+/// What an upstream's answer means for the request.
+fn verdict(a: Access) -> Result<(), Refusal> {
+    match a {
+        Access::Allowed => Ok(()),
+        Access::Unauthenticated => Err(Refusal::Unauthorized),
+        Access::Forbidden => Err(Refusal::Forbidden),
+        Access::Missing => Err(Refusal::Missing),
+    }
 }

@@ -4,20 +4,20 @@
 //! there when asked. Without this, a client allowed one repository could read
 //! any other's cached content by digest.
 //!
-//! Kept in the index beside the answer cache (empty values under
-//! `3 upstream \0 repository \0 digest`), so they survive restarts.
+//! Kept in the index's answer space [`Space::Links`] (empty values under
+//! `upstream \0 repository \0 digest`), so they survive restarts; a link not
+//! written again for as long as answers are kept is pruned with them, and
+//! confirmed again by one upstream `HEAD` when next asked.
 
 use crate::clock::Clock;
 use crate::oci::media::references;
 use crate::oci::Digest;
-use crate::proxy::answers::repo_prefix;
+use crate::proxy::answers::{repo_prefix, Space};
 use ferry_storage::{Store, StoreError};
-
-const KIND: u8 = 3;
 
 /// The repository → digest links.
 #[derive(Clone)]
-pub struct Links {
+pub(crate) struct Links {
     store: Store,
     clock: Clock,
 }
@@ -29,7 +29,7 @@ impl Links {
     }
 
     fn key(upstream: &str, repo: &str, digest: &Digest) -> Vec<u8> {
-        let mut k = repo_prefix(KIND, upstream, repo);
+        let mut k = repo_prefix(Space::Links, upstream, repo);
         k.extend_from_slice(digest.to_string().as_bytes());
         k
     }

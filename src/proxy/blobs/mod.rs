@@ -11,8 +11,9 @@
 //!
 //! [`progress`] is what a leader publishes and followers read; [`pread`] holds
 //! the positional reads the store and followers share.
-//! A cold `HEAD` costs one upstream `HEAD` however many ask at once, or none
-//! when a fetch of the blob is already in flight.
+//! A cold `HEAD` costs one upstream `HEAD` however many ask, at once or in
+//! waves over [`defaults::BLOB_HEAD_MEMORY`] (its answer, the size, is
+//! remembered that long), or none when a fetch of the blob is in flight.
 
 mod follower;
 mod inflight;
@@ -25,6 +26,9 @@ mod stored;
 use super::error::{Error, Result};
 use super::flight::SingleFlight;
 use super::store_health::StoreHealth;
+use crate::bounded::ExpiringMap;
+use crate::clock::Clock;
+use crate::config::defaults;
 use crate::metrics::{Kind, Metrics};
 use crate::oci::{Digest, RangeAnswer, RangeRequest};
 use crate::upstream::Target;
@@ -33,6 +37,7 @@ use ferry_storage::Store;
 use follower::Fallback;
 use futures_util::Stream;
 use inflight::{InFlight, Joined};
+use parking_lot::Mutex;
 use progress::FetchFailure;
 use std::io;
 use std::pin::Pin;
@@ -55,12 +60,19 @@ pub struct BlobAnswer {
     pub body: Option<ByteStream>,
 }
 
+/// A blob in one upstream repository: what a cold `HEAD` asks about.
+type HeadKey = (String, String, Digest);
+
 /// The blob store, its fetches in flight and its cold `HEAD`s.
 pub(crate) struct Blobs {
     cx: leader::Context,
     inflight: Arc<InFlight>,
-    /// One upstream `HEAD` per cold digest at a time.
-    heads: SingleFlight<Digest, Result<Option<u64>>>,
+    /// One upstream `HEAD` per cold blob at a time…
+    heads: SingleFlight<HeadKey, Result<Option<u64>>>,
+    /// …and its answer (the size) for a short while after, so the later
+    /// waves of a rollout's herd do not ask again.
+    sizes: Arc<Mutex<ExpiringMap<HeadKey, u64>>>,
+    clock: Clock,
 }
 
 impl Blobs {
@@ -68,6 +80,7 @@ impl Blobs {
         store: Store,
         metrics: Arc<Metrics>,
         health: Arc<StoreHealth>,
+        clock: Clock,
         max_fetches: usize,
     ) -> Blobs {
         Blobs {
@@ -79,6 +92,8 @@ impl Blobs {
             },
             inflight: Arc::default(),
             heads: SingleFlight::default(),
+            sizes: Arc::new(Mutex::new(ExpiringMap::new(defaults::BLOB_HEADS))),
+            clock,
         }
     }
 
@@ -195,19 +210,7 @@ impl Blobs {
         if let Some(total) = self.size_in_flight(digest).await {
             return Ok(size(Some(total)));
         }
-        let (t, d) = (target.clone(), digest.clone());
-        let (result, joined) = self
-            .heads
-            .run(digest.clone(), move || async move {
-                Ok(t.upstream.head_blob(&t.repo, &d).await?)
-            })
-            .await;
-        if joined {
-            self.cx.metrics.coalesced.inc();
-        }
-        match result
-            .unwrap_or_else(|| Err(Error::Internal("blob HEAD ended unexpectedly".into())))?
-        {
+        match self.head_upstream(target, digest).await? {
             Some(total) => Ok(size(Some(total))),
             None => {
                 // Boxed: `get` is what called this.
@@ -222,6 +225,47 @@ impl Blobs {
                 Ok(size(total))
             }
         }
+    }
+
+    /// Upstream's answer to a `HEAD` of the blob (its size; `None`: upstream
+    /// did not say), asked once however many want it: joined while in flight,
+    /// remembered for [`defaults::BLOB_HEAD_MEMORY`] after.
+    pub async fn head_upstream(&self, target: &Target, digest: &Digest) -> Result<Option<u64>> {
+        let key: HeadKey = (
+            target.upstream.name().to_string(),
+            target.repo.to_string(),
+            digest.clone(),
+        );
+        if let Some(&size) = self.sizes.lock().get(&key, self.clock.now_ms()) {
+            self.cx.metrics.coalesced.inc();
+            return Ok(Some(size));
+        }
+        let (t, sizes, clock, k) = (
+            target.clone(),
+            self.sizes.clone(),
+            self.clock.clone(),
+            key.clone(),
+        );
+        let (result, joined) = self
+            .heads
+            .run(key, move || async move {
+                // An answer that landed just before this flight began.
+                if let Some(&size) = sizes.lock().get(&k, clock.now_ms()) {
+                    return Ok(Some(size));
+                }
+                let size = t.upstream.head_blob(&t.repo, &k.2).await?;
+                if let Some(size) = size {
+                    let now = clock.now_ms();
+                    let until = now.saturating_add(defaults::BLOB_HEAD_MEMORY.as_millis() as u64);
+                    sizes.lock().insert(k, size, until, now);
+                }
+                Ok(size)
+            })
+            .await;
+        if joined {
+            self.cx.metrics.coalesced.inc();
+        }
+        result.unwrap_or_else(|| Err(Error::Internal("blob HEAD ended unexpectedly".into())))
     }
 
     /// The size of a blob being fetched: upstream's `Content-Length`, or for a
