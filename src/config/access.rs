@@ -1,9 +1,10 @@
 //! An upstream's access settings: upstream-checked access (`[upstream.access]`)
 //! and the TLS Ferry uses to reach it (`ca_file`, `client_cert`, `client_key`).
 
+use super::defaults;
+use super::parse::{err, ConfigError};
 use super::raw::{RawAccess, RawUpstream};
 use super::units::duration_or;
-use super::{defaults, err, ConfigError};
 use std::fmt;
 use std::path::Path;
 use std::time::Duration;

@@ -5,9 +5,9 @@ use super::defaults::{
     H2_MAX_PENDING_RESETS, H2_MAX_STREAMS, HEADER_TIMEOUT, MAX_CONNECTIONS, MAX_FETCHES,
     MAX_HEADER_BYTES,
 };
+use super::parse::{err, ConfigError};
 use super::raw::RawLimits;
 use super::units::{duration_or, parse_size};
-use super::{err, ConfigError};
 use std::time::Duration;
 
 /// hyper's smallest read buffer: a header limit below it cannot be honoured.

@@ -16,6 +16,7 @@ pub mod defaults;
 pub mod freshness;
 pub mod limits;
 pub mod overrides;
+mod parse;
 pub mod raw;
 pub mod tls;
 pub mod units;
@@ -26,6 +27,8 @@ pub use access::{AccessPolicy, UpstreamTls};
 pub use freshness::{Freshness, FreshnessPolicy, Rule};
 pub use limits::Limits;
 pub use overrides::Overrides;
+pub use parse::ConfigError;
+use parse::{compile, compile_all, err, parse_addr, secret};
 pub use raw::RawConfig;
 pub use units::parse_size;
 pub use upstream::{authority, Credentials, UpstreamConfig};
@@ -33,20 +36,10 @@ pub use upstream::{authority, Credentials, UpstreamConfig};
 use crate::access::clients::Client;
 use crate::access::{AdminToken, ClientAuth};
 use raw::RawClient;
-use regex::Regex;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 use units::{duration_or, RawDuration};
-
-/// A configuration error, worded for the person who wrote the file.
-#[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct ConfigError(String);
-
-fn err<T>(msg: impl Into<String>) -> Result<T, ConfigError> {
-    Err(ConfigError(msg.into()))
-}
 
 /// Validated configuration: everything [`crate::Ferry::open`] needs.
 #[derive(Debug, Clone)]
@@ -279,24 +272,6 @@ impl Config {
     }
 }
 
-/// A password given inline or through an environment variable (not both).
-fn secret(
-    ctx: &str,
-    password: &Option<String>,
-    password_env: &Option<String>,
-) -> Result<Option<String>, ConfigError> {
-    match (password, password_env) {
-        (Some(_), Some(_)) => err(format!("{ctx}: set password or password_env, not both")),
-        (Some(p), None) => Ok(Some(p.clone())),
-        (None, Some(var)) => std::env::var(var).map(Some).or_else(|_| {
-            err(format!(
-                "{ctx}: password_env names {var:?}, which is not set"
-            ))
-        }),
-        (None, None) => Ok(None),
-    }
-}
-
 /// The admin API's token. The admin API can purge the cache and make Ferry
 /// fetch anything: off loopback it needs a token.
 fn admin_token(
@@ -381,23 +356,6 @@ fn client_auth(
         users.push(Client::new(&c.username, &password, repositories));
     }
     Ok(Some(ClientAuth::from_clients(users)))
-}
-
-fn parse_addr(what: &str, s: &str) -> Result<SocketAddr, ConfigError> {
-    s.parse().or_else(|_| {
-        err(format!(
-            "{what}: {s:?} is not an address like 127.0.0.1:5000"
-        ))
-    })
-}
-
-fn compile(pattern: &str, what: &str) -> Result<Regex, ConfigError> {
-    Regex::new(&format!("^(?:{pattern})$"))
-        .or_else(|e| err(format!("{what}: bad regex {pattern:?}: {e}")))
-}
-
-fn compile_all(patterns: &[String], what: &str) -> Result<Vec<Regex>, ConfigError> {
-    patterns.iter().map(|p| compile(p, what)).collect()
 }
 
 #[cfg(test)]

@@ -2,8 +2,8 @@
 //! absent keys stay `None` here and take their default from
 //! [`super::defaults`] in phase two.
 
+use super::parse::ConfigError;
 use super::units::RawDuration;
-use super::ConfigError;
 use serde::Deserialize;
 use std::path::PathBuf;
 

@@ -2,7 +2,7 @@
 //! runs (cert-manager rotates them in place): the certificate is reloaded when
 //! its files change, without a restart and without dropping connections.
 
-use super::{err, ConfigError};
+use super::parse::{err, ConfigError};
 use parking_lot::RwLock;
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;

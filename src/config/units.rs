@@ -1,6 +1,6 @@
 //! Durations and sizes as people write them in a configuration file.
 
-use super::{err, ConfigError};
+use super::parse::{err, ConfigError};
 use serde::Deserialize;
 use std::time::Duration;
 

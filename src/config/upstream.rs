@@ -2,10 +2,11 @@
 //! Ferry's credentials for it, Docker Hub's `library/` rule, and its freshness policy.
 
 use super::access::{AccessPolicy, UpstreamTls};
+use super::defaults;
 use super::freshness::{Freshness, FreshnessPolicy, Rule};
+use super::parse::{compile, compile_all, err, secret, ConfigError};
 use super::raw::{RawFreshness, RawUpstream};
 use super::units::{duration_or, parse_opt};
-use super::{compile, compile_all, defaults, err, secret, ConfigError};
 use crate::oci::RepoName;
 use regex::Regex;
 use std::fmt;

@@ -1,8 +1,8 @@
 //! `[webhook]`: the admission webhook's listener, certificate and policy.
 
+use super::parse::{compile_all, err, parse_addr, ConfigError};
 use super::raw::RawWebhook;
 use super::tls::{self, Tls};
-use super::{compile_all, err, parse_addr, ConfigError};
 use regex::Regex;
 use std::net::SocketAddr;
 

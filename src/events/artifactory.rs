@@ -2,7 +2,8 @@
 //! "deleted", "data": {"image_name", "tag", "sha256" (bare hex), "size", …}}`.
 //! It carries no event id and no time (the arrival time stands in).
 
-use super::{digest, tag, text, Change, Event, FormatError, Parsed};
+use super::fields::{digest, tag, text};
+use super::{Change, Event, FormatError, Parsed};
 use serde_json::Value;
 
 pub(super) fn parse(v: &Value) -> Result<Parsed, FormatError> {

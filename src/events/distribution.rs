@@ -9,7 +9,8 @@
 //!
 //! 3.x sends empty strings and zero sizes where 2.x omits a field.
 
-use super::{digest, rfc3339_ms, tag, text, Change, Event, FormatError, Parsed};
+use super::fields::{digest, rfc3339_ms, tag, text};
+use super::{Change, Event, FormatError, Parsed};
 use crate::oci::media;
 use serde_json::Value;
 

@@ -7,7 +7,8 @@
 //! Untagged versions (the platform manifests of a multi-arch push) carry an
 //! empty tag: ignored. The delivery id (`X-GitHub-Delivery`) is the event id.
 
-use super::{digest, tag, text, Change, Event, FormatError, Parsed};
+use super::fields::{digest, tag, text};
+use super::{Change, Event, FormatError, Parsed};
 use serde_json::Value;
 
 pub(super) fn parse(

@@ -8,7 +8,8 @@
 //! tag (or, for an untagged artifact, its digest in place of a tag: ignored).
 //! The repository is `repo_full_name`, or `namespace/name`.
 
-use super::{digest, rfc3339_ms, tag, text, Change, Event, FormatError, Parsed};
+use super::fields::{digest, rfc3339_ms, tag, text};
+use super::{Change, Event, FormatError, Parsed};
 use serde_json::Value;
 
 pub(super) fn parse(v: &Value) -> Result<Parsed, FormatError> {
@@ -33,7 +34,7 @@ pub(super) fn parse(v: &Value) -> Result<Parsed, FormatError> {
         let at = v
             .get("occur_at")
             .and_then(Value::as_u64)
-            .map(super::end_of_second);
+            .map(super::fields::end_of_second);
         (kind, v.get("event_data"), None, at)
     };
     let mut parsed = Parsed {

@@ -5,7 +5,8 @@
 //! - Quay ("Repository Push"): `{"repository": "ns/name", "docker_url":
 //!   "quay.io/ns/name", "updated_tags": […]}`.
 
-use super::{tag, text, Change, Event, FormatError, Parsed};
+use super::fields::{tag, text};
+use super::{Change, Event, FormatError, Parsed};
 use serde_json::Value;
 
 pub(super) fn parse_docker_hub(v: &Value) -> Result<Parsed, FormatError> {
@@ -26,7 +27,7 @@ pub(super) fn parse_docker_hub(v: &Value) -> Result<Parsed, FormatError> {
         at_ms: push
             .get("pushed_at")
             .and_then(Value::as_u64)
-            .map(super::end_of_second),
+            .map(super::fields::end_of_second),
         repository: repository.to_string(),
         host: Some("docker.io".into()),
         change: Change::Moved { tag },

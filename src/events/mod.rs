@@ -15,6 +15,7 @@
 
 pub mod artifactory;
 pub mod distribution;
+mod fields;
 pub mod github;
 pub mod harbor;
 pub mod hub;
@@ -118,43 +119,6 @@ pub fn parse(headers: &HeaderMap, body: &[u8]) -> Result<Parsed, FormatError> {
     Err(FormatError::Unreadable(
         "no known event shape (distribution, Harbor, Artifactory, GitHub, Docker Hub, Quay)".into(),
     ))
-}
-
-/// An RFC 3339 UTC time (`2026-12-01T09:39:50.570249879Z`) as unix ms; other
-/// forms are taken as "no time given".
-fn rfc3339_ms(s: &str) -> Option<u64> {
-    let t = humantime::parse_rfc3339(s).ok()?;
-    t.duration_since(std::time::UNIX_EPOCH)
-        .ok()
-        .map(|d| d.as_millis() as u64)
-}
-
-/// A time given in whole seconds, as the last millisecond of that second: a
-/// revalidation earlier in the same second did not see the push, so the
-/// event must not count as older than it.
-fn end_of_second(secs: u64) -> u64 {
-    secs.saturating_mul(1000).saturating_add(999)
-}
-
-/// A string field, treating `""` as absent (distribution 3.x sends empty strings).
-fn text<'a>(v: &'a serde_json::Value, key: &str) -> Option<&'a str> {
-    v.get(key)
-        .and_then(|x| x.as_str())
-        .filter(|s| !s.is_empty())
-}
-
-/// A tag if the string is one (an invalid or empty tag is no event).
-fn tag(s: Option<&str>) -> Option<Tag> {
-    Tag::parse(s?)
-}
-
-/// A digest if the string is one; `bare_hex` accepts Artifactory's bare SHA-256.
-fn digest(s: Option<&str>) -> Option<Digest> {
-    let s = s?;
-    if !s.contains(':') && s.len() == 64 {
-        return format!("sha256:{s}").parse().ok();
-    }
-    s.parse().ok()
 }
 
 #[cfg(test)]

@@ -80,11 +80,7 @@ impl Referrers {
         digest: &Digest,
         artifact_type: Option<&str>,
     ) -> Result<ReferrersAnswer> {
-        let policy = target
-            .upstream
-            .config()
-            .policy
-            .for_repository(target.repo.as_str());
+        let policy = target.freshness(None);
         let artifact_type = artifact_type.map(str::to_owned);
         let key = (
             target.upstream.name().to_string(),

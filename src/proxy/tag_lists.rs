@@ -100,11 +100,7 @@ impl TagLists {
                 link: None,
             });
         }
-        let policy = target
-            .upstream
-            .config()
-            .policy
-            .for_repository(target.repo.as_str());
+        let policy = target.freshness(None);
         let key = (
             target.upstream.name().to_string(),
             target.repo.to_string(),

@@ -9,8 +9,15 @@
 //! - [`resolve`]: `GET /resolve?image=…`, a tag's digest through the cache;
 //! - [`accept`]: connections, TLS, graceful shutdown.
 //!
-//! [`App::handle`] answers one request and needs no socket, so tests can drive
-//! it directly.
+//! [`App::handle`] answers one request and needs no socket (the accept loops
+//! hand it each request; `Ferry::app` gives it to embedders).
+//!
+//! The per-request concerns (metrics, the access log, limits, timeouts) are
+//! not tower layers: hyper 1 serves a `hyper::service::Service`, the limits
+//! and header timeout are hyper's own settings ([`accept`]), upstream timeouts
+//! are reqwest's, and metrics plus the access log are ten lines of
+//! [`App::handle`]. A tower stack would add an adapter without removing code,
+//! so `tower` is not a direct dependency (reqwest still uses it inside).
 
 pub mod accept;
 pub mod admin;

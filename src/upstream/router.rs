@@ -17,6 +17,18 @@ pub struct Target {
     pub repo: RepoName,
 }
 
+impl Target {
+    /// The freshness that applies to `tag` of this repository (its upstream's
+    /// rules; `None`: the repository's own answers, tag lists and referrers).
+    pub fn freshness(&self, tag: Option<&crate::oci::Tag>) -> crate::config::Freshness {
+        let policy = &self.upstream.config().policy;
+        match tag {
+            Some(t) => policy.for_tag(self.repo.as_str(), t.as_str()),
+            None => policy.for_repository(self.repo.as_str()),
+        }
+    }
+}
+
 impl std::fmt::Debug for Target {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{}/{}", self.upstream.name(), self.repo)

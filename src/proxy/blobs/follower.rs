@@ -8,9 +8,10 @@
 //! a corrupt transfer reaches clients as an aborted body (short of
 //! `Content-Length`), never as a clean 200 with wrong bytes.
 
+use super::body::{ByteStream, READ_CHUNK};
+use super::pread;
 use super::progress::{FetchFailure, FetchState, Phase};
 use super::relay;
-use super::{pread, ByteStream, READ_CHUNK};
 use crate::metrics::Metrics;
 use crate::oci::Digest;
 use crate::upstream::Target;

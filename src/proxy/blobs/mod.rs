@@ -10,11 +10,13 @@
 //! 5. [`relay`]: while the disk is failing, blobs stream from upstream uncached.
 //!
 //! [`progress`] is what a leader publishes and followers read; [`pread`] holds
-//! the positional reads the store and followers share.
+//! the positional reads the store and followers share; [`body`], the stream
+//! type every response body is.
 //! A cold `HEAD` costs one upstream `HEAD` however many ask, at once or in
 //! waves over [`defaults::BLOB_HEAD_MEMORY`] (its answer, the size, is
 //! remembered that long), or none when a fetch of the blob is in flight.
 
+mod body;
 mod follower;
 mod inflight;
 mod leader;
@@ -22,6 +24,8 @@ mod pread;
 mod progress;
 mod relay;
 mod stored;
+
+pub use body::ByteStream;
 
 use super::error::{Error, Result};
 use super::flight::SingleFlight;
@@ -32,23 +36,13 @@ use crate::config::defaults;
 use crate::metrics::{Kind, Metrics};
 use crate::oci::{Digest, RangeAnswer, RangeRequest};
 use crate::upstream::Target;
-use bytes::Bytes;
 use ferry_storage::Store;
 use follower::Fallback;
-use futures_util::Stream;
 use inflight::{InFlight, Joined};
 use parking_lot::Mutex;
 use progress::FetchFailure;
-use std::io;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
-
-/// A response body produced by the cache.
-pub type ByteStream = Pin<Box<dyn Stream<Item = io::Result<Bytes>> + Send + 'static>>;
-
-/// Largest chunk a client response reads at once.
-const READ_CHUNK: usize = 256 * 1024;
 
 /// A blob response: full size, the range served, and the body (none for `HEAD`).
 pub struct BlobAnswer {

@@ -3,7 +3,7 @@
 //! chunk is held back until the digest checks out); a range is relayed as
 //! upstream sends it.
 
-use super::ByteStream;
+use super::body::ByteStream;
 use crate::metrics::Metrics;
 use crate::oci::Digest;
 use crate::proxy::error::{Error, Result};

@@ -2,8 +2,8 @@
 //! chunks are read in place, the rest on the blocking pool. The open file pins
 //! the blob, so eviction cannot remove it mid-response.
 
+use super::body::{ByteStream, READ_CHUNK};
 use super::pread;
-use super::{ByteStream, READ_CHUNK};
 use ferry_storage::BlobFile;
 
 /// Streams bytes `[start, end)` of a committed blob.

@@ -106,11 +106,7 @@ impl Tags {
         want_body: bool,
     ) -> Result<Resolved> {
         let key = TagKey::new(target.upstream.name(), target.repo.as_str(), tag.as_str());
-        let policy = target
-            .upstream
-            .config()
-            .policy
-            .for_tag(target.repo.as_str(), tag.as_str());
+        let policy = target.freshness(Some(tag));
         let now = self.clock.now_ms();
         // A record that cannot be read is asked upstream; if upstream fails
         // too, the store's fault is what the client hears about.
@@ -139,7 +135,7 @@ impl Tags {
         let (result, joined) = self
             .flights
             .run(key, move || async move {
-                this.revalidate(&target2, &tag2, &key2, record, want_body)
+                this.revalidate(&target2, &tag2, &key2, policy, record, want_body)
                     .await
             })
             .await;

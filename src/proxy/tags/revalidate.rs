@@ -6,6 +6,7 @@
 //! found" drops the record and remembers the miss.
 
 use super::{meta_of, resolved, unknown, Resolved, Source, Tags};
+use crate::config::Freshness;
 use crate::oci::{media, Tag};
 use crate::proxy::error::{Error, Result};
 use crate::proxy::freshness;
@@ -21,15 +22,10 @@ impl Tags {
         target: &Target,
         tag: &Tag,
         key: &TagKey,
+        policy: Freshness,
         record: Option<TagRecord>,
         want_body: bool,
     ) -> Result<Resolved> {
-        let repo = &target.repo;
-        let policy = target
-            .upstream
-            .config()
-            .policy
-            .for_tag(repo.as_str(), tag.as_str());
         let asked_at = self.clock.now_ms();
         let fresh = if record.is_none() && want_body {
             self.manifests.by_tag(target, tag).await
