@@ -14,17 +14,15 @@
 #   CRI_STREAM_PORT  the CRI stream server's 127.0.0.1 port (default 0: any free one)
 #   CRI_LOG_LEVEL    containerd's log level (default info; debug logs every registry request)
 #   CRI_NODE_WAIT    seconds to wait for the CRI plugin to answer (default 30)
-#   CRI_VENV         grpcio venv used by cri.py (default /var/cache/ferry/venv-cri)
-# Needs root and the `containerd` binary (1.6; Debian 12's package).
+# Needs root, the `containerd` binary (1.6; Debian 12's package) and Debian's
+# python3-grpcio for cri.py.
 
 CRI_PY=${CRI_PY:-$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/cri.py}
 declare -gA CRI_NODE_PID=() CRI_NODE_DIR=()
 
-cri() {   # cri ARGS...: cri.py, with the venv's Python when there is one (faster)
-  local py=${CRI_VENV:-/var/cache/ferry/venv-cri}/bin/python
-  [ -x "$py" ] || py=python3   # cri.py creates the venv and re-runs itself there
-  "$py" "$CRI_PY" "$@"
-}
+# Debian's Python by its path: a python3 earlier on PATH (pyenv, a venv) does not
+# see Debian's python3-grpcio.
+cri() { /usr/bin/python3 "$CRI_PY" "$@"; }   # cri ARGS...: cri.py
 
 _cri_alive() {   # a live process, not a zombie
   local st; st=$(awk '{print $3}' "/proc/$1/stat" 2>/dev/null)

@@ -36,6 +36,9 @@ if ((${#need[@]})); then
   export DEBIAN_FRONTEND=noninteractive
   { apt-get update -qq && apt-get install -y -qq "${need[@]}" >/dev/null; } || die "apt-get install failed"
 fi
+if ! /usr/bin/python3 -c 'import grpc' 2>/dev/null; then   # for cri.py
+  { apt-get update -qq && apt-get install -y -qq python3-grpcio >/dev/null; } || die "apt-get install python3-grpcio failed"
+fi
 
 WORK=$(mktemp -d /tmp/cri-st.XXXXXX)   # short: the nodes' unix sockets live here
 PIDS=()

@@ -112,6 +112,11 @@ ensure_packages() {
   apt-get install -y -qq "${need[@]}" >/dev/null || die "apt-get install ${need[*]} failed"
 }
 ensure_packages
+# cri.py (case private) runs on Debian's Python with Debian's grpc module.
+if ! /usr/bin/python3 -c 'import grpc' 2>/dev/null; then
+  log "installing: python3-grpcio"
+  { apt-get update -qq && apt-get install -y -qq python3-grpcio >/dev/null; } || die "apt-get install python3-grpcio failed"
+fi
 
 if [ "$MIRROR" = ferry ]; then
   if [ -z "${FERRY_BIN:-}" ]; then
@@ -160,12 +165,6 @@ TRPORT=$(pick_port "$UPORT" "$FPORT" "$DEADPORT" "$APORT" "$EVPORT" "$WHPORT" "$
   || die "no free port in 15000-15999"
 UPSTREAM=127.0.0.1:$UPORT
 FERRY=127.0.0.1:$FPORT
-
-# cri.py needs grpcio (PyPI) in its venv: set it up before the safety net below
-# closes every non-loopback route.
-if wants private && [ "$MIRROR" = ferry ]; then
-  cri --help >/dev/null 2>&1 || die "cri.py could not set up its grpcio venv (${CRI_VENV:-/var/cache/ferry/venv-cri})"
-fi
 
 # Safety net: clients fall back to the real registry when a mirror fails
 # (dockerd to Docker Hub, containerd to `server`, skopeo to `location`). Send
