@@ -375,12 +375,7 @@ async fn e3_push_and_delete_are_405_unsupported() {
 #[tokio::test]
 async fn e5_upstream_401_after_token_is_name_unknown_without_challenge() {
     let up = FakeRegistry::start().await;
-    up.set_auth(Auth::Bearer {
-        expires_in: Some(300),
-        basic: None,
-        access_token_only: false,
-        quay_style: false,
-    });
+    up.set_auth(Auth::bearer(Some(300)));
     up.faults(|f| f.always_401 = true);
     let p = Proxied::start(&up).await;
     let r = p.get("/v2/library/private/manifests/latest").await;

@@ -171,12 +171,7 @@ async fn b6_no_content_encoding_whatever_the_client_accepts() {
 #[tokio::test]
 async fn b7_redirects_are_followed_without_authorization_across_hosts() {
     let up = FakeRegistry::start().await;
-    up.set_auth(Auth::Bearer {
-        expires_in: Some(300),
-        basic: None,
-        access_token_only: false,
-        quay_style: false,
-    });
+    up.set_auth(Auth::bearer(Some(300)));
     let (m, layers) = up.add_image("library/alpine", "latest", &[&bytes_of(50_000, 7)]);
     up.redirect_blobs_to_cdn(true);
     up.redirect_manifests_to_cdn(true);

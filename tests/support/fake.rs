@@ -115,6 +115,19 @@ pub enum Auth {
     Acl(Acl),
 }
 
+impl Auth {
+    /// Docker Hub's kind: anonymous Bearer tokens from the auth listener that
+    /// live `expires_in` seconds (`None`: the token answer leaves it out).
+    pub fn bearer(expires_in: Option<u64>) -> Auth {
+        Auth::Bearer {
+            expires_in,
+            basic: None,
+            access_token_only: false,
+            quay_style: false,
+        }
+    }
+}
+
 /// Who may pull what: as a Bearer registry (Docker Hub-like: the token server
 /// issues a token to any valid credentials, holding only the rights they
 /// have) or a Basic one (the registry itself answers 401 to bad credentials
