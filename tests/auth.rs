@@ -319,7 +319,13 @@ async fn trace_log_of_a_pull(upstream_toml: &str, repo: &str, tag: &str) -> Stri
         .to_string();
     let r = get(format!("/v2/{repo}/blobs/{layer}")).await.unwrap();
     body_digest(r).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // "stopped" is the last line Ferry logs: everything before it is in.
+    ferry.signal("TERM");
+    assert!(
+        ferry.wait_for_log(" stopped took_ms=", Duration::from_secs(20)),
+        "no \"stopped\" line after SIGTERM:\n{}",
+        ferry.log()
+    );
     let log = ferry.log();
     assert!(log.contains("TRACE"), "the log is at trace level");
     log

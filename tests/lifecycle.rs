@@ -345,11 +345,8 @@ async fn text_logs_into_a_pipe_carry_no_colour_codes() {
 #[tokio::test]
 async fn prefetch_streams_progress_as_ndjson() {
     let up = FakeRegistry::start().await;
-    let (_, layers) = up.add_image(
-        "library/app",
-        "1",
-        &[&bytes_of(3 * 1024 * 1024, 52), b"small"],
-    );
+    let contents = [bytes_of(3 * 1024 * 1024, 52), b"small".to_vec()];
+    let (_, layers) = up.add_image("library/app", "1", &[&contents[0], &contents[1]]);
     up.faults(|f| f.throttle = Some((128 * 1024, Duration::from_millis(30))));
     let toml = format!(
         "admin_listen = \"127.0.0.1:0\"\n[[upstream]]\nname = \"up\"\nurl = \"{}\"\n",
@@ -377,7 +374,7 @@ async fn prefetch_streams_progress_as_ndjson() {
     assert_eq!(last["done"], true, "{last}");
     assert_eq!(last["blobs_fetched"], 3, "config and two layers");
     p.settled().await;
-    for l in &layers {
-        assert!(p.stored_size(l).is_some());
+    for (l, content) in layers.iter().zip(&contents) {
+        assert_eq!(p.stored_size(l), Some(content.len() as u64));
     }
 }
