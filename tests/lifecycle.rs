@@ -234,13 +234,16 @@ async fn sighup_reloads_freshness_and_says_what_needs_a_restart() {
     // The TTL is now 1 s, and logging changed (not reloadable).
     write("1s", "access_log = true");
     ferry.signal("HUP");
+    // What needs a restart is logged last, after what was applied.
     assert!(
-        ferry.wait_for_log("freshness policy", Duration::from_secs(5)),
+        ferry.wait_for_log("logging changed: needs a restart", Duration::from_secs(5)),
         "{}",
         ferry.log()
     );
     assert!(
-        ferry.log().contains("logging changed: needs a restart"),
+        ferry
+            .log()
+            .contains("configuration reloaded: upstream \"up\": freshness policy"),
         "{}",
         ferry.log()
     );
