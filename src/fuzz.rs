@@ -233,8 +233,43 @@ fn text(b: &[u8]) -> String {
 
 mod targets {
     use super::*;
+    use crate::oci::route::Route;
     use crate::oci::{ImageRef, PullRequest, RangeAnswer, RangeRequest, Reference, RepoName};
     use http::Method;
+
+    /// The path and query a client sends to ask for `req`.
+    fn request_line(req: &PullRequest) -> (String, Option<String>) {
+        let mut query = url::form_urlencoded::Serializer::new(String::new());
+        let path = match &req.route {
+            Route::Base => "/v2/".to_string(),
+            Route::Manifest { name, reference } => format!("/v2/{name}/manifests/{reference}"),
+            Route::Blob { name, digest } => format!("/v2/{name}/blobs/{digest}"),
+            Route::TagsList { name, page } => {
+                if let Some(n) = page.n {
+                    query.append_pair("n", &n.to_string());
+                }
+                if let Some(last) = &page.last {
+                    query.append_pair("last", last);
+                }
+                format!("/v2/{name}/tags/list")
+            }
+            Route::Referrers {
+                name,
+                digest,
+                artifact_type,
+            } => {
+                if let Some(t) = artifact_type {
+                    query.append_pair("artifactType", t);
+                }
+                format!("/v2/{name}/referrers/{digest}")
+            }
+        };
+        if let Some(ns) = &req.ns {
+            query.append_pair("ns", ns);
+        }
+        let query = query.finish();
+        (path, (!query.is_empty()).then_some(query))
+    }
 
     #[test]
     fn route_and_names() {
@@ -249,9 +284,13 @@ mod targets {
                     if m == Method::PUT {
                         return Err("a PUT was accepted".into());
                     }
-                    let debug = format!("{:?}", req.route);
-                    if debug.is_empty() {
-                        return Err("empty route".into());
+                    // What was understood, asked again, is understood the same.
+                    let (path, query) = request_line(&req);
+                    match PullRequest::parse(&m, &path, query.as_deref()) {
+                        Ok(again) if again == req => {}
+                        again => {
+                            return Err(format!("{req:?} as {path} {query:?} gives {again:?}"))
+                        }
                     }
                 }
             }

@@ -3,15 +3,6 @@
 use crate::support::*;
 use std::time::Duration;
 
-fn bearer(expires_in: Option<u64>) -> Auth {
-    Auth::Bearer {
-        expires_in,
-        basic: None,
-        access_token_only: false,
-        quay_style: false,
-    }
-}
-
 fn token_requests(up: &FakeRegistry) -> Vec<fake::Recorded> {
     up.requests()
         .into_iter()
@@ -22,7 +13,7 @@ fn token_requests(up: &FakeRegistry) -> Vec<fake::Recorded> {
 #[tokio::test]
 async fn a1_anonymous_token_is_fetched_once_and_reused() {
     let up = FakeRegistry::start().await;
-    up.set_auth(bearer(Some(300)));
+    up.set_auth(Auth::bearer(Some(300)));
     let (m, layers) = up.add_image("library/alpine", "latest", &[b"one", b"two"]);
     let p = Proxied::hub(&up).await;
     assert_eq!(p.head("/v2/alpine/manifests/latest").await.status(), 200);
@@ -64,7 +55,7 @@ async fn a1_anonymous_token_is_fetched_once_and_reused() {
 #[tokio::test]
 async fn a1_a_new_repository_gets_its_token_without_another_401() {
     let up = FakeRegistry::start().await;
-    up.set_auth(bearer(Some(300)));
+    up.set_auth(Auth::bearer(Some(300)));
     up.add_image("library/a", "1", &[b"a"]);
     up.add_image("library/b", "1", &[b"b"]);
     let p = Proxied::hub(&up).await;
@@ -165,7 +156,7 @@ async fn a4_quay_style_combined_challenge_picks_bearer() {
 #[tokio::test]
 async fn a6_ferry_itself_never_answers_401() {
     let up = FakeRegistry::start().await;
-    up.set_auth(bearer(Some(300)));
+    up.set_auth(Auth::bearer(Some(300)));
     up.faults(|f| f.always_401 = true);
     let p = Proxied::start(&up).await;
     for path in [
@@ -328,7 +319,13 @@ async fn trace_log_of_a_pull(upstream_toml: &str, repo: &str, tag: &str) -> Stri
         .to_string();
     let r = get(format!("/v2/{repo}/blobs/{layer}")).await.unwrap();
     body_digest(r).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // "stopped" is the last line Ferry logs: everything before it is in.
+    ferry.signal("TERM");
+    assert!(
+        ferry.wait_for_log(" stopped took_ms=", Duration::from_secs(20)),
+        "no \"stopped\" line after SIGTERM:\n{}",
+        ferry.log()
+    );
     let log = ferry.log();
     assert!(log.contains("TRACE"), "the log is at trace level");
     log

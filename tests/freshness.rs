@@ -371,7 +371,7 @@ async fn a_client_leaving_does_not_cancel_the_fetch_for_the_others() {
     assert_eq!(follower.await.unwrap(), (d.clone(), 4 * MIB));
     assert_eq!(up.count("GET", |r| r.is_blob()), 1);
     p.settled().await;
-    assert!(p.stored_size(&d).is_some());
+    assert_eq!(p.stored_size(&d), Some(4 * MIB as u64));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -107,13 +107,25 @@ async fn readyz_is_503_until_the_store_opens_then_200() {
     running.await.unwrap().unwrap();
 }
 
-#[tokio::test]
-async fn a_stop_lets_a_running_pull_finish_and_its_blob_land() {
-    let up = FakeRegistry::start().await;
-    let d = up.add_blob(bytes_of(2 * 1024 * 1024, 50));
-    up.faults(|f| f.throttle = Some((64 * 1024, Duration::from_millis(20))));
-    let dir = tempfile::tempdir().unwrap();
-    let config = config(&up, dir.path(), "shutdown_grace = \"20s\"");
+/// A Ferry asked to stop while a pull's response is under way.
+struct Stopping {
+    addr: std::net::SocketAddr,
+    /// The pull of the blob: headers received, body not read yet.
+    pull: reqwest::Response,
+    running: tokio::task::JoinHandle<Result<(), ferry::StartError>>,
+    /// When the stop was asked.
+    asked: Instant,
+}
+
+/// Runs a Ferry with `shutdown_grace = grace` in front of `up`, starts a pull
+/// of blob `d` through it, and asks it to stop once the response has begun.
+async fn pull_then_stop(
+    up: &FakeRegistry,
+    dir: &std::path::Path,
+    grace: &str,
+    d: &str,
+) -> Stopping {
+    let config = config(up, dir, &format!("shutdown_grace = \"{grace}\""));
     let Running {
         addr,
         stop,
@@ -121,19 +133,38 @@ async fn a_stop_lets_a_running_pull_finish_and_its_blob_land() {
     } = run(config).await;
     let c = reqwest::Client::new();
     until_ready(&c, addr).await;
-    let r = c
+    let pull = c
         .get(format!("http://{addr}/v2/library/app/blobs/{d}"))
         .send()
         .await
         .unwrap();
     let _ = stop.send(());
-    let started = Instant::now();
+    Stopping {
+        addr,
+        pull,
+        running,
+        asked: Instant::now(),
+    }
+}
+
+#[tokio::test]
+async fn a_stop_lets_a_running_pull_finish_and_its_blob_land() {
+    let up = FakeRegistry::start().await;
+    let d = up.add_blob(bytes_of(2 * 1024 * 1024, 50));
+    up.faults(|f| f.throttle = Some((64 * 1024, Duration::from_millis(20))));
+    let dir = tempfile::tempdir().unwrap();
+    let Stopping {
+        addr,
+        pull,
+        running,
+        asked,
+    } = pull_then_stop(&up, dir.path(), "20s", &d).await;
     // The response already started is finished…
-    assert_eq!(body_digest(r).await.unwrap().0, d);
+    assert_eq!(body_digest(pull).await.unwrap().0, d);
     running.await.unwrap().unwrap();
-    assert!(started.elapsed() < Duration::from_secs(20));
+    assert!(asked.elapsed() < Duration::from_secs(20));
     // …new connections are refused…
-    assert!(c
+    assert!(reqwest::Client::new()
         .get(format!("http://{addr}/healthz"))
         .send()
         .await
@@ -152,30 +183,21 @@ async fn a_stop_gives_up_at_the_end_of_the_grace_period() {
     let d = up.add_blob(bytes_of(1024 * 1024, 51));
     let gate = up.gate(1000);
     let dir = tempfile::tempdir().unwrap();
-    let config = config(&up, dir.path(), "shutdown_grace = \"1s\"");
-    let Running {
-        addr,
-        stop,
-        running,
-    } = run(config).await;
-    let c = reqwest::Client::new();
-    until_ready(&c, addr).await;
     // A pull stuck upstream (the gate never opens).
-    let r = c
-        .get(format!("http://{addr}/v2/library/app/blobs/{d}"))
-        .send()
-        .await
-        .unwrap();
-    let _ = stop.send(());
-    let started = Instant::now();
+    let Stopping {
+        pull,
+        running,
+        asked,
+        ..
+    } = pull_then_stop(&up, dir.path(), "1s", &d).await;
     running.await.unwrap().unwrap();
-    let took = started.elapsed();
+    let took = asked.elapsed();
     assert!(
         took < Duration::from_secs(3),
         "stopped after {took:?}, not within the 1 s grace"
     );
     assert!(
-        body_digest(r).await.is_err(),
+        body_digest(pull).await.is_err(),
         "the stuck response was cut short"
     );
     drop(gate);
@@ -212,13 +234,16 @@ async fn sighup_reloads_freshness_and_says_what_needs_a_restart() {
     // The TTL is now 1 s, and logging changed (not reloadable).
     write("1s", "access_log = true");
     ferry.signal("HUP");
+    // What needs a restart is logged last, after what was applied.
     assert!(
-        ferry.wait_for_log("freshness policy", Duration::from_secs(5)),
+        ferry.wait_for_log("logging changed: needs a restart", Duration::from_secs(5)),
         "{}",
         ferry.log()
     );
     assert!(
-        ferry.log().contains("logging changed: needs a restart"),
+        ferry
+            .log()
+            .contains("configuration reloaded: upstream \"up\": freshness policy"),
         "{}",
         ferry.log()
     );
@@ -345,11 +370,8 @@ async fn text_logs_into_a_pipe_carry_no_colour_codes() {
 #[tokio::test]
 async fn prefetch_streams_progress_as_ndjson() {
     let up = FakeRegistry::start().await;
-    let (_, layers) = up.add_image(
-        "library/app",
-        "1",
-        &[&bytes_of(3 * 1024 * 1024, 52), b"small"],
-    );
+    let contents = [bytes_of(3 * 1024 * 1024, 52), b"small".to_vec()];
+    let (_, layers) = up.add_image("library/app", "1", &[&contents[0], &contents[1]]);
     up.faults(|f| f.throttle = Some((128 * 1024, Duration::from_millis(30))));
     let toml = format!(
         "admin_listen = \"127.0.0.1:0\"\n[[upstream]]\nname = \"up\"\nurl = \"{}\"\n",
@@ -377,7 +399,7 @@ async fn prefetch_streams_progress_as_ndjson() {
     assert_eq!(last["done"], true, "{last}");
     assert_eq!(last["blobs_fetched"], 3, "config and two layers");
     p.settled().await;
-    for l in &layers {
-        assert!(p.stored_size(l).is_some());
+    for (l, content) in layers.iter().zip(&contents) {
+        assert_eq!(p.stored_size(l), Some(content.len() as u64));
     }
 }

@@ -2,6 +2,7 @@
 //! (admin API and CLI), fsck's exit code, and configuration errors.
 
 use crate::support::*;
+use futures_util::FutureExt as _;
 use std::process::Command;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -99,7 +100,7 @@ async fn a_failing_disk_degrades_to_uncached_streaming_and_recovers() {
         .await
         .unwrap();
     p.settled().await;
-    assert!(p.stored_size(&a).is_some());
+    assert_eq!(p.stored_size(&a), Some(MIB as u64));
 }
 
 #[tokio::test]
@@ -389,20 +390,27 @@ async fn prefetch_caches_every_platform_so_pulls_cost_nothing_upstream() {
 async fn a_digest_purge_waits_for_the_fetch_in_flight_so_it_sticks() {
     let up = FakeRegistry::start().await;
     let d = up.add_blob(bytes_of(200_000, 31));
-    let (p, admin) = with_admin(&up).await;
+    let p = Proxied::start(&up).await;
     let hold = &p.store().faults().hold_persists;
     hold.store(true, Ordering::SeqCst);
     let path = format!("/v2/library/app/blobs/{d}");
-    // Served in full; the commit is held back.
+    // Served in full; the commit is held back, so the fetch is still in flight.
     assert_eq!(body_digest(p.get(&path).await).await.unwrap().0, d);
-    let purge = tokio::spawn({
-        let url = format!("{admin}/admin/purge?digest={d}");
-        async move { json(reqwest::Client::new().post(url).send().await.unwrap()).await }
-    });
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    assert!(!purge.is_finished(), "purged before the fetch landed");
+    assert_eq!(p.metric("ferry_inflight_fetches"), 1);
+    // The purge `POST /admin/purge?digest=` runs, polled here so that it has
+    // surely started (over HTTP, a request not yet handled looks the same as
+    // one that waits): it finds the fetch and waits for it…
+    let digest: ferry::oci::Digest = d.parse().unwrap();
+    let purge = p.proxy.purge_digest(&digest);
+    tokio::pin!(purge);
+    assert!(purge.as_mut().now_or_never().is_none(), "purged at once");
+    // …as long as the commit is held. (That it never ends by itself cannot be
+    // observed; a purge that did not wait would end within milliseconds.)
+    tokio::time::timeout(Duration::from_millis(100), purge.as_mut())
+        .await
+        .expect_err("purged before the fetch landed");
     hold.store(false, Ordering::SeqCst);
-    assert_eq!(purge.await.unwrap()["removed"], 1);
+    assert_eq!(purge.await.unwrap(), 1);
     assert_eq!(p.stored_size(&d), None);
     body_digest(p.get(&path).await).await.unwrap();
     assert_eq!(up.count("GET", |r| r.is_blob()), 2);

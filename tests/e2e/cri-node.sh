@@ -14,22 +14,19 @@
 #   CRI_STREAM_PORT  the CRI stream server's 127.0.0.1 port (default 0: any free one)
 #   CRI_LOG_LEVEL    containerd's log level (default info; debug logs every registry request)
 #   CRI_NODE_WAIT    seconds to wait for the CRI plugin to answer (default 30)
-#   CRI_VENV         grpcio venv used by cri.py (default /var/cache/ferry/venv-cri)
-# Needs root and the `containerd` binary (1.6; Debian 12's package).
+# Needs root, the `containerd` binary (1.6; Debian 12's package) and Debian's
+# python3-grpcio for cri.py.
 
-CRI_PY=${CRI_PY:-$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/cri.py}
+CRI_NODE_HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+# alive, unmount_under
+# shellcheck source=SCRIPTDIR/lib.sh
+source "$CRI_NODE_HERE/lib.sh"
+CRI_PY=${CRI_PY:-$CRI_NODE_HERE/cri.py}
 declare -gA CRI_NODE_PID=() CRI_NODE_DIR=()
 
-cri() {   # cri ARGS...: cri.py, with the venv's Python when there is one (faster)
-  local py=${CRI_VENV:-/var/cache/ferry/venv-cri}/bin/python
-  [ -x "$py" ] || py=python3   # cri.py creates the venv and re-runs itself there
-  "$py" "$CRI_PY" "$@"
-}
-
-_cri_alive() {   # a live process, not a zombie
-  local st; st=$(awk '{print $3}' "/proc/$1/stat" 2>/dev/null)
-  [ -n "$st" ] && [ "$st" != Z ]
-}
+# Debian's Python by its path: a python3 earlier on PATH (pyenv, a venv) does not
+# see Debian's python3-grpcio.
+cri() { /usr/bin/python3 "$CRI_PY" "$@"; }   # cri ARGS...: cri.py
 
 start_cri_node() {   # start_cri_node NAME DIR HOSTS_DIR
   local name=$1 dir=$2 hosts=$3 pid
@@ -66,7 +63,7 @@ TOML
   local i
   for ((i = 0; i < ${CRI_NODE_WAIT:-30} * 5; i++)); do
     cri --socket "$dir/sock" list --timeout 2 >/dev/null 2>&1 && return 0
-    if ! _cri_alive "$pid"; then
+    if ! alive "$pid"; then
       echo "cri node $name: containerd exited; last lines of $dir/log:" >&2
       tail -n 15 "$dir/log" >&2
       unset "CRI_NODE_PID[$name]" "CRI_NODE_DIR[$name]"
@@ -84,11 +81,11 @@ stop_cri_node() {   # stop_cri_node NAME: SIGTERM, then SIGKILL after 15 s
   local name=$1 pid=${CRI_NODE_PID[$1]:-} dir=${CRI_NODE_DIR[$1]:-} i
   [ -n "$pid" ] || return 0
   kill "$pid" 2>/dev/null
-  for ((i = 0; i < 150; i++)); do _cri_alive "$pid" || break; sleep 0.1; done
-  _cri_alive "$pid" && { echo "cri node $name ($pid): SIGKILL" >&2; kill -9 "$pid" 2>/dev/null; }
+  for ((i = 0; i < 150; i++)); do alive "$pid" || break; sleep 0.1; done
+  alive "$pid" && { echo "cri node $name ($pid): SIGKILL" >&2; kill -9 "$pid" 2>/dev/null; }
   wait "$pid" 2>/dev/null
   # The native snapshotter mounts nothing, but be safe before anyone rm -rf's DIR.
-  awk -v d="$dir/" 'index($2, d) == 1 {print $2}' /proc/mounts | sort -r | xargs -r -n1 umount -l 2>/dev/null
+  unmount_under "$dir"
   rm -f "$dir/pid"
   unset "CRI_NODE_PID[$name]" "CRI_NODE_DIR[$name]"
   return 0

@@ -19,60 +19,32 @@
 set -uo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+PORT_RANGE=17000-17999
+# shellcheck source=SCRIPTDIR/lib.sh
+source "$HERE/lib.sh"
 # shellcheck source=SCRIPTDIR/cri-node.sh
 source "$HERE/cri-node.sh"
-
-log() { printf '[cri-selftest %s] %s\n' "$(date +%T)" "$*"; }
-die() { log "ERROR: $*"; exit 2; }
 [ "$(id -u)" = 0 ] || die "run as root (containerd and apt-get need it)"
 
-need=()
-for pair in containerd:containerd docker-registry:docker-registry htpasswd:apache2-utils \
-    curl:curl python3:python3 ss:iproute2; do
-  command -v "${pair%%:*}" >/dev/null 2>&1 || need+=("${pair#*:}")
-done
-if ((${#need[@]})); then
-  log "installing: ${need[*]}"
-  export DEBIAN_FRONTEND=noninteractive
-  { apt-get update -qq && apt-get install -y -qq "${need[@]}" >/dev/null; } || die "apt-get install failed"
-fi
+install_missing containerd:containerd docker-registry:docker-registry htpasswd:apache2-utils \
+  curl:curl python3:python3 ss:iproute2
+/usr/bin/python3 -c 'import grpc' 2>/dev/null || apt_install python3-grpcio   # for cri.py
 
 WORK=$(mktemp -d /tmp/cri-st.XXXXXX)   # short: the nodes' unix sockets live here
-PIDS=()
 cleanup() {
   stop_all_cri_nodes
-  local p
-  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null; wait "$p" 2>/dev/null; done
+  stop_all_bg mirror registry
   if [ "${KEEP:-0}" = 1 ]; then log "kept $WORK"; else rm -rf "$WORK"; fi
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-port_free() { ! ss -Hltn "sport = :$1" 2>/dev/null | grep -q .; }
-TAKEN=" "
-pick_port() {   # pick_port VAR: a free 127.0.0.1 port in 17000-17999 not picked before
-  local p
-  for _ in $(seq 1 300); do
-    p=$((17000 + RANDOM % 1000))
-    [[ $TAKEN == *" $p "* ]] && continue
-    port_free "$p" && { TAKEN+="$p "; printf -v "$1" %s "$p"; return 0; }
-  done
-  die "no free port in 17000-17999"
-}
 pick_port UPORT; pick_port SPORT; pick_port MPORT; pick_port DEADPORT
 pick_port STREAM1; pick_port STREAM2   # the CRI stream servers (never used, but they bind)
 UP=127.0.0.1:$UPORT
 # Anything that would leave loopback goes to a closed port instead.
 export HTTP_PROXY=http://127.0.0.1:$DEADPORT HTTPS_PROXY=http://127.0.0.1:$DEADPORT
 export http_proxy=$HTTP_PROXY https_proxy=$HTTPS_PROXY NO_PROXY=127.0.0.1,localhost no_proxy=127.0.0.1,localhost
-
-wait_http() {   # wait_http URL CODE
-  for _ in $(seq 1 100); do
-    [ "$(curl -s -o /dev/null -w '%{http_code}' --max-time 1 "$1")" = "$2" ] && return 0
-    sleep 0.1
-  done
-  return 1
-}
 
 # ---------------------------------------------------------------- registries
 htpasswd -Bbn alice s3cret >"$WORK/htpasswd" 2>/dev/null || die "htpasswd failed"
@@ -83,12 +55,13 @@ registry_config() {   # registry_config PORT [auth]
 }
 registry_config "$UPORT" auth >"$WORK/up.yml"
 registry_config "$SPORT" >"$WORK/seed.yml"
-docker-registry serve "$WORK/up.yml" >"$WORK/up.log" 2>&1 </dev/null & PIDS+=($!)
-docker-registry serve "$WORK/seed.yml" >"$WORK/seed.log" 2>&1 </dev/null & SEED_PID=$!; PIDS+=($!)
-wait_http "http://$UP/v2/" 401 || die "registry with auth did not start: $(tail -5 "$WORK/up.log")"
-wait_http "http://127.0.0.1:$SPORT/v2/" 200 || die "seeding registry did not start"
+start_bg registry "$WORK/up.log" docker-registry serve "$WORK/up.yml"
+start_bg seeding "$WORK/seed.log" docker-registry serve "$WORK/seed.yml"
+wait_until 10 registry status_is 401 "http://$UP/v2/" \
+  || die "registry with auth did not start: $(tail -5 "$WORK/up.log")"
+wait_until 10 seeding http_ok "http://127.0.0.1:$SPORT/v2/" || die "seeding registry did not start"
 python3 "$HERE/seed.py" "http://127.0.0.1:$SPORT" 1 >"$WORK/expected.json" || die "seed.py failed"
-kill "$SEED_PID"; wait "$SEED_PID" 2>/dev/null
+stop_bg seeding
 CONFIG=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["test"]["config"])' "$WORK/expected.json")
 IMAGE=$UP/library/test:1.0
 log "registry $UP (htpasswd), seeded $IMAGE (config $CONFIG)"
@@ -196,8 +169,9 @@ class Mirror(BaseHTTPRequestHandler):
 
 ThreadingHTTPServer(("127.0.0.1", port), Mirror).serve_forever()
 PY
-python3 "$WORK/mirror.py" "$MPORT" "http://$UP" "$WORK/mirror.log" >"$WORK/mirror.err" 2>&1 </dev/null & PIDS+=($!)
-wait_http "http://127.0.0.1:$MPORT/v2/" 401 || die "mirror did not start: $(cat "$WORK/mirror.err")"
+start_bg mirror "$WORK/mirror.err" python3 "$WORK/mirror.py" "$MPORT" "http://$UP" "$WORK/mirror.log"
+wait_until 10 mirror status_is 401 "http://127.0.0.1:$MPORT/v2/" \
+  || die "mirror did not start: $(cat "$WORK/mirror.err")"
 mkdir -p "$WORK/h2/$UP"
 cat >"$WORK/h2/$UP/hosts.toml" <<TOML
 server = "http://$UP"

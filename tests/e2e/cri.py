@@ -1,4 +1,4 @@
-#!/usr/bin/env python3
+#!/usr/bin/python3
 """A tiny CRI ImageService client: pulls images the way the kubelet does.
 
   cri.py --socket PATH pull IMAGE [--username U --password P] [--timeout S]
@@ -35,43 +35,24 @@ kubernetes-1.37.0-beta.0 (unchanged for every field used here):
   Image {1: id, 2: repeated repo_tags, 3: repeated repo_digests, 4: uint64 size,
          5: Int64Value uid, 6: username, 7: ImageSpec spec, 8: bool pinned}
 
-grpcio comes from PyPI. Run with a Python that lacks it, this script creates
-the venv $CRI_VENV (default /var/cache/ferry/venv-cri) if missing, installs
-grpcio there, and re-runs itself with the venv's Python.
+grpc is Debian's python3-grpcio (1.51 in bookworm; .ci/run installs it), so
+nothing is fetched at run time. Run this script with Debian's /usr/bin/python3
+(its shebang): a python3 earlier on PATH (pyenv, a venv) does not see Debian's
+packages.
 """
 import argparse
-import fcntl
 import json
 import os
-import subprocess
 import sys
 
-VENV = os.environ.get("CRI_VENV", "/var/cache/ferry/venv-cri")
 SERVICE = "/runtime.v1.ImageService/"
-
-
-def bootstrap():
-    """Re-executes this script under the venv's Python, creating it if missing."""
-    if os.environ.get("CRI_PY_BOOTSTRAPPED"):
-        sys.exit(f"cri.py: cannot import grpc, even with the venv {VENV}")
-    py = os.path.join(VENV, "bin", "python")
-    os.makedirs(os.path.dirname(VENV), exist_ok=True)
-    with open(VENV + ".lock", "w") as lock:  # two tests may bootstrap at once
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        ready = os.path.exists(py) and subprocess.run([py, "-c", "import grpc"], capture_output=True).returncode == 0
-        if not ready:
-            if not os.path.exists(py):
-                subprocess.run([sys.executable, "-m", "venv", VENV], check=True, stdout=sys.stderr)
-            subprocess.run([py, "-m", "pip", "install", "-q", "grpcio"], check=True, stdout=sys.stderr)
-    os.environ["CRI_PY_BOOTSTRAPPED"] = "1"
-    os.execv(py, [py, os.path.abspath(__file__)] + sys.argv[1:])
-
 
 os.environ.setdefault("GRPC_VERBOSITY", "NONE")  # no C-core log lines on stderr
 try:
     import grpc
 except ImportError:
-    bootstrap()
+    sys.exit(f"cri.py: {sys.executable} has no grpc module: install python3-grpcio "
+             "and run cri.py with /usr/bin/python3")
 
 
 # ---------------------------------------------------------------- protobuf

@@ -40,6 +40,10 @@ set -eEuo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO=$(cd "$HERE/../.." && pwd)
+PORT_RANGE=16000-16999
+# log, die, start_bg, stop_bg, wait_until, pick_port, start_containerd...
+# shellcheck source=SCRIPTDIR/lib.sh
+source "$HERE/lib.sh"
 CACHE=/var/cache/ferry
 BASE_TAR=$CACHE/debian-bookworm-minbase.tar
 BIG_MB=${E2E_BIG_MB:-200}
@@ -49,25 +53,14 @@ IMAGE=ferry:e2e
 CNAME=ferry-e2e
 VOLUME=ferry-e2e-data
 
-log() { printf '[image %s] %s\n' "$(date +%T)" "$*"; }
-die() { log "FAIL: $*"; exit 1; }
 ok() { log "ok: $*"; }
 
 [ "$(id -u)" = 0 ] || die "run as root (dockerd, containerd, debootstrap and apt-get need it)"
 
 # ---------------------------------------------------------------- packages
-need=()
-for pair in dockerd:docker.io docker:docker.io containerd:containerd ctr:containerd \
-    docker-registry:docker-registry debootstrap:debootstrap curl:curl jq:jq python3:python3 \
-    ss:iproute2 strip:binutils; do
-  command -v "${pair%%:*}" >/dev/null 2>&1 || need+=("${pair#*:}")
-done
-if ((${#need[@]})); then
-  log "installing: ${need[*]}"
-  export DEBIAN_FRONTEND=noninteractive
-  apt-get -o DPkg::Lock::Timeout=300 update -qq
-  apt-get -o DPkg::Lock::Timeout=300 install -y -qq "${need[@]}" >/dev/null
-fi
+install_missing dockerd:docker.io docker:docker.io containerd:containerd ctr:containerd \
+  docker-registry:docker-registry debootstrap:debootstrap curl:curl jq:jq python3:python3 \
+  ss:iproute2 strip:binutils
 
 FERRY_BIN=${FERRY_BIN:-$CACHE/target/debug/ferry}
 [ -x "$FERRY_BIN" ] || die "no ferry binary at $FERRY_BIN: build it (cargo build) or set FERRY_BIN"
@@ -77,22 +70,7 @@ WORK=$(mktemp -d /tmp/ferry-img.XXXXXX)   # short: unix socket paths live here
 mkdir -p "$WORK/pids" "$WORK/logs"
 LOGS=$WORK/logs
 
-port_free() { ! ss -Hltn "sport = :$1" 2>/dev/null | grep -q .; }
-PORTS=()
-pick_port() {
-  local p
-  for _ in $(seq 1 300); do
-    p=$((16000 + RANDOM % 1000))
-    [[ " ${PORTS[*]} " == *" $p "* ]] && continue
-    port_free "$p" && { echo "$p"; return 0; }
-  done
-  die "no free port in 16000-16999"
-}
-UPORT=$(pick_port); PORTS+=("$UPORT")
-TPORT=$(pick_port); PORTS+=("$TPORT")
-FPORT=$(pick_port); PORTS+=("$FPORT")
-APORT=$(pick_port); PORTS+=("$APORT")
-DEADPORT=$(pick_port); PORTS+=("$DEADPORT")
+pick_port UPORT; pick_port TPORT; pick_port FPORT; pick_port APORT; pick_port DEADPORT
 UPSTREAM=127.0.0.1:$UPORT    # the registry itself (its log counts upstream traffic)
 RELAY=127.0.0.1:$TPORT       # the throttling relay in front of it: Ferry's upstream
 FERRY=127.0.0.1:$FPORT
@@ -104,34 +82,6 @@ export http_proxy=$HTTP_PROXY https_proxy=$HTTPS_PROXY
 export NO_PROXY=127.0.0.1,localhost no_proxy=127.0.0.1,localhost
 
 # ---------------------------------------------------------------- processes
-start_bg() {   # start_bg NAME CMD...: output to $LOGS/NAME.log, pid in $WORK/pids
-  local name=$1; shift
-  "$@" >>"$LOGS/$name.log" 2>&1 </dev/null &
-  echo $! >"$WORK/pids/$name.pid"
-}
-alive() { local st; st=$(awk '{print $3}' "/proc/$1/stat" 2>/dev/null); [ -n "$st" ] && [ "$st" != Z ]; }
-stop_bg() {
-  local f=$WORK/pids/$1.pid pid
-  [ -f "$f" ] || return 0
-  pid=$(cat "$f"); rm -f "$f"
-  kill "$pid" 2>/dev/null || true
-  for _ in $(seq 1 200); do alive "$pid" || break; sleep 0.1; done
-  alive "$pid" && { log "$1 ($pid) did not stop on SIGTERM: SIGKILL"; kill -9 "$pid" 2>/dev/null || true; }
-  wait "$pid" 2>/dev/null || true
-}
-wait_until() {   # wait_until SECONDS NAME CMD...: poll CMD; fail early if NAME died
-  local secs=$1 name=$2 pid; shift 2
-  for _ in $(seq 1 $((secs * 10))); do
-    "$@" >/dev/null 2>&1 && return 0
-    pid=$(cat "$WORK/pids/$name.pid" 2>/dev/null || true)
-    [ -n "$pid" ] && ! alive "$pid" && { log "$name exited early"; return 1; }
-    sleep 0.1
-  done
-  log "$name not ready after ${secs}s"; return 1
-}
-http_code() { curl -s -o /dev/null -w '%{http_code}' --max-time 2 "$1" || true; }
-http_ok() { [ "$(http_code "$1")" = 200 ]; }
-
 DK=$WORK/dk
 DKC=(docker -H "unix://$DK/docker.sock")
 dk() { "${DKC[@]}" "$@"; }
@@ -155,10 +105,8 @@ cleanup() {
     dk rm -f "$CNAME" >/dev/null 2>&1
     dk volume rm -f "$VOLUME" >/dev/null 2>&1
   fi
-  local n f
-  for n in dockerd containerd-docker containerd relay upstream; do stop_bg "$n"; done
-  for f in "$WORK"/pids/*.pid; do [ -e "$f" ] && stop_bg "$(basename "$f" .pid)"; done
-  awk -v w="$WORK" 'index($2, w) == 1 {print $2}' /proc/mounts | sort -r | xargs -r -n1 umount -l 2>/dev/null
+  stop_all_bg dockerd containerd-docker containerd relay upstream
+  unmount_under "$WORK"
   if [ "${KEEP:-0}" = 1 ]; then
     log "work dir kept: $WORK"
   else
@@ -175,27 +123,6 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM
 trap 'log "FAIL: line $LINENO: $BASH_COMMAND"' ERR
 
-start_containerd() {   # start_containerd NAME DIR
-  local name=$1 dir=$2
-  mkdir -p "$dir"
-  cat >"$dir/config.toml" <<TOML
-version = 2
-root = "$dir/root"
-state = "$dir/state"
-disabled_plugins = ["io.containerd.grpc.v1.cri"]
-[grpc]
-  address = "$dir/containerd.sock"
-[ttrpc]
-  address = "$dir/containerd.sock.ttrpc"
-[debug]
-  address = ""
-[plugins."io.containerd.internal.v1.opt"]
-  path = "$dir/opt"
-TOML
-  start_bg "$name" containerd --config "$dir/config.toml"
-  wait_until 30 "$name" ctr -a "$dir/containerd.sock" version || { tail -20 "$LOGS/$name.log"; die "$name did not start"; }
-}
-
 # ---------------------------------------------------------------- daemons
 log "work dir $WORK; upstream $UPSTREAM, relay $RELAY (${THROTTLE_MBPS} MiB/s), Ferry $FERRY"
 # Two containerds: one behind dockerd, one for ctr (containerd skips fetching any
@@ -203,7 +130,7 @@ log "work dir $WORK; upstream $UPSTREAM, relay $RELAY (${THROTTLE_MBPS} MiB/s), 
 start_containerd containerd-docker "$DK/ctd"
 start_containerd containerd "$CTD"
 mkdir -p "$DOCKER_CONFIG"
-start_bg dockerd dockerd --data-root "$DK/root" --exec-root "$DK/exec" --pidfile "$DK/docker.pid" \
+start_bg dockerd "$LOGS/dockerd.log" dockerd --data-root "$DK/root" --exec-root "$DK/exec" --pidfile "$DK/docker.pid" \
   -H "unix://$DK/docker.sock" --containerd "$DK/ctd/containerd.sock" \
   --storage-driver=vfs --iptables=false --ip6tables=false --bridge=none
 wait_until 60 dockerd dk version || { tail -30 "$LOGS/dockerd.log"; die "dockerd did not start"; }
@@ -276,9 +203,9 @@ storage:
   delete: {enabled: true}
 http: {addr: $UPSTREAM}
 YML
-start_bg upstream docker-registry serve "$WORK/upstream.yml"
-wait_until 20 upstream http_ok "http://$UPSTREAM/v2/" || die "upstream did not start"
 UPLOG=$LOGS/upstream.log
+start_bg upstream "$UPLOG" docker-registry serve "$WORK/upstream.yml"
+wait_until 20 upstream http_ok "http://$UPSTREAM/v2/" || die "upstream did not start"
 
 # A TCP relay that paces upstream-to-Ferry bytes per connection, so a cold pull of
 # big:1.0 lasts long enough to be interrupted.
@@ -315,7 +242,7 @@ async def main():
 
 asyncio.run(main())
 PY
-start_bg relay python3 "$WORK/relay.py" "$TPORT" "$UPORT" "$THROTTLE_MBPS"
+start_bg relay "$LOGS/relay.log" python3 "$WORK/relay.py" "$TPORT" "$UPORT" "$THROTTLE_MBPS"
 wait_until 10 relay http_ok "http://$RELAY/v2/" || die "relay did not start"
 
 EXP=$WORK/expected.json
@@ -352,7 +279,6 @@ b() { jq -r "$@" "$WORK/big.json"; }
 ok "c. upstream seeded: multi:1.0 index $(x .multi.index) (amd64 + arm64), big:1.0 with a $(($(b .layer_size) / 1024 / 1024)) MiB layer"
 
 # Upstream access-log lines since line FROM as "METHOD URI STATUS".
-lines() { wc -l <"$1" 2>/dev/null || echo 0; }
 up_lines() { tail -n +"$(($1 + 1))" "$UPLOG" | sed -nE 's/.*"([A-Z]+) ([^ ]+) HTTP\/[0-9.]+" ([0-9]{3}) .*/\1 \2 \3/p'; }
 up_blob_gets() { up_lines "$1" | grep -E "^GET /v2/.+/blobs/${2:-sha256:}" | grep -c . || true; }
 

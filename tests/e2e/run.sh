@@ -65,6 +65,10 @@ set -uo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO=$(cd "$HERE/../.." && pwd)
+LOG_TAG=e2e PORT_RANGE=15000-15999
+# log, die, start_bg, stop_bg, wait_until, pick_port, start_containerd...
+# shellcheck source=SCRIPTDIR/lib.sh
+source "$HERE/lib.sh"
 # start_cri_node, stop_cri_node and cri (cri.py): a kubelet-style CRI node (case private).
 # shellcheck source=SCRIPTDIR/cri-node.sh disable=SC1091 # followed with shellcheck -x
 source "$HERE/cri-node.sh"
@@ -72,9 +76,6 @@ ALL_CASES=(docker dockermirror containerd skopeo dockerhub parallel prefetch cli
 MIRROR=${MIRROR:-ferry}
 RANDOM_MB=${E2E_RANDOM_MB:-4}
 PULL_TIMEOUT=180
-
-log() { printf '[e2e %s] %s\n' "$(date +%T)" "$*"; }
-die() { log "ERROR: $*"; exit 2; }
 
 usage() { sed -n '2,/Takes about/p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
 
@@ -97,21 +98,11 @@ wants() { [[ " ${CASES[*]} " == *" $1 "* ]]; }
 wants_any() { local c; for c in "$@"; do wants "$c" && return 0; done; return 1; }
 
 # ---------------------------------------------------------------- packages
-ensure_packages() {
-  local need=() pair bin pkg
-  for pair in docker-registry:docker-registry skopeo:skopeo containerd:containerd \
-      ctr:containerd dockerd:docker.io docker:docker.io curl:curl jq:jq \
-      python3:python3 ss:iproute2 timeout:coreutils htpasswd:apache2-utils; do
-    bin=${pair%%:*} pkg=${pair#*:}
-    command -v "$bin" >/dev/null 2>&1 || need+=("$pkg")
-  done
-  ((${#need[@]})) || return 0
-  log "installing: ${need[*]}"
-  export DEBIAN_FRONTEND=noninteractive
-  apt-get update -qq || die "apt-get update failed"
-  apt-get install -y -qq "${need[@]}" >/dev/null || die "apt-get install ${need[*]} failed"
-}
-ensure_packages
+install_missing docker-registry:docker-registry skopeo:skopeo containerd:containerd \
+  ctr:containerd dockerd:docker.io docker:docker.io curl:curl jq:jq \
+  python3:python3 ss:iproute2 timeout:coreutils htpasswd:apache2-utils
+# cri.py (case private) runs on Debian's Python with Debian's grpc module.
+/usr/bin/python3 -c 'import grpc' 2>/dev/null || apt_install python3-grpcio
 
 if [ "$MIRROR" = ferry ]; then
   if [ -z "${FERRY_BIN:-}" ]; then
@@ -133,39 +124,13 @@ if [ "$MIRROR" = ferry ]; then
   FERRY_SRC=$FERRY_BIN FERRY_BIN=$WORK/ferry
 fi
 
-port_free() { ! ss -Hltn "sport = :$1" 2>/dev/null | grep -q .; }
-pick_port() {   # pick_port [EXCLUDED...]
-  local p
-  for _ in $(seq 1 300); do
-    p=$((15000 + RANDOM % 1000))
-    [[ " $* " == *" $p "* ]] && continue
-    port_free "$p" && { echo "$p"; return 0; }
-  done
-  return 1
-}
-UPORT=$(pick_port) || die "no free port in 15000-15999"
-FPORT=$(pick_port "$UPORT") || die "no free port in 15000-15999"
-DEADPORT=$(pick_port "$UPORT" "$FPORT") || die "no free port in 15000-15999"
-APORT=$(pick_port "$UPORT" "$FPORT" "$DEADPORT") || die "no free port in 15000-15999"
-EVPORT=$(pick_port "$UPORT" "$FPORT" "$DEADPORT" "$APORT") || die "no free port in 15000-15999"
-WHPORT=$(pick_port "$UPORT" "$FPORT" "$DEADPORT" "$APORT" "$EVPORT") || die "no free port in 15000-15999"
+pick_port UPORT; pick_port FPORT; pick_port DEADPORT; pick_port APORT; pick_port EVPORT; pick_port WHPORT
 # Case private: the private registry, its seeding twin, the CRI node's stream server.
-PRPORT=$(pick_port "$UPORT" "$FPORT" "$DEADPORT" "$APORT" "$EVPORT" "$WHPORT") || die "no free port in 15000-15999"
-PSPORT=$(pick_port "$UPORT" "$FPORT" "$DEADPORT" "$APORT" "$EVPORT" "$WHPORT" "$PRPORT") \
-  || die "no free port in 15000-15999"
-CRIPORT=$(pick_port "$UPORT" "$FPORT" "$DEADPORT" "$APORT" "$EVPORT" "$WHPORT" "$PRPORT" "$PSPORT") \
-  || die "no free port in 15000-15999"
+pick_port PRPORT; pick_port PSPORT; pick_port CRIPORT
 # Case tls: a docker-registry on HTTPS behind Ferry (an upstream with ca_file).
-TRPORT=$(pick_port "$UPORT" "$FPORT" "$DEADPORT" "$APORT" "$EVPORT" "$WHPORT" "$PRPORT" "$PSPORT" "$CRIPORT") \
-  || die "no free port in 15000-15999"
+pick_port TRPORT
 UPSTREAM=127.0.0.1:$UPORT
 FERRY=127.0.0.1:$FPORT
-
-# cri.py needs grpcio (PyPI) in its venv: set it up before the safety net below
-# closes every non-loopback route.
-if wants private && [ "$MIRROR" = ferry ]; then
-  cri --help >/dev/null 2>&1 || die "cri.py could not set up its grpcio venv (${CRI_VENV:-/var/cache/ferry/venv-cri})"
-fi
 
 # Safety net: clients fall back to the real registry when a mirror fails
 # (dockerd to Docker Hub, containerd to `server`, skopeo to `location`). Send
@@ -175,34 +140,13 @@ export http_proxy=$HTTP_PROXY https_proxy=$HTTPS_PROXY
 export NO_PROXY=127.0.0.1,localhost no_proxy=127.0.0.1,localhost
 
 # ---------------------------------------------------------------- processes
-# Every daemon's pid is in $WORK/pids/NAME.pid; cleanup stops them all.
-start_bg() {   # start_bg NAME LOGFILE CMD...
-  local name=$1 logf=$2; shift 2
-  "$@" >>"$logf" 2>&1 </dev/null &
-  echo $! >"$WORK/pids/$name.pid"
-}
-alive() {   # running: not gone, not a zombie (bash may reap it at any moment)
-  local st; st=$(awk '{print $3}' "/proc/$1/stat" 2>/dev/null)
-  [ -n "$st" ] && [ "$st" != Z ]
-}
-stop_bg() {   # stop_bg NAME
-  local f=$WORK/pids/$1.pid pid
-  [ -f "$f" ] || return 0
-  pid=$(cat "$f"); rm -f "$f"
-  kill "$pid" 2>/dev/null
-  for _ in $(seq 1 150); do alive "$pid" || break; sleep 0.1; done
-  alive "$pid" && { log "$1 ($pid) did not stop on SIGTERM: SIGKILL"; kill -9 "$pid" 2>/dev/null; }
-  wait "$pid" 2>/dev/null
-  return 0
-}
+# Every daemon's pid is in $WORK/pids/NAME.pid (start_bg); cleanup stops them all.
 CLEANED=0
 cleanup() {
   [ "$CLEANED" = 1 ] && return; CLEANED=1
-  local n f
-  for n in dockerd containerd-docker containerd mirror upstream; do stop_bg "$n"; done
-  for f in "$WORK"/pids/*.pid; do [ -e "$f" ] && stop_bg "$(basename "$f" .pid)"; done
+  stop_all_bg dockerd containerd-docker containerd mirror upstream
   # dockerd/containerd may leave mounts under their roots: unmount before rm.
-  awk -v w="$WORK" 'index($2, w) == 1 {print $2}' /proc/mounts | sort -r | xargs -r -n1 umount -l 2>/dev/null
+  unmount_under "$WORK"
   if [ "${KEEP:-0}" = 1 ]; then
     log "work dir kept: $WORK"
   else
@@ -217,18 +161,6 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-wait_until() {   # wait_until SECONDS NAME CMD...: poll CMD, fail early if NAME's process died
-  local secs=$1 name=$2 pid; shift 2
-  for _ in $(seq 1 $((secs * 10))); do
-    "$@" >/dev/null 2>&1 && return 0
-    pid=$(cat "$WORK/pids/$name.pid" 2>/dev/null)
-    [ -n "$pid" ] && ! alive "$pid" && { log "$name exited early"; return 1; }
-    sleep 0.1
-  done
-  log "$name not ready after ${secs}s"; return 1
-}
-http_ok() { [ "$(curl -s -o /dev/null -w '%{http_code}' --max-time 2 "${@:2}" "$1")" = 200 ]; }
-
 # ---------------------------------------------------------------- logs
 # Access-log lines from either Ferry (tracing, target ferry::access) or
 # distribution (combined log format), as "METHOD URI STATUS".
@@ -238,7 +170,6 @@ norm_log() {
     -e 's/.*ferry::access: ([A-Z]+) ([^ ]+) ([0-9]{3})( .*)?$/\1 \2 \3/p' \
     -e 's/.*"([A-Z]+) ([^ ]+) HTTP\/[0-9.]+" ([0-9]{3}) .*/\1 \2 \3/p'
 }
-lines() { wc -l <"$1" 2>/dev/null || echo 0; }
 settle() { sleep 0.5; }   # let both servers flush their last access lines
 up_blob_gets() {   # up_blob_gets FROM [DIGEST]
   norm_log "$UPLOG" "$1" | grep -E '^GET /v2/.+/blobs/sha256:' | grep -cF "${2:-/blobs/}" || true
@@ -308,27 +239,6 @@ mirror_lines() { norm_log "$MLOG" "$1"; }   # mirror_lines FROM
 CTD=$WORK/ctd
 CTDSOCK=$CTD/containerd.sock
 CT_NS=ferry-e2e
-start_containerd() {   # start_containerd NAME DIR
-  local name=$1 dir=$2
-  mkdir -p "$dir"
-  cat >"$dir/config.toml" <<TOML
-version = 2
-root = "$dir/root"
-state = "$dir/state"
-disabled_plugins = ["io.containerd.grpc.v1.cri"]
-[grpc]
-  address = "$dir/containerd.sock"
-[ttrpc]
-  address = "$dir/containerd.sock.ttrpc"
-[debug]
-  address = ""
-[plugins."io.containerd.internal.v1.opt"]
-  path = "$dir/opt"
-TOML
-  start_bg "$name" "$LOGS/$name.log" containerd --config "$dir/config.toml"
-  wait_until 30 "$name" ctr -a "$dir/containerd.sock" version \
-    || { tail -20 "$LOGS/$name.log"; die "$name did not start"; }
-}
 CT=(ctr -a "$CTDSOCK" -n "$CT_NS")
 ct() { "${CT[@]}" "$@"; }
 
@@ -1177,8 +1087,6 @@ private_registry_config() {   # private_registry_config PORT [auth]
   [ "${2:-}" = auth ] && printf 'auth: {htpasswd: {realm: private-e2e, path: %s}}\n' "$WORK/private.htpasswd"
   return 0
 }
-http_status() { curl -s -o /dev/null -w '%{http_code}' --max-time 2 "${@:2}" "$1"; }   # http_status URL [CURL_ARG...]
-status_is() { [ "$(http_status "${@:2}")" = "$1" ]; }   # status_is CODE URL [CURL_ARG...]
 # What the private registry was asked after line FROM, digests shortened, counted.
 private_summary() {   # private_summary FROM
   local got; got=$(norm_log "$UPLOG" "$1" | sed -E 's#sha256:[0-9a-f]{64}#<digest>#' | sort | uniq -c)

@@ -20,6 +20,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
+use tokio::task::JoinSet;
 
 type Body = UnsyncBoxBody<Bytes, std::io::Error>;
 
@@ -115,6 +116,19 @@ pub enum Auth {
     Acl(Acl),
 }
 
+impl Auth {
+    /// Docker Hub's kind: anonymous Bearer tokens from the auth listener that
+    /// live `expires_in` seconds (`None`: the token answer leaves it out).
+    pub fn bearer(expires_in: Option<u64>) -> Auth {
+        Auth::Bearer {
+            expires_in,
+            basic: None,
+            access_token_only: false,
+            quay_style: false,
+        }
+    }
+}
+
 /// Who may pull what: as a Bearer registry (Docker Hub-like: the token server
 /// issues a token to any valid credentials, holding only the rights they
 /// have) or a Basic one (the registry itself answers 401 to bad credentials
@@ -176,13 +190,19 @@ struct State {
     up: watch::Sender<bool>,
 }
 
-/// The fake registry. Dropping it stops its listeners.
+/// The fake registry. Dropping it stops its listeners and connections, and
+/// fails the test if any of them panicked.
 pub struct FakeRegistry {
     state: Arc<State>,
     pub addr: SocketAddr,
     pub auth_addr: SocketAddr,
-    _stop: watch::Sender<bool>,
+    stop: watch::Sender<bool>,
+    tasks: Tasks,
 }
+
+/// Every task the fake runs (its accept loops and each connection they
+/// serve), kept rather than detached so that a panic in one is not lost.
+type Tasks = Arc<Mutex<JoinSet<()>>>;
 
 pub fn sha256(b: &[u8]) -> String {
     format!("sha256:{}", hex::encode(Sha256::digest(b)))
@@ -208,6 +228,7 @@ impl FakeRegistry {
             addrs: Mutex::default(),
             up,
         });
+        let tasks = Tasks::default();
         let mut addrs = Vec::new();
         for (name, host) in [
             ("registry", Host::Registry),
@@ -218,13 +239,21 @@ impl FakeRegistry {
             let addr = listener.local_addr().unwrap();
             state.addrs.lock().unwrap().insert(name, addr);
             addrs.push(addr);
-            tokio::spawn(serve(listener, state.clone(), host, stop_rx.clone()));
+            let serving = serve(
+                listener,
+                state.clone(),
+                host,
+                stop_rx.clone(),
+                tasks.clone(),
+            );
+            tasks.lock().unwrap().spawn(serving);
         }
         FakeRegistry {
             state,
             addr: addrs[0],
             auth_addr: addrs[1],
-            _stop: stop,
+            stop,
+            tasks,
         }
     }
 
@@ -410,11 +439,33 @@ impl FakeRegistry {
     }
 }
 
+impl Drop for FakeRegistry {
+    fn drop(&mut self) {
+        self.stop.send_replace(true);
+        let mut tasks = std::mem::take(&mut *self.tasks.lock().unwrap_or_else(|e| e.into_inner()));
+        let mut panicked = None;
+        while let Some(ended) = tasks.try_join_next() {
+            if let Err(e) = ended {
+                if e.is_panic() && panicked.is_none() {
+                    panicked = Some(e.into_panic());
+                }
+            }
+        }
+        drop(tasks); // aborts the connections still open
+        if let Some(payload) = panicked {
+            if !std::thread::panicking() {
+                std::panic::resume_unwind(payload);
+            }
+        }
+    }
+}
+
 async fn serve(
     listener: TcpListener,
     state: Arc<State>,
     host: Host,
     mut stop: watch::Receiver<bool>,
+    tasks: Tasks,
 ) {
     loop {
         let (stream, _) = tokio::select! {
@@ -426,7 +477,7 @@ async fn serve(
             continue;
         }
         let state = state.clone();
-        tokio::spawn(async move {
+        tasks.lock().unwrap().spawn(async move {
             let svc = service_fn(move |req| {
                 let state = state.clone();
                 async move {

@@ -15,6 +15,7 @@ use ferry::config::{Config, Overrides, RawConfig};
 use ferry::proxy::Proxy;
 use ferry::{Ferry, Listeners};
 use ferry_storage::Store;
+use futures_util::FutureExt as _;
 use sha2::{Digest as _, Sha256};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -124,13 +125,18 @@ impl Proxied {
         }
     }
 
-    /// Stops serving and waits until the store is closed.
+    /// Stops serving and waits until the store is closed; a panic in Ferry's
+    /// task fails the test here.
     pub async fn stop(mut self) {
         if let Some(s) = self.stop.take() {
             let _ = s.send(());
         }
         if let Some(d) = self.done.take() {
-            let _ = d.await;
+            if let Err(e) = d.await {
+                if e.is_panic() {
+                    std::panic::resume_unwind(e.into_panic());
+                }
+            }
         }
     }
 
@@ -199,6 +205,23 @@ impl Proxied {
                     .and_then(|r| r.trim().parse().ok())
             })
             .unwrap_or(0)
+    }
+}
+
+impl Drop for Proxied {
+    /// Without [`stop`](Self::stop) Ferry keeps running until the test ends;
+    /// if its task has ended in a panic already, the test fails here.
+    fn drop(&mut self) {
+        let Some(done) = self.done.take() else {
+            return;
+        };
+        if done.is_finished() && !std::thread::panicking() {
+            if let Some(Err(e)) = done.now_or_never() {
+                if e.is_panic() {
+                    std::panic::resume_unwind(e.into_panic());
+                }
+            }
+        }
     }
 }
 
