@@ -13,6 +13,7 @@
 //! - [`node_config`]: each node's client mirror configuration, from Ferry's upstreams;
 //! - [`upstream`]: one client per upstream registry (auth, redirects, 429) and the router;
 //! - [`proxy`]: the cache (freshness, single-flight, blobs, stale-if-error);
+//! - [`bucket`]: the shared S3 bucket behind the local store (`[bucket]`);
 //! - [`metrics`]: the Prometheus families;
 //! - storage lives in the `ferry-storage` crate.
 //!
@@ -25,6 +26,7 @@
 pub mod access;
 pub mod admission;
 pub mod bounded;
+pub mod bucket;
 pub mod clock;
 pub mod config;
 pub mod events;
@@ -41,6 +43,7 @@ mod fuzz;
 
 pub use config::Config;
 
+use bucket::Bucket;
 use clock::Clock;
 use ferry_storage::{Store, StoreOptions};
 use metrics::Metrics;
@@ -66,6 +69,9 @@ pub enum StartError {
         /// Why.
         source: ferry_storage::StoreError,
     },
+    /// The shared bucket's client could not be built.
+    #[error("cannot set up the bucket client: {0}")]
+    Bucket(#[source] object_store::Error),
     /// An upstream's HTTP client could not be built (TLS setup).
     #[error("cannot build the HTTP client for upstream {name}: {source}")]
     Client {
@@ -126,6 +132,24 @@ impl Ferry {
 
     /// Like [`open`](Self::open), with a clock tests can move.
     pub fn open_with_clock(config: Config, clock: Clock) -> Result<Ferry, StartError> {
+        Ferry::open_parts(config, clock, None)
+    }
+
+    /// Like [`open_with_clock`](Self::open_with_clock), with `store` as the
+    /// `[bucket]` the configuration names (tests: an in-memory object store).
+    pub fn open_with_bucket(
+        config: Config,
+        clock: Clock,
+        store: Arc<dyn object_store::ObjectStore>,
+    ) -> Result<Ferry, StartError> {
+        Ferry::open_parts(config, clock, Some(store))
+    }
+
+    fn open_parts(
+        config: Config,
+        clock: Clock,
+        bucket_store: Option<Arc<dyn object_store::ObjectStore>>,
+    ) -> Result<Ferry, StartError> {
         let mut options = StoreOptions::new(&config.data_dir);
         options.max_size = config.cache.max_size;
         options.high_watermark = config.cache.high_watermark;
@@ -145,8 +169,16 @@ impl Ferry {
             upstreams.push(Arc::new(client));
         }
         let router = Router::new(upstreams, &config.default_upstream);
+        let bucket = match (&config.bucket, bucket_store) {
+            (Some(b), Some(over)) => Some(Bucket::over(over, b, metrics.clone(), clock.clone())),
+            (Some(b), None) => Some(
+                Bucket::connect(b, metrics.clone(), clock.clone()).map_err(StartError::Bucket)?,
+            ),
+            (None, _) => None,
+        };
         let proxy = Arc::new(Proxy::new(
             store,
+            bucket.map(Arc::new),
             router,
             metrics,
             clock,

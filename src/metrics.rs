@@ -100,6 +100,27 @@ struct AccessLabels {
     result: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BucketLabels {
+    /// `blob` or `manifest`.
+    object: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BucketUploadLabels {
+    object: &'static str,
+    /// `completed`, `failed` (the bucket refused), `aborted` (the fetch
+    /// failed verification or broke), `skipped` (no upload slot, or the
+    /// bucket backing off).
+    result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BucketOpLabels {
+    /// `read`, `write` or `delete`.
+    op: &'static str,
+}
+
 type Histograms<L> = Family<L, Histogram, fn() -> Histogram>;
 
 /// Seconds from 0.5 ms to about 33 s, doubling: a warm `HEAD` lands in the
@@ -122,6 +143,15 @@ pub struct Metrics {
     misses: Family<KindLabels, Counter>,
     events: Family<EventLabels, Counter>,
     access: Family<AccessLabels, Counter>,
+    bucket_reads: Family<BucketLabels, Counter>,
+    bucket_hits: Family<BucketLabels, Counter>,
+    bucket_uploads: Family<BucketUploadLabels, Counter>,
+    bucket_errors: Family<BucketOpLabels, Counter>,
+    bucket_skipped: Family<BucketOpLabels, Counter>,
+    /// Object bytes read from the bucket.
+    pub bucket_bytes_read: Counter,
+    /// Object bytes written to the bucket (completed uploads).
+    pub bucket_bytes_written: Counter,
     /// Body bytes sent to clients.
     pub bytes_served: Counter,
     /// Body bytes received from upstreams.
@@ -195,6 +225,13 @@ impl Metrics {
             misses: Family::default(),
             events: Family::default(),
             access: Family::default(),
+            bucket_reads: Family::default(),
+            bucket_hits: Family::default(),
+            bucket_uploads: Family::default(),
+            bucket_errors: Family::default(),
+            bucket_skipped: Family::default(),
+            bucket_bytes_read: Counter::default(),
+            bucket_bytes_written: Counter::default(),
             bytes_served: Counter::default(),
             bytes_fetched: Counter::default(),
             stale_answers: Counter::default(),
@@ -243,6 +280,41 @@ impl Metrics {
             self.request_seconds
         );
         reg!("cache_hits", "Answers from the cache, by kind.", self.hits);
+        reg!(
+            "bucket_reads",
+            "Local misses looked up in the shared bucket, by object (blob, manifest).",
+            self.bucket_reads
+        );
+        reg!(
+            "bucket_hits",
+            "Local misses the shared bucket answered, by object.",
+            self.bucket_hits
+        );
+        reg!(
+            "bucket_uploads",
+            "Uploads of verified objects to the shared bucket, by object and result (completed, failed, aborted, skipped).",
+            self.bucket_uploads
+        );
+        reg!(
+            "bucket_errors",
+            "Shared-bucket requests that failed, by operation (read, write, delete); each starts a back-off.",
+            self.bucket_errors
+        );
+        reg!(
+            "bucket_skipped",
+            "Shared-bucket operations skipped while it backs off after an error, by operation.",
+            self.bucket_skipped
+        );
+        reg!(
+            "bucket_bytes_read",
+            "Object bytes read from the shared bucket.",
+            self.bucket_bytes_read
+        );
+        reg!(
+            "bucket_bytes_written",
+            "Object bytes written to the shared bucket by completed uploads.",
+            self.bucket_bytes_written
+        );
         reg!(
             "admission_warms",
             "Images pinned at admission whose warming started.",
@@ -428,6 +500,37 @@ impl Metrics {
                 outcome,
             })
             .inc_by(n);
+    }
+
+    /// A local miss looked up in the bucket (`object`: blob or manifest), and
+    /// whether the bucket had it.
+    pub fn bucket_read(&self, object: &'static str, hit: bool) {
+        let labels = BucketLabels { object };
+        self.bucket_reads.get_or_create(&labels).inc();
+        if hit {
+            self.bucket_hits.get_or_create(&labels).inc();
+        }
+    }
+
+    /// How an upload to the bucket ended.
+    pub fn bucket_upload(&self, object: &'static str, result: &'static str) {
+        self.bucket_uploads
+            .get_or_create(&BucketUploadLabels { object, result })
+            .inc();
+    }
+
+    /// A bucket request that failed (`op`: read, write, delete).
+    pub fn bucket_error(&self, op: &'static str) {
+        self.bucket_errors
+            .get_or_create(&BucketOpLabels { op })
+            .inc();
+    }
+
+    /// A bucket operation skipped while the bucket backs off.
+    pub fn bucket_skip(&self, op: &'static str) {
+        self.bucket_skipped
+            .get_or_create(&BucketOpLabels { op })
+            .inc();
     }
 
     /// An upstream-checked access decision (`proxy::access`).

@@ -66,6 +66,22 @@ pub const H2_MAX_PENDING_RESETS: usize = 20;
 /// Concurrent upstream blob transfers; more wait for a slot.
 pub const MAX_FETCHES: usize = 64;
 
+// ---------------------------------------------------------------- [bucket]
+
+/// The region requests are signed for when none is set (AWS's default;
+/// Garage's is whatever its `s3_region` says, often `garage`).
+pub const BUCKET_REGION: &str = "us-east-1";
+/// Multipart part size: S3's minimum is 5 MiB; 8 MiB is what the AWS CLI uses.
+pub const BUCKET_PART_SIZE: usize = 8 * 1024 * 1024;
+/// Uploads at once: bounds upload memory at this × the part size (64 MiB).
+pub const BUCKET_MAX_UPLOADS: usize = 8;
+/// After a bucket error, how long the bucket is skipped (reads go upstream,
+/// uploads are skipped): a dead endpoint costs one timeout per window, not one
+/// per request.
+pub const BUCKET_BACKOFF: Duration = Duration::from_secs(30);
+/// A bucket request's whole time, connect included.
+pub const BUCKET_TIMEOUT: Duration = Duration::from_secs(30);
+
 // ------------------------------------------- what bounds memory (not configurable)
 // Every in-memory map is an `ExpiringMap` (src/bounded.rs) with one of these
 // capacities. Losing an entry at the bound costs at most one upstream request.

@@ -9,9 +9,11 @@
 //! - [`raw`]: the file as written; [`overrides`]: the flags that beat it;
 //! - [`upstream`]: one upstream registry; [`freshness`]: its freshness policy;
 //! - `units`: durations and sizes; [`tls`]: the client port's certificate;
-//! - [`limits`]: what clients may cost; [`webhook`]: the admission webhook.
+//! - [`limits`]: what clients may cost; [`webhook`]: the admission webhook;
+//! - [`bucket`]: the shared S3 bucket behind the local store.
 
 pub mod access;
+pub mod bucket;
 pub mod defaults;
 pub mod freshness;
 pub mod limits;
@@ -24,6 +26,7 @@ pub mod upstream;
 pub mod webhook;
 
 pub use access::{AccessPolicy, UpstreamTls};
+pub use bucket::BucketConfig;
 pub use freshness::{Freshness, FreshnessPolicy, Rule};
 pub use limits::Limits;
 pub use overrides::Overrides;
@@ -74,6 +77,8 @@ pub struct Config {
     pub webhook: Option<webhook::WebhookConfig>,
     /// What clients may cost.
     pub limits: Limits,
+    /// The shared bucket, when configured.
+    pub bucket: Option<BucketConfig>,
 }
 
 /// How logs are written.
@@ -243,6 +248,7 @@ impl Config {
             client_auth,
             webhook: raw.webhook.as_ref().map(webhook::from_raw).transpose()?,
             limits: limits::from_raw(&raw.limits)?,
+            bucket: raw.bucket.as_ref().map(bucket::from_raw).transpose()?,
             tls: tls::server_config(
                 o.tls_cert.or(raw.tls_cert).as_deref(),
                 o.tls_key.or(raw.tls_key).as_deref(),

@@ -54,6 +54,38 @@ pub struct RawConfig {
     /// What clients may cost: connections, request heads, HTTP/2, fetches.
     #[serde(default)]
     pub limits: RawLimits,
+    /// A shared S3 bucket behind the local store; off when absent.
+    pub bucket: Option<RawBucket>,
+}
+
+/// `[bucket]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawBucket {
+    /// The S3 endpoint URL.
+    pub endpoint: String,
+    /// The bucket's name.
+    pub bucket: String,
+    /// The signing region.
+    pub region: Option<String>,
+    /// A key prefix (several Ferry clusters in one bucket).
+    pub prefix: Option<String>,
+    /// Path-style URLs (default) or virtual-hosted ones.
+    pub path_style: Option<bool>,
+    /// The access key id from this environment variable…
+    pub access_key_env: Option<String>,
+    /// …or this file.
+    pub access_key_file: Option<PathBuf>,
+    /// The secret key from this environment variable…
+    pub secret_key_env: Option<String>,
+    /// …or this file.
+    pub secret_key_file: Option<PathBuf>,
+    /// Multipart part size, e.g. `"8MiB"`.
+    pub part_size: Option<String>,
+    /// Uploads at once.
+    pub max_uploads: Option<usize>,
+    /// How long the bucket is left alone after an error.
+    pub backoff: Option<RawDuration>,
 }
 
 /// `[limits]`.

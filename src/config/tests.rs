@@ -228,3 +228,68 @@ fn access_tls_admin_and_client_scopes_are_checked_before_serving() {
         .unwrap()
         .allows(Some("Bearer 0123456789abcdef0123")));
 }
+
+#[test]
+fn a_bucket_is_validated_and_its_secret_never_printed() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("key");
+    let secret = dir.path().join("secret");
+    std::fs::write(&key, "GK123\n").unwrap();
+    std::fs::write(&secret, "s3cr3t-value\n").unwrap();
+    let creds = format!("access_key_file = {key:?}\nsecret_key_file = {secret:?}\n");
+    let c = load(&format!(
+        "[bucket]\nendpoint = \"http://127.0.0.1:3900\"\nbucket = \"ferry\"\nregion = \"garage\"\n\
+         prefix = \"/cluster-a/\"\n{creds}"
+    ))
+    .unwrap();
+    let b = c.bucket.expect("configured");
+    assert_eq!(b.endpoint.as_str(), "http://127.0.0.1:3900/");
+    assert_eq!((b.bucket.as_str(), b.region.as_str()), ("ferry", "garage"));
+    assert_eq!(b.prefix, "cluster-a/");
+    assert_eq!(
+        (b.access_key.as_str(), b.secret_key.as_str()),
+        ("GK123", "s3cr3t-value")
+    );
+    assert!(b.path_style);
+    assert_eq!(b.part_size, defaults::BUCKET_PART_SIZE);
+    assert_eq!(b.max_uploads, defaults::BUCKET_MAX_UPLOADS);
+    assert_eq!(b.backoff, defaults::BUCKET_BACKOFF);
+    assert!(
+        !format!("{b:?}").contains("s3cr3t"),
+        "the secret is redacted"
+    );
+    assert!(load("").unwrap().bucket.is_none(), "off unless configured");
+
+    let base = "[bucket]\nendpoint = \"http://127.0.0.1:3900\"\nbucket = \"ferry\"\n";
+    for (bad, says) in [
+        (format!("{base}{creds}part_size = \"4MiB\"\n"), "part_size"),
+        (format!("{base}{creds}max_uploads = 0\n"), "max_uploads"),
+        (
+            format!("{base}{creds}backoff = \"soon\"\n"),
+            "bucket.backoff",
+        ),
+        (
+            format!("{base}{creds}prefix = \"a/../b\"\n"),
+            "bucket.prefix",
+        ),
+        (format!("{base}{creds}colour = \"blue\"\n"), "colour"),
+        (
+            format!("[bucket]\nendpoint = \"ftp://x\"\nbucket = \"ferry\"\n{creds}"),
+            "bucket.endpoint",
+        ),
+        (
+            format!("[bucket]\nendpoint = \"http://x\"\nbucket = \"No_Such\"\n{creds}"),
+            "bucket.bucket",
+        ),
+        (
+            format!(
+                "{base}access_key_env = \"FERRY_TEST_UNSET_VAR\"\nsecret_key_file = {secret:?}\n"
+            ),
+            "FERRY_TEST_UNSET_VAR",
+        ),
+        (format!("{base}{creds}access_key_env = \"X\"\n"), "not both"),
+    ] {
+        let e = load(&bad).expect_err(&bad).to_string();
+        assert!(e.contains(says), "{bad}: {e}");
+    }
+}

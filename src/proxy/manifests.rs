@@ -1,9 +1,13 @@
 //! Manifests by digest: immutable, so once stored they are served without
-//! asking upstream. A miss is fetched once (single-flight), verified against
-//! its digest, and kept byte for byte with its upstream media type.
+//! asking upstream. A miss is looked up in the shared bucket, else fetched
+//! upstream, once (single-flight); either way it is verified against its
+//! digest and kept byte for byte with its upstream media type. A manifest
+//! fetched upstream is also put in the bucket (in the background, when an
+//! upload slot is free), for the other replicas.
 
 use super::error::{Error, Result};
 use super::flight::SingleFlight;
+use crate::bucket::{Bucket, Object};
 use crate::metrics::{Kind, Metrics};
 use crate::oci::media::{self, MAX_MANIFEST_BYTES};
 use crate::oci::{Digest, Tag};
@@ -29,15 +33,23 @@ pub(crate) struct Manifests {
     metrics: Arc<Metrics>,
     /// One upstream `GET` per digest at a time.
     flights: SingleFlight<Digest, Result<StoredManifest>>,
+    /// The shared bucket, when configured.
+    bucket: Option<Arc<Bucket>>,
 }
 
 impl Manifests {
-    pub fn new(store: Store, metrics: Arc<Metrics>) -> Manifests {
+    pub fn new(store: Store, metrics: Arc<Metrics>, bucket: Option<Arc<Bucket>>) -> Manifests {
         Manifests {
             store,
             metrics,
             flights: SingleFlight::default(),
+            bucket,
         }
+    }
+
+    /// Whether a shared bucket may hold manifests other replicas fetched.
+    pub fn shared(&self) -> bool {
+        self.bucket.is_some()
     }
 
     /// The manifest with this digest, from the store or (once) from upstream.
@@ -58,6 +70,9 @@ impl Manifests {
                 if let Some(m) = this.stored(&digest2) {
                     return Ok(m);
                 }
+                if let Some(m) = this.in_bucket(&digest2).await {
+                    return Ok(m);
+                }
                 let fetched = target2
                     .upstream
                     .get_manifest(&target2.repo, digest2.as_str())
@@ -68,7 +83,9 @@ impl Manifests {
                         "upstream sent a manifest that does not match {digest2}"
                     )));
                 }
-                this.keep(&digest2, fetched.content_type.as_deref(), fetched.body)
+                let kept = this.keep(&digest2, fetched.content_type.as_deref(), fetched.body)?;
+                this.share(&digest2, &kept);
+                Ok(kept)
             })
             .await;
         if joined {
@@ -85,6 +102,7 @@ impl Manifests {
             .await?;
         let digest = self.digest_of(&fetched)?;
         let stored = self.keep(&digest, fetched.content_type.as_deref(), fetched.body)?;
+        self.share(&digest, &stored);
         Ok(ManifestMeta {
             digest,
             size: stored.body.len() as u64,
@@ -108,6 +126,42 @@ impl Manifests {
             }
             None => Ok(Digest::sha256_of(&fetched.body)),
         }
+    }
+
+    /// The manifest from the shared bucket, verified and kept locally; `None`
+    /// when the bucket has none (or a bad one, which is deleted).
+    async fn in_bucket(&self, digest: &Digest) -> Option<StoredManifest> {
+        let bucket = self.bucket.as_ref()?;
+        let (media_type, body) = bucket.read_manifest(digest).await?;
+        if !digest.verifies(&body) {
+            self.metrics.integrity_failures.inc();
+            bucket.remove(Object::Manifest, digest).await;
+            return None;
+        }
+        match self.keep(digest, media_type.as_deref(), body) {
+            Ok(m) => Some(m),
+            Err(e) => {
+                tracing::warn!(%digest, error = %e, "bucket manifest not usable; asking upstream");
+                None
+            }
+        }
+    }
+
+    /// Puts a manifest fetched upstream in the bucket, in the background.
+    fn share(&self, digest: &Digest, m: &StoredManifest) {
+        let Some(bucket) = self.bucket.clone() else {
+            return;
+        };
+        let Some(slot) = bucket.upload_slot(Object::Manifest) else {
+            return;
+        };
+        let (digest, m) = (digest.clone(), m.clone());
+        tokio::spawn(async move {
+            let _slot = slot;
+            bucket
+                .put(Object::Manifest, &digest, m.body, Some(&m.media_type))
+                .await;
+        });
     }
 
     /// A stored manifest; a store that cannot be read is a miss (upstream still answers).

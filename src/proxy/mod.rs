@@ -53,6 +53,7 @@ pub use tag_events::{EventReport, Outcome};
 pub use tag_lists::TagListAnswer;
 pub use tags::{Resolved, Source};
 
+use crate::bucket::Bucket;
 use crate::clock::Clock;
 use crate::config::defaults;
 use crate::metrics::{Metrics, StoreGauges};
@@ -101,16 +102,22 @@ pub struct Proxy {
 }
 
 impl Proxy {
-    /// The cache over `store`, asking the upstreams `router` knows, with at
-    /// most `max_fetches` upstream blob transfers at once.
+    /// The cache over `store` (and the shared `bucket`, if any), asking the
+    /// upstreams `router` knows, with at most `max_fetches` upstream blob
+    /// transfers at once.
     pub fn new(
         store: Store,
+        bucket: Option<Arc<Bucket>>,
         router: Router,
         metrics: Arc<Metrics>,
         clock: Clock,
         max_fetches: usize,
     ) -> Proxy {
-        let manifests = Arc::new(Manifests::new(store.clone(), metrics.clone()));
+        let manifests = Arc::new(Manifests::new(
+            store.clone(),
+            metrics.clone(),
+            bucket.clone(),
+        ));
         let health = Arc::new(StoreHealth::new(clock.clone(), metrics.clone()));
         Proxy {
             tags: Arc::new(Tags::new(
@@ -126,6 +133,7 @@ impl Proxy {
                 health,
                 clock.clone(),
                 max_fetches,
+                bucket,
             )),
             tag_lists: TagLists::new(
                 Budget::DEFAULT,

@@ -1,10 +1,12 @@
 //! Test harness: a real Ferry on `127.0.0.1:0` in front of a [`FakeRegistry`].
 
+pub mod bucket;
 pub mod fake;
 pub mod hostile;
 pub mod process;
 pub mod tls;
 
+pub use bucket::TestBucket;
 pub use fake::{sha256, Auth, FakeRegistry};
 pub use hostile::{Answer, Hostile};
 pub use process::FerryProcess;
@@ -81,7 +83,44 @@ impl Proxied {
         Self::with_toml(upstream, &toml).await
     }
 
+    /// Ferry with `upstream` as its default upstream and `bucket` as its
+    /// `[bucket]` (replicas started on one bucket share it), plus extra
+    /// `[bucket]` keys in `bucket_toml`.
+    pub async fn on_bucket(
+        upstream: &FakeRegistry,
+        bucket: Arc<TestBucket>,
+        bucket_toml: &str,
+    ) -> Proxied {
+        let dir = Arc::new(tempfile::tempdir().unwrap());
+        let key = dir.path().join("s3-key");
+        std::fs::write(&key, "test-key").unwrap();
+        let toml = format!(
+            "[bucket]\nendpoint = \"http://127.0.0.1:9\"\nbucket = \"ferry\"\n\
+             access_key_file = {key:?}\nsecret_key_file = {key:?}\n{bucket_toml}"
+        );
+        let config = Config::from_raw(
+            RawConfig::from_toml(&toml).unwrap(),
+            Overrides {
+                listen: Some("127.0.0.1:0".into()),
+                data_dir: Some(dir.path().join("data")),
+                upstream: Some(upstream.url()),
+                ..Overrides::default()
+            },
+        )
+        .unwrap();
+        Self::start_with(config, dir, Clock::manual(), Some(bucket)).await
+    }
+
     pub async fn from_config(config: Config, dir: Arc<tempfile::TempDir>, clock: Clock) -> Proxied {
+        Self::start_with(config, dir, clock, None).await
+    }
+
+    async fn start_with(
+        config: Config,
+        dir: Arc<tempfile::TempDir>,
+        clock: Clock,
+        bucket: Option<Arc<TestBucket>>,
+    ) -> Proxied {
         // `TEST_LOG=debug cargo test -- --nocapture` shows Ferry's logs.
         let _ = tracing_subscriber::fmt()
             .with_env_filter(tracing_subscriber::EnvFilter::from_env("TEST_LOG"))
@@ -99,7 +138,10 @@ impl Proxied {
         let addr = listeners.client.local_addr().unwrap();
         let admin_addr = listeners.admin.as_ref().map(|l| l.local_addr().unwrap());
         let webhook_addr = listeners.webhook.as_ref().map(|l| l.local_addr().unwrap());
-        let ferry = Ferry::open_with_clock(config, clock.clone()).unwrap();
+        let ferry = match bucket {
+            Some(b) => Ferry::open_with_bucket(config, clock.clone(), b).unwrap(),
+            None => Ferry::open_with_clock(config, clock.clone()).unwrap(),
+        };
         let proxy = ferry.proxy().clone();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let done = tokio::spawn(async move {

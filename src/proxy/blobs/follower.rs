@@ -47,15 +47,20 @@ pub(crate) struct Fallback {
 
 struct Follower {
     rx: watch::Receiver<FetchState>,
+    /// Where this stream began.
     start: u64,
+    /// The next byte it sends.
     pos: u64,
     /// Exclusive end of the bytes this response carries, when known.
     end: Option<u64>,
-    fallback: Fallback,
+    /// How to go on if the disk fails under the fetch; `None`: fail instead.
+    fallback: Option<Fallback>,
     /// Set once the response continues straight from upstream.
     relay: Option<ByteStream>,
+    /// Ended (an error was yielded).
     done: bool,
-    _gauge: WaiterGauge,
+    /// Client responses only.
+    _gauge: Option<WaiterGauge>,
 }
 
 /// A response body streaming bytes `[start, end)` of an in-flight fetch.
@@ -65,16 +70,36 @@ pub(crate) fn follow(
     end: Option<u64>,
     fallback: Fallback,
 ) -> ByteStream {
-    let f = Follower {
+    let gauge = WaiterGauge::new(fallback.metrics.clone());
+    stream(Follower {
         rx,
         start,
         pos: start,
         end,
-        _gauge: WaiterGauge::new(fallback.metrics.clone()),
-        fallback,
+        fallback: Some(fallback),
         relay: None,
         done: false,
-    };
+        _gauge: Some(gauge),
+    })
+}
+
+/// The whole blob of an in-flight fetch, for the bucket upload: like a
+/// response (the last byte held until the digest checks), but it never turns
+/// to upstream by itself and is not counted as a client.
+pub(crate) fn follow_for_upload(rx: watch::Receiver<FetchState>, total: Option<u64>) -> ByteStream {
+    stream(Follower {
+        rx,
+        start: 0,
+        pos: 0,
+        end: total,
+        fallback: None,
+        relay: None,
+        done: false,
+        _gauge: None,
+    })
+}
+
+fn stream(f: Follower) -> ByteStream {
     Box::pin(futures_util::stream::unfold(f, |mut f| async move {
         if f.done {
             return None;
@@ -152,10 +177,12 @@ impl Follower {
     /// upstream at its own position. A whole-body response stays verified: the
     /// bytes already sent are re-hashed from the temp file (still open here).
     async fn continue_from_upstream(&mut self, s: &FetchState) -> io::Result<Option<Bytes>> {
+        let Some(f) = &self.fallback else {
+            return Err(io::Error::other("the local disk failed under the fetch"));
+        };
         let prefix = match (&s.file, self.start) {
             (Some(file), 0) => {
-                let (file, upto, algorithm) =
-                    (file.clone(), self.pos, self.fallback.digest.algorithm());
+                let (file, upto, algorithm) = (file.clone(), self.pos, f.digest.algorithm());
                 let hasher = tokio::task::spawn_blocking(move || {
                     let mut h = ferry_storage::Hasher::new(algorithm);
                     let mut at = 0;
@@ -173,7 +200,6 @@ impl Follower {
             }
             _ => None,
         };
-        let f = &self.fallback;
         let (_, mut relay) = relay::passthrough(
             &f.target,
             &f.digest,

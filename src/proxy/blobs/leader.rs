@@ -3,18 +3,28 @@
 //! every response follows. The bytes are released in full only once they
 //! verify; then the blob is made durable and indexed, and the fetch deregisters.
 //!
-//! The network read is pipelined against a writer thread: upstream chunks are
+//! The bytes come from the shared bucket when it has the blob, else from
+//! upstream; either way they are hashed like anything else, and a bucket
+//! object that fails its digest is deleted (the next miss fetches upstream).
+//! A blob fetched from upstream is uploaded to the bucket by one more follower
+//! ([`super::upload`]), which completes only once the digest has checked.
+//!
+//! The network read is pipelined against a writer thread: chunks are
 //! gathered into batches and appended with `writev` (the store hashes them on a
 //! thread of its own), so receiving, writing and hashing overlap.
 
 use super::inflight::Registration;
 use super::progress::{FetchFailure, FetchState, Phase, RecentBytes};
+use super::{follower, upload};
+use crate::bucket::{Bucket, Object};
 use crate::metrics::Metrics;
 use crate::oci::Digest;
 use crate::proxy::store_health::StoreHealth;
-use crate::upstream::Target;
+use crate::upstream::{Target, Upstream};
 use bytes::Bytes;
 use ferry_storage::{BlobWriter, Store};
+use futures_util::stream::BoxStream;
+use futures_util::StreamExt;
 use std::io;
 use std::sync::Arc;
 use tokio::sync::{mpsc, watch};
@@ -36,6 +46,46 @@ pub(crate) struct Context {
     /// Upstream transfers at once (`limits.max_fetches`); a fetch waits for a
     /// slot before asking upstream, its clients with it.
     pub slots: Arc<tokio::sync::Semaphore>,
+    /// The shared bucket, when configured.
+    pub bucket: Option<Arc<Bucket>>,
+}
+
+/// Where a fetch's bytes come from.
+enum Body {
+    /// The shared bucket (another replica fetched it before).
+    Bucket(BoxStream<'static, io::Result<Bytes>>),
+    /// The upstream registry.
+    Upstream(reqwest::Response),
+}
+
+impl Body {
+    async fn next_chunk(&mut self, upstream: &Upstream) -> Result<Option<Bytes>, String> {
+        match self {
+            Body::Bucket(s) => s.next().await.transpose().map_err(|e| e.to_string()),
+            Body::Upstream(r) => upstream.next_chunk(r).await.map_err(|e| e.to_string()),
+        }
+    }
+}
+
+/// Opens the blob at `offset`: from the bucket if it has it (`try_bucket`),
+/// else from upstream. The blob's total size, when known, and its bytes.
+async fn open(
+    cx: &Context,
+    target: &Target,
+    digest: &Digest,
+    offset: u64,
+    try_bucket: bool,
+) -> Result<(Option<u64>, Body), crate::upstream::UpstreamError> {
+    if let Some(bucket) = cx.bucket.as_ref().filter(|_| try_bucket) {
+        if let Some(read) = bucket.read_blob(digest, offset).await {
+            return Ok((Some(read.total), Body::Bucket(read.body)));
+        }
+    }
+    let resp = target
+        .upstream
+        .get_blob(&target.repo, digest, offset)
+        .await?;
+    Ok((resp.total, Body::Upstream(resp.response)))
 }
 
 /// Starts the leader task for `digest`, publishing on `tx`. The registration
@@ -95,11 +145,12 @@ async fn download(
             slot.map_err(|_| FetchFailure::StoreUnavailable)?
         }
     };
-    let mut resp = upstream
-        .get_blob(&target.repo, digest, 0)
+    let (total, mut body) = open(cx, target, digest, 0, true)
         .await
         .map_err(|e| FetchFailure::Upstream(e.into()))?;
-    let total = resp.total;
+    // Some bytes came from the bucket: a mismatch means its object is bad.
+    let used_bucket = matches!(body, Body::Bucket(_));
+    let mut reading_bucket = used_bucket;
     let store = cx.store.clone();
     let d = digest.clone();
     let writer = match tokio::task::spawn_blocking(move || store.begin_blob(&d)).await {
@@ -115,12 +166,15 @@ async fn download(
         s.total = total;
         s.file = Some(writer.reader());
     });
+    if !used_bucket {
+        start_upload(cx, digest, total, tx);
+    }
 
     let mut sink = Sink::start(writer, tx.clone());
     let mut received = 0u64;
     let mut resumes = 0;
     loop {
-        let step = upstream.next_chunk(&mut resp.response).await;
+        let step = body.next_chunk(upstream).await;
         let dropped = match step {
             Ok(Some(chunk)) => {
                 cx.metrics.bytes_fetched.inc_by(chunk.len() as u64);
@@ -128,15 +182,15 @@ async fn download(
                 if total.is_some_and(|t| received > t) {
                     cx.metrics.integrity_failures.inc();
                     return Err(FetchFailure::Broken(
-                        "upstream sent more bytes than its Content-Length".into(),
+                        "the source sent more bytes than its Content-Length".into(),
                     ));
                 }
                 sink.push(chunk, cx).await?;
                 continue;
             }
             Ok(None) if total.is_none_or(|t| received == t) => break,
-            Ok(None) => "upstream closed the body early".to_string(),
-            Err(e) => e.to_string(),
+            Ok(None) => "the source closed the body early".to_string(),
+            Err(e) => e,
         };
         if resumes == MAX_RESUMES {
             return Err(FetchFailure::Broken(format!(
@@ -146,18 +200,38 @@ async fn download(
         resumes += 1;
         cx.metrics.fetch_resumes.inc();
         tracing::info!(%digest, offset = received, "resuming blob transfer: {dropped}");
-        resp = upstream
-            .get_blob(&target.repo, digest, received)
+        // A blob read from the bucket goes on from the bucket (or upstream, if
+        // the bucket fails now); one read from upstream stays with upstream.
+        let (resumed_total, resumed) = open(cx, target, digest, received, reading_bucket)
             .await
             .map_err(|e| FetchFailure::Broken(format!("resume failed: {e}")))?;
-        if resp.total.is_some() && total.is_some() && resp.total != total {
+        if resumed_total.is_some() && total.is_some() && resumed_total != total {
             return Err(FetchFailure::Broken(
                 "resume answered a different size".into(),
             ));
         }
+        reading_bucket = matches!(resumed, Body::Bucket(_));
+        body = resumed;
     }
     let writer = sink.finish(cx).await?;
-    commit(writer, total, digest, cx, tx).await
+    let committed = commit(writer, total, digest, cx, tx).await;
+    if let (Err(FetchFailure::Broken(_)), Some(bucket)) = (&committed, &cx.bucket) {
+        if used_bucket {
+            bucket.remove(Object::Blob, digest).await;
+        }
+    }
+    committed
+}
+
+/// Uploads the blob to the bucket beside the download, when there is a bucket
+/// and a free upload slot (otherwise the upload is skipped and counted).
+fn start_upload(cx: &Context, digest: &Digest, total: Option<u64>, tx: &watch::Sender<FetchState>) {
+    let Some(bucket) = &cx.bucket else { return };
+    let Some(slot) = bucket.upload_slot(Object::Blob) else {
+        return;
+    };
+    let body = follower::follow_for_upload(tx.subscribe(), total);
+    upload::start(bucket.clone(), slot, digest.clone(), body);
 }
 
 /// The writing side of a fetch. Upstream chunks are gathered into batches and

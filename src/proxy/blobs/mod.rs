@@ -4,8 +4,10 @@
 //! 1. [`stored`]: a committed blob is streamed from its file (ranges too);
 //! 2. [`inflight`]: otherwise the fetch of that digest in flight is joined, or
 //!    one is registered;
-//! 3. [`leader`]: the registered fetch's task downloads into a temp file,
-//!    hashing as it writes, and commits only what verifies;
+//! 3. [`leader`]: the registered fetch's task downloads (from the shared
+//!    bucket if it has the blob, else upstream) into a temp file, hashing as
+//!    it writes, and commits only what verifies; [`upload`] puts a blob
+//!    fetched upstream in the bucket, completed only once it verified;
 //! 4. [`follower`]: each response streams from that fetch as the bytes land;
 //! 5. [`relay`]: while the disk is failing, blobs stream from upstream uncached.
 //!
@@ -24,6 +26,7 @@ mod pread;
 mod progress;
 mod relay;
 mod stored;
+mod upload;
 
 pub use body::ByteStream;
 
@@ -31,6 +34,7 @@ use super::error::{Error, Result};
 use super::flight::SingleFlight;
 use super::store_health::StoreHealth;
 use crate::bounded::ExpiringMap;
+use crate::bucket::Bucket;
 use crate::clock::Clock;
 use crate::config::defaults;
 use crate::metrics::{Kind, Metrics};
@@ -76,6 +80,7 @@ impl Blobs {
         health: Arc<StoreHealth>,
         clock: Clock,
         max_fetches: usize,
+        bucket: Option<Arc<Bucket>>,
     ) -> Blobs {
         Blobs {
             cx: leader::Context {
@@ -83,6 +88,7 @@ impl Blobs {
                 metrics,
                 health,
                 slots: Arc::new(tokio::sync::Semaphore::new(max_fetches)),
+                bucket,
             },
             inflight: Arc::default(),
             heads: SingleFlight::default(),
@@ -221,9 +227,9 @@ impl Blobs {
         }
     }
 
-    /// Upstream's answer to a `HEAD` of the blob (its size; `None`: upstream
-    /// did not say), asked once however many want it: joined while in flight,
-    /// remembered for [`defaults::BLOB_HEAD_MEMORY`] after.
+    /// The blob's size from the shared bucket, else from an upstream `HEAD`
+    /// (`None`: upstream did not say), asked once however many want it:
+    /// joined while in flight, remembered for [`defaults::BLOB_HEAD_MEMORY`] after.
     pub async fn head_upstream(&self, target: &Target, digest: &Digest) -> Result<Option<u64>> {
         let key: HeadKey = (
             target.upstream.name().to_string(),
@@ -234,11 +240,12 @@ impl Blobs {
             self.cx.metrics.coalesced.inc();
             return Ok(Some(size));
         }
-        let (t, sizes, clock, k) = (
+        let (t, sizes, clock, k, bucket) = (
             target.clone(),
             self.sizes.clone(),
             self.clock.clone(),
             key.clone(),
+            self.cx.bucket.clone(),
         );
         let (result, joined) = self
             .heads
@@ -247,7 +254,14 @@ impl Blobs {
                 if let Some(&size) = sizes.lock().get(&k, clock.now_ms()) {
                     return Ok(Some(size));
                 }
-                let size = t.upstream.head_blob(&t.repo, &k.2).await?;
+                let in_bucket = match &bucket {
+                    Some(b) => b.blob_size(&k.2).await,
+                    None => None,
+                };
+                let size = match in_bucket {
+                    Some(size) => Some(size),
+                    None => t.upstream.head_blob(&t.repo, &k.2).await?,
+                };
                 if let Some(size) = size {
                     let now = clock.now_ms();
                     let until = now.saturating_add(defaults::BLOB_HEAD_MEMORY.as_millis() as u64);

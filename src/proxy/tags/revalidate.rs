@@ -27,7 +27,11 @@ impl Tags {
         want_body: bool,
     ) -> Result<Resolved> {
         let asked_at = self.clock.now_ms();
-        let fresh = if record.is_none() && want_body {
+        // A tag never seen, whose body the client wants: one upstream `GET`
+        // instead of `HEAD` + `GET`, unless a shared bucket may hold the body
+        // (another replica fetched it): then `HEAD`, which Docker Hub does not
+        // count as a pull, and the body by digest from the bucket.
+        let fresh = if record.is_none() && want_body && !self.manifests.shared() {
             self.manifests.by_tag(target, tag).await
         } else {
             self.head(target, tag, record.as_ref()).await

@@ -1,0 +1,356 @@
+//! The shared bucket (`[bucket]`): an S3-compatible object store every
+//! replica reads and writes, as a second tier behind the local store. A thin
+//! wrapper over `object_store`'s S3 client (or any `ObjectStore`: tests use
+//! the in-memory one).
+//!
+//! Keys are content-addressed, so any replica may write one, and writing it
+//! twice writes the same bytes:
+//! - `<prefix>blobs/sha256/<hex>`;
+//! - `<prefix>manifests/sha256/<hex>`, with the upstream media type as its
+//!   `Content-Type`.
+//!
+//! Nothing else goes in the bucket: no tag records, no state, no locks.
+//! Ferry never trusts what it reads here: the cache hashes every object it
+//! reads before keeping it, and deletes one that fails ([`Bucket::remove`]).
+//! It writes only what has verified (see `proxy::blobs::upload`).
+//!
+//! An outage costs nothing but coverage ([`health`]): after an error the
+//! bucket is left alone for a back-off window (reads go upstream, uploads are
+//! skipped), and readiness never depends on it.
+
+mod health;
+
+use crate::clock::Clock;
+use crate::config::{defaults, BucketConfig};
+use crate::metrics::Metrics;
+use crate::oci::Digest;
+use bytes::Bytes;
+use futures_util::stream::BoxStream;
+use futures_util::{StreamExt, TryStreamExt};
+use health::Health;
+use object_store::aws::{AmazonS3Builder, S3ConditionalPut};
+use object_store::path::Path;
+use object_store::{
+    Attribute, AttributeValue, Attributes, ClientOptions, GetOptions, GetRange, MultipartUpload,
+    ObjectStore, ObjectStoreExt, PutOptions, PutPayload, RetryConfig,
+};
+use std::io;
+use std::sync::Arc;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+/// What a key holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Object {
+    /// A blob (layer, config).
+    Blob,
+    /// A manifest or index.
+    Manifest,
+}
+
+impl Object {
+    /// The metrics label.
+    pub fn label(self) -> &'static str {
+        match self {
+            Object::Blob => "blob",
+            Object::Manifest => "manifest",
+        }
+    }
+
+    fn folder(self) -> &'static str {
+        match self {
+            Object::Blob => "blobs",
+            Object::Manifest => "manifests",
+        }
+    }
+}
+
+/// A blob's bytes from the bucket: its size and a stream from the offset asked.
+pub struct BlobRead {
+    /// The object's whole size.
+    pub total: u64,
+    /// The bytes from the offset to the end.
+    pub body: BoxStream<'static, io::Result<Bytes>>,
+}
+
+/// The bucket, its health and its upload slots.
+pub struct Bucket {
+    store: Arc<dyn ObjectStore>,
+    /// `""` or ending in `/`.
+    prefix: String,
+    part_size: usize,
+    /// One permit per upload at once (`max_uploads`).
+    uploads: Arc<Semaphore>,
+    health: Health,
+    metrics: Arc<Metrics>,
+}
+
+impl Bucket {
+    /// The S3 client for `config`. Builds no connection: nothing is asked of
+    /// the bucket until the first miss, so a bucket that is down does not
+    /// keep Ferry from starting.
+    pub fn connect(
+        config: &BucketConfig,
+        metrics: Arc<Metrics>,
+        clock: Clock,
+    ) -> Result<Bucket, object_store::Error> {
+        let endpoint = config.endpoint.as_str().trim_end_matches('/');
+        let s3 = AmazonS3Builder::new()
+            .with_endpoint(endpoint)
+            .with_allow_http(config.endpoint.scheme() == "http")
+            .with_region(&config.region)
+            .with_bucket_name(&config.bucket)
+            .with_virtual_hosted_style_request(!config.path_style)
+            .with_access_key_id(&config.access_key)
+            .with_secret_access_key(&config.secret_key)
+            // Keys are content-addressed and always overwritten with the same
+            // bytes; a conditional put would be silently ignored by Garage.
+            .with_conditional_put(S3ConditionalPut::Disabled)
+            .with_client_options(
+                ClientOptions::new()
+                    .with_timeout(defaults::BUCKET_TIMEOUT)
+                    .with_connect_timeout(defaults::CONNECT_TIMEOUT),
+            )
+            // One quick retry; past that the back-off window takes over.
+            .with_retry(RetryConfig {
+                max_retries: 1,
+                retry_timeout: defaults::BUCKET_TIMEOUT,
+                ..RetryConfig::default()
+            })
+            .build()?;
+        Ok(Bucket::over(Arc::new(s3), config, metrics, clock))
+    }
+
+    /// A bucket over any object store (tests use `object_store`'s in-memory one).
+    pub fn over(
+        store: Arc<dyn ObjectStore>,
+        config: &BucketConfig,
+        metrics: Arc<Metrics>,
+        clock: Clock,
+    ) -> Bucket {
+        Bucket {
+            store,
+            prefix: config.prefix.clone(),
+            part_size: config.part_size,
+            uploads: Arc::new(Semaphore::new(config.max_uploads)),
+            health: Health::new(config.backoff, clock),
+            metrics,
+        }
+    }
+
+    /// The key of `digest` as `object`.
+    pub fn key(&self, object: Object, digest: &Digest) -> Path {
+        Path::from(format!(
+            "{}{}/{}/{}",
+            self.prefix,
+            object.folder(),
+            digest.algorithm().as_str(),
+            digest.hex()
+        ))
+    }
+
+    /// Multipart part size.
+    pub fn part_size(&self) -> usize {
+        self.part_size
+    }
+
+    /// Whether the bucket may be asked now (not backing off after an error);
+    /// counts a skip of `op` when not.
+    fn usable(&self, op: &'static str) -> bool {
+        let ok = self.health.usable();
+        if !ok {
+            self.metrics.bucket_skip(op);
+        }
+        ok
+    }
+
+    /// An error: counted, logged, and the bucket backs off.
+    fn failed(&self, op: &'static str, what: &str, e: &object_store::Error) {
+        self.metrics.bucket_error(op);
+        self.health.failed(&format!("{what}: {e}"));
+    }
+
+    /// The size of the blob if the bucket has it; `None` when it does not,
+    /// or cannot be asked (the miss goes upstream).
+    pub async fn blob_size(&self, digest: &Digest) -> Option<u64> {
+        if !self.usable("read") {
+            return None;
+        }
+        let found = match self.store.head(&self.key(Object::Blob, digest)).await {
+            Ok(meta) => Some(meta.size),
+            Err(object_store::Error::NotFound { .. }) => None,
+            Err(e) => {
+                self.failed("read", "HEAD of a blob", &e);
+                return None;
+            }
+        };
+        self.metrics.bucket_read("blob", found.is_some());
+        self.health.succeeded();
+        found
+    }
+
+    /// The blob's bytes from `offset`, if the bucket has it.
+    pub async fn read_blob(&self, digest: &Digest, offset: u64) -> Option<BlobRead> {
+        if !self.usable("read") {
+            return None;
+        }
+        let options = GetOptions {
+            range: (offset > 0).then_some(GetRange::Offset(offset)),
+            ..GetOptions::default()
+        };
+        let got = match self
+            .store
+            .get_opts(&self.key(Object::Blob, digest), options)
+            .await
+        {
+            Ok(got) => got,
+            Err(object_store::Error::NotFound { .. }) => {
+                self.metrics.bucket_read("blob", false);
+                return None;
+            }
+            Err(e) => {
+                self.failed("read", "GET of a blob", &e);
+                return None;
+            }
+        };
+        self.metrics.bucket_read("blob", true);
+        self.health.succeeded();
+        let total = got.meta.size;
+        let metrics = self.metrics.clone();
+        let body = got
+            .into_stream()
+            .map_ok(move |b| {
+                metrics.bucket_bytes_read.inc_by(b.len() as u64);
+                b
+            })
+            .map_err(io::Error::other)
+            .boxed();
+        Some(BlobRead { total, body })
+    }
+
+    /// A manifest's bytes and media type, if the bucket has it.
+    pub async fn read_manifest(&self, digest: &Digest) -> Option<(Option<String>, Bytes)> {
+        if !self.usable("read") {
+            return None;
+        }
+        let key = self.key(Object::Manifest, digest);
+        let read = async {
+            let got = self.store.get(&key).await?;
+            let media_type = got
+                .attributes
+                .get(&Attribute::ContentType)
+                .map(|v| v.to_string());
+            Ok::<_, object_store::Error>((media_type, got.bytes().await?))
+        };
+        match read.await {
+            Ok((media_type, body)) => {
+                self.metrics.bucket_read("manifest", true);
+                self.metrics.bucket_bytes_read.inc_by(body.len() as u64);
+                self.health.succeeded();
+                Some((media_type, body))
+            }
+            Err(object_store::Error::NotFound { .. }) => {
+                self.metrics.bucket_read("manifest", false);
+                None
+            }
+            Err(e) => {
+                self.failed("read", "GET of a manifest", &e);
+                None
+            }
+        }
+    }
+
+    /// An upload slot, if one is free and the bucket is usable; otherwise the
+    /// upload is skipped (counted): never queued.
+    pub fn upload_slot(&self, object: Object) -> Option<OwnedSemaphorePermit> {
+        if !self.usable("write") {
+            self.metrics.bucket_upload(object.label(), "skipped");
+            return None;
+        }
+        match self.uploads.clone().try_acquire_owned() {
+            Ok(slot) => Some(slot),
+            Err(_) => {
+                self.metrics.bucket_upload(object.label(), "skipped");
+                None
+            }
+        }
+    }
+
+    /// Writes a whole verified object in one `PUT`; whether it landed.
+    pub async fn put(
+        &self,
+        object: Object,
+        digest: &Digest,
+        body: Bytes,
+        content_type: Option<&str>,
+    ) -> bool {
+        let mut attributes = Attributes::new();
+        if let Some(ct) = content_type {
+            attributes.insert(Attribute::ContentType, AttributeValue::from(ct.to_string()));
+        }
+        let options = PutOptions {
+            attributes,
+            ..PutOptions::default()
+        };
+        let len = body.len() as u64;
+        let key = self.key(object, digest);
+        match self
+            .store
+            .put_opts(&key, PutPayload::from(body), options)
+            .await
+        {
+            Ok(_) => {
+                self.wrote(object, len);
+                true
+            }
+            Err(e) => {
+                self.metrics.bucket_upload(object.label(), "failed");
+                self.failed("write", "PUT", &e);
+                false
+            }
+        }
+    }
+
+    /// Starts a multipart upload of a blob; `None` if the bucket refused.
+    pub async fn begin_upload(&self, digest: &Digest) -> Option<Box<dyn MultipartUpload>> {
+        match self
+            .store
+            .put_multipart(&self.key(Object::Blob, digest))
+            .await
+        {
+            Ok(upload) => Some(upload),
+            Err(e) => {
+                self.metrics.bucket_upload("blob", "failed");
+                self.failed("write", "starting a multipart upload", &e);
+                None
+            }
+        }
+    }
+
+    /// A completed upload of `len` bytes.
+    pub fn wrote(&self, object: Object, len: u64) {
+        self.metrics.bucket_upload(object.label(), "completed");
+        self.metrics.bucket_bytes_written.inc_by(len);
+        self.health.succeeded();
+    }
+
+    /// An upload the bucket refused part way.
+    pub fn upload_failed(&self, e: &object_store::Error) {
+        self.metrics.bucket_upload("blob", "failed");
+        self.failed("write", "multipart upload", e);
+    }
+
+    /// An upload given up because its fetch failed (nothing verified).
+    pub fn upload_aborted(&self) {
+        self.metrics.bucket_upload("blob", "aborted");
+    }
+
+    /// Deletes an object whose bytes failed their digest: the next miss
+    /// fetches it upstream again. The only delete Ferry makes.
+    pub async fn remove(&self, object: Object, digest: &Digest) {
+        let key = self.key(object, digest);
+        tracing::warn!(%digest, key = %key, "bucket object does not match its digest; deleting it");
+        if let Err(e) = self.store.delete(&key).await {
+            self.failed("delete", "DELETE of a corrupt object", &e);
+        }
+    }
+}
