@@ -96,7 +96,6 @@ impl Bucket {
         let endpoint = config.endpoint.as_str().trim_end_matches('/');
         let s3 = AmazonS3Builder::new()
             .with_endpoint(endpoint)
-            .with_allow_http(config.endpoint.scheme() == "http")
             .with_region(&config.region)
             .with_bucket_name(&config.bucket)
             .with_virtual_hosted_style_request(!config.path_style)
@@ -105,8 +104,10 @@ impl Bucket {
             // Keys are content-addressed and always overwritten with the same
             // bytes; a conditional put would be silently ignored by Garage.
             .with_conditional_put(S3ConditionalPut::Disabled)
+            // The client options replace the builder's: plain HTTP is allowed here.
             .with_client_options(
                 ClientOptions::new()
+                    .with_allow_http(config.endpoint.scheme() == "http")
                     .with_timeout(defaults::BUCKET_TIMEOUT)
                     .with_connect_timeout(defaults::CONNECT_TIMEOUT),
             )
