@@ -28,6 +28,7 @@ pub mod admission;
 pub mod bounded;
 pub mod bucket;
 pub mod clock;
+pub mod cluster;
 pub mod config;
 pub mod events;
 pub mod metrics;
@@ -45,6 +46,7 @@ pub use config::Config;
 
 use bucket::Bucket;
 use clock::Clock;
+use cluster::Cluster;
 use ferry_storage::{Store, StoreOptions};
 use metrics::Metrics;
 use proxy::Proxy;
@@ -176,9 +178,21 @@ impl Ferry {
             ),
             (None, _) => None,
         };
+        let cluster = match &config.cluster {
+            Some(c) => Some(Arc::new(
+                Cluster::new(c, metrics.clone(), clock.clone()).map_err(|source| {
+                    StartError::Client {
+                        name: "(cluster peers)".into(),
+                        source,
+                    }
+                })?,
+            )),
+            None => None,
+        };
         let proxy = Arc::new(Proxy::new(
             store,
             bucket.map(Arc::new),
+            cluster,
             router,
             metrics,
             clock,
@@ -451,8 +465,19 @@ async fn watch_certificate(certs: Arc<config::tls::CertFiles>) {
     }
 }
 
-/// Periodic upkeep: flush batched access times and keep the store in budget.
+/// Periodic upkeep: flush batched access times and keep the store in budget;
+/// in a cluster, keep the member view fresh.
 async fn maintain(proxy: Arc<Proxy>) {
+    let members = async {
+        match proxy.cluster() {
+            Some(c) => c.clone().keep_fresh().await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::join!(maintain_store(&proxy), members);
+}
+
+async fn maintain_store(proxy: &Proxy) {
     let mut tick = tokio::time::interval(MAINTENANCE_INTERVAL);
     tick.tick().await;
     loop {

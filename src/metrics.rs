@@ -121,6 +121,29 @@ struct BucketOpLabels {
     op: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PeerLabels {
+    peer: String,
+    /// `blob`, `blob_head`, `manifest`, `tag`, `event`, `purge`.
+    op: &'static str,
+    /// `ok`, `not_found`, `loop`, `failed`.
+    result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PeerNameLabels {
+    peer: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RoleLabels {
+    /// `owner` (answered here for a peer), `forwarded` (asked the owner),
+    /// `local` (this replica owns it, or a peer could not answer).
+    role: &'static str,
+    /// `blob`, `blob_head`, `manifest`, `tag`.
+    kind: &'static str,
+}
+
 type Histograms<L> = Family<L, Histogram, fn() -> Histogram>;
 
 /// Seconds from 0.5 ms to about 33 s, doubling: a warm `HEAD` lands in the
@@ -148,6 +171,11 @@ pub struct Metrics {
     bucket_uploads: Family<BucketUploadLabels, Counter>,
     bucket_errors: Family<BucketOpLabels, Counter>,
     bucket_skipped: Family<BucketOpLabels, Counter>,
+    peer_requests: Family<PeerLabels, Counter>,
+    peer_quarantines: Family<PeerNameLabels, Counter>,
+    cluster_roles: Family<RoleLabels, Counter>,
+    /// Live cluster members in this replica's view (itself included).
+    pub cluster_members: Gauge,
     /// Object bytes read from the bucket.
     pub bucket_bytes_read: Counter,
     /// Object bytes written to the bucket (completed uploads).
@@ -230,6 +258,10 @@ impl Metrics {
             bucket_uploads: Family::default(),
             bucket_errors: Family::default(),
             bucket_skipped: Family::default(),
+            peer_requests: Family::default(),
+            peer_quarantines: Family::default(),
+            cluster_roles: Family::default(),
+            cluster_members: Gauge::default(),
             bucket_bytes_read: Counter::default(),
             bucket_bytes_written: Counter::default(),
             bytes_served: Counter::default(),
@@ -280,6 +312,26 @@ impl Metrics {
             self.request_seconds
         );
         reg!("cache_hits", "Answers from the cache, by kind.", self.hits);
+        reg!(
+            "peer_requests",
+            "Requests this replica sent to a peer, by peer, operation and result.",
+            self.peer_requests
+        );
+        reg!(
+            "peer_quarantines",
+            "Times a peer was left out of ownership after a failed call, by peer.",
+            self.peer_quarantines
+        );
+        reg!(
+            "cluster_requests",
+            "Cold lookups by role (owner: answered for a peer; forwarded: asked the owner; local: owned here) and kind.",
+            self.cluster_roles
+        );
+        reg!(
+            "cluster_members",
+            "Live members in this replica's view of the cluster, itself included.",
+            self.cluster_members
+        );
         reg!(
             "bucket_reads",
             "Local misses looked up in the shared bucket, by object (blob, manifest).",
@@ -500,6 +552,33 @@ impl Metrics {
                 outcome,
             })
             .inc_by(n);
+    }
+
+    /// A request this replica sent to `peer`.
+    pub fn peer_request(&self, peer: &str, op: &'static str, result: &'static str) {
+        self.peer_requests
+            .get_or_create(&PeerLabels {
+                peer: peer.to_string(),
+                op,
+                result,
+            })
+            .inc();
+    }
+
+    /// `peer` was quarantined.
+    pub fn peer_quarantine(&self, peer: &str) {
+        self.peer_quarantines
+            .get_or_create(&PeerNameLabels {
+                peer: peer.to_string(),
+            })
+            .inc();
+    }
+
+    /// A cold lookup of `kind` in `role` (owner, forwarded, local).
+    pub fn cluster_role(&self, role: &'static str, kind: &'static str) {
+        self.cluster_roles
+            .get_or_create(&RoleLabels { role, kind })
+            .inc();
     }
 
     /// A local miss looked up in the bucket (`object`: blob or manifest), and

@@ -82,6 +82,17 @@ pub const BUCKET_BACKOFF: Duration = Duration::from_secs(30);
 /// A bucket request's whole time, connect included.
 pub const BUCKET_TIMEOUT: Duration = Duration::from_secs(30);
 
+// ---------------------------------------------------------------- [cluster]
+
+/// How often `peers_dns` is resolved again: a replica that became Ready (or
+/// stopped being) is seen within this.
+pub const CLUSTER_REFRESH: Duration = Duration::from_secs(5);
+/// How long a peer that failed a call is left out of ownership (its keys go
+/// to the next member meanwhile).
+pub const PEER_QUARANTINE: Duration = Duration::from_secs(10);
+/// A peer request's connect timeout (peers are in the same cluster network).
+pub const PEER_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+
 // ------------------------------------------- what bounds memory (not configurable)
 // Every in-memory map is an `ExpiringMap` (src/bounded.rs) with one of these
 // capacities. Losing an entry at the bound costs at most one upstream request.

@@ -10,10 +10,12 @@
 //! - [`upstream`]: one upstream registry; [`freshness`]: its freshness policy;
 //! - `units`: durations and sizes; [`tls`]: the client port's certificate;
 //! - [`limits`]: what clients may cost; [`webhook`]: the admission webhook;
-//! - [`bucket`]: the shared S3 bucket behind the local store.
+//! - [`bucket`]: the shared S3 bucket behind the local store;
+//! - [`cluster`]: replicas acting as one cache (members, peer secret).
 
 pub mod access;
 pub mod bucket;
+pub mod cluster;
 pub mod defaults;
 pub mod freshness;
 pub mod limits;
@@ -27,6 +29,7 @@ pub mod webhook;
 
 pub use access::{AccessPolicy, UpstreamTls};
 pub use bucket::BucketConfig;
+pub use cluster::ClusterConfig;
 pub use freshness::{Freshness, FreshnessPolicy, Rule};
 pub use limits::Limits;
 pub use overrides::Overrides;
@@ -79,6 +82,8 @@ pub struct Config {
     pub limits: Limits,
     /// The shared bucket, when configured.
     pub bucket: Option<BucketConfig>,
+    /// Replicas acting as one cache, when configured.
+    pub cluster: Option<ClusterConfig>,
 }
 
 /// How logs are written.
@@ -224,6 +229,13 @@ impl Config {
             idle: duration_or(&t.idle, "timeouts.idle", defaults::IDLE_TIMEOUT)?,
         };
         let client_auth = client_auth(&raw.clients, &upstreams)?;
+        if raw.cluster.is_some() && (o.tls_cert.is_some() || raw.tls_cert.is_some()) {
+            return err(
+                "[cluster] with tls_cert is not supported yet: replicas reach each other over \
+                 plain HTTP on the client port (keep it inside the cluster network, with the \
+                 NetworkPolicy of docker/kubernetes/cluster)",
+            );
+        }
         Ok(Config {
             listen,
             admin_token: admin_token(admin_listen, &raw.admin_token_file, &raw.admin_token_env)?,
@@ -249,6 +261,7 @@ impl Config {
             webhook: raw.webhook.as_ref().map(webhook::from_raw).transpose()?,
             limits: limits::from_raw(&raw.limits)?,
             bucket: raw.bucket.as_ref().map(bucket::from_raw).transpose()?,
+            cluster: raw.cluster.as_ref().map(cluster::from_raw).transpose()?,
             tls: tls::server_config(
                 o.tls_cert.or(raw.tls_cert).as_deref(),
                 o.tls_key.or(raw.tls_key).as_deref(),

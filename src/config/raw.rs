@@ -56,6 +56,29 @@ pub struct RawConfig {
     pub limits: RawLimits,
     /// A shared S3 bucket behind the local store; off when absent.
     pub bucket: Option<RawBucket>,
+    /// Replicas acting as one cache; off when absent.
+    pub cluster: Option<RawCluster>,
+}
+
+/// `[cluster]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCluster {
+    /// How the other replicas reach this one (`host:port`; `$VAR` expanded).
+    #[serde(rename = "self")]
+    pub self_addr: String,
+    /// The members, as `host:port`…
+    pub peers: Option<Vec<String>>,
+    /// …or a DNS name and port (a headless Service).
+    pub peers_dns: Option<String>,
+    /// How often `peers_dns` is resolved.
+    pub refresh: Option<RawDuration>,
+    /// How long a peer that failed a call is left out.
+    pub quarantine: Option<RawDuration>,
+    /// The shared peer secret, from this file…
+    pub secret_file: Option<PathBuf>,
+    /// …or this environment variable.
+    pub secret_env: Option<String>,
 }
 
 /// `[bucket]`.

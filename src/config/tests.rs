@@ -293,3 +293,67 @@ fn a_bucket_is_validated_and_its_secret_never_printed() {
         assert!(e.contains(says), "{bad}: {e}");
     }
 }
+
+#[test]
+fn a_cluster_needs_its_members_and_a_secret() {
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("secret");
+    std::fs::write(&secret, "sixteen-chars-or-more\n").unwrap();
+    let short = dir.path().join("short");
+    std::fs::write(&short, "short").unwrap();
+    let s = format!("secret_file = {secret:?}\n");
+    let c = load(&format!(
+        "[cluster]\nself = \"10.0.0.1:5000\"\npeers = [\"10.0.0.1:5000\", \"10.0.0.2:5000\"]\n{s}"
+    ))
+    .unwrap()
+    .cluster
+    .unwrap();
+    assert_eq!(c.self_addr, "10.0.0.1:5000");
+    assert_eq!(
+        c.members,
+        cluster::Members::Static(vec!["10.0.0.1:5000".into(), "10.0.0.2:5000".into()])
+    );
+    assert_eq!(c.secret, "sixteen-chars-or-more");
+    assert_eq!(
+        (c.refresh, c.quarantine),
+        (defaults::CLUSTER_REFRESH, defaults::PEER_QUARANTINE)
+    );
+    assert!(
+        !format!("{c:?}").contains("sixteen"),
+        "the secret is redacted"
+    );
+    let c = load(&format!(
+        "[cluster]\nself = \"${{CARGO_PKG_NAME}}:5000\"\npeers_dns = \"ferry-peers.ns.svc:5000\"\n{s}"
+    ))
+    .unwrap()
+    .cluster
+    .unwrap();
+    assert_eq!(
+        c.self_addr, "ferry:5000",
+        "cargo sets CARGO_PKG_NAME for tests"
+    );
+    assert_eq!(
+        c.members,
+        cluster::Members::Dns {
+            name: "ferry-peers.ns.svc".into(),
+            port: 5000
+        }
+    );
+    for (bad, says) in [
+        (format!("[cluster]\nself = \"a:1\"\n{s}"), "set peers"),
+        (format!("[cluster]\nself = \"a:1\"\npeers = [\"b:1\"]\npeers_dns = \"x:1\"\n{s}"), "not both"),
+        (format!("[cluster]\nself = \"a\"\npeers = [\"b:1\"]\n{s}"), "cluster.self"),
+        (format!("[cluster]\nself = \"$FERRY_TEST_UNSET_VAR:1\"\npeers = [\"b:1\"]\n{s}"), "FERRY_TEST_UNSET_VAR"),
+        (format!("[cluster]\nself = \"a:1\"\npeers = [\"b\"]\n{s}"), "cluster.peers"),
+        (format!("[cluster]\nself = \"a:1\"\npeers_dns = \"svc\"\n{s}"), "cluster.peers_dns"),
+        ("[cluster]\nself = \"a:1\"\npeers = [\"b:1\"]\n".to_string(), "peer secret is required"),
+        (format!("[cluster]\nself = \"a:1\"\npeers = [\"b:1\"]\nsecret_file = {short:?}\n"), "at least 16"),
+        (
+            format!("tls_cert = \"x\"\ntls_key = \"y\"\n[cluster]\nself = \"a:1\"\npeers = [\"b:1\"]\n{s}"),
+            "not supported yet",
+        ),
+    ] {
+        let e = load(&bad).expect_err(&bad).to_string();
+        assert!(e.contains(says), "{bad}: {e}");
+    }
+}

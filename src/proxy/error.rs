@@ -28,6 +28,10 @@ pub enum Error {
         /// The blob's size, for `Content-Range: bytes */<size>`.
         size: u64,
     },
+    /// A peer's request would wait on a fetch that itself waits on a peer
+    /// (split membership views): the peer fetches for itself (`508`).
+    #[error("this replica's fetch waits on a peer; fetch it yourself")]
+    Loop,
     /// A task died or an invariant broke: a bug.
     #[error("internal error: {0}")]
     Internal(String),

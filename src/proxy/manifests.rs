@@ -1,13 +1,16 @@
 //! Manifests by digest: immutable, so once stored they are served without
-//! asking upstream. A miss is looked up in the shared bucket, else fetched
-//! upstream, once (single-flight); either way it is verified against its
+//! asking upstream. A miss is asked of its owner when another replica owns
+//! it, else looked up in the shared bucket, else fetched upstream, once
+//! (single-flight); either way it is verified against its
 //! digest and kept byte for byte with its upstream media type. A manifest
 //! fetched upstream is also put in the bucket (in the background, when an
 //! upload slot is free), for the other replicas.
 
 use super::error::{Error, Result};
 use super::flight::SingleFlight;
+use super::Origin;
 use crate::bucket::{Bucket, Object};
+use crate::cluster::{Cluster, PeerError, Route};
 use crate::metrics::{Kind, Metrics};
 use crate::oci::media::{self, MAX_MANIFEST_BYTES};
 use crate::oci::{Digest, Tag};
@@ -31,19 +34,28 @@ pub struct ManifestMeta {
 pub(crate) struct Manifests {
     store: Store,
     metrics: Arc<Metrics>,
-    /// One upstream `GET` per digest at a time.
-    flights: SingleFlight<Digest, Result<StoredManifest>>,
+    /// One upstream `GET` per digest at a time (and apart, the flights that
+    /// may ask the owner: a peer's request never waits on one of those).
+    flights: SingleFlight<(Digest, bool), Result<StoredManifest>>,
     /// The shared bucket, when configured.
     bucket: Option<Arc<Bucket>>,
+    /// The other replicas, when configured.
+    cluster: Option<Arc<Cluster>>,
 }
 
 impl Manifests {
-    pub fn new(store: Store, metrics: Arc<Metrics>, bucket: Option<Arc<Bucket>>) -> Manifests {
+    pub fn new(
+        store: Store,
+        metrics: Arc<Metrics>,
+        bucket: Option<Arc<Bucket>>,
+        cluster: Option<Arc<Cluster>>,
+    ) -> Manifests {
         Manifests {
             store,
             metrics,
             flights: SingleFlight::default(),
             bucket,
+            cluster,
         }
     }
 
@@ -57,18 +69,29 @@ impl Manifests {
         self: &Arc<Self>,
         target: &Target,
         digest: &Digest,
+        origin: Origin,
     ) -> Result<StoredManifest> {
         if let Some(m) = self.stored(digest) {
             self.metrics.hit(Kind::Manifest);
             return Ok(m);
         }
         self.metrics.miss(Kind::Manifest);
+        let forward = Cluster::forwards(
+            self.cluster.as_ref(),
+            origin.forwards(),
+            digest.as_str().as_bytes(),
+        );
         let (this, target2, digest2) = (self.clone(), target.clone(), digest.clone());
         let (result, joined) = self
             .flights
-            .run(digest.clone(), move || async move {
+            .run((digest.clone(), forward), move || async move {
                 if let Some(m) = this.stored(&digest2) {
                     return Ok(m);
+                }
+                if forward {
+                    if let Some(m) = this.ask_owner(&target2, &digest2).await? {
+                        return Ok(m);
+                    }
                 }
                 if let Some(m) = this.in_bucket(&digest2).await {
                     return Ok(m);
@@ -128,6 +151,39 @@ impl Manifests {
         }
     }
 
+    /// The manifest from its owner when another replica owns it, verified and
+    /// kept locally; `None` when this replica owns it or no owner could answer.
+    async fn ask_owner(&self, target: &Target, digest: &Digest) -> Result<Option<StoredManifest>> {
+        let Some(cluster) = &self.cluster else {
+            return Ok(None);
+        };
+        for _ in 0..super::blobs::MAX_OWNERS_TRIED {
+            let Route::Peer(owner) = cluster.route(digest.as_str().as_bytes()) else {
+                break;
+            };
+            match cluster.get_manifest(&owner, target, digest).await {
+                Ok((media_type, body)) => {
+                    if !digest.verifies(&body) {
+                        self.metrics.integrity_failures.inc();
+                        cluster.failed(&owner, "sent a manifest that does not match its digest");
+                        continue;
+                    }
+                    self.metrics.cluster_role("forwarded", "manifest");
+                    return self.keep(digest, media_type.as_deref(), body).map(Some);
+                }
+                Err(PeerError::NotFound) => {
+                    return Err(Error::NotFound(format!(
+                        "manifest {digest} not found upstream"
+                    )))
+                }
+                Err(PeerError::Loop) => break,
+                Err(PeerError::Failed(_)) => continue,
+            }
+        }
+        self.metrics.cluster_role("local", "manifest");
+        Ok(None)
+    }
+
     /// The manifest from the shared bucket, verified and kept locally; `None`
     /// when the bucket has none (or a bad one, which is deleted).
     async fn in_bucket(&self, digest: &Digest) -> Option<StoredManifest> {
@@ -173,6 +229,16 @@ impl Manifests {
                 None
             }
         }
+    }
+
+    /// Keeps a manifest whose bytes the caller verified against `digest`.
+    pub fn keep_verified(
+        &self,
+        digest: &Digest,
+        content_type: Option<&str>,
+        body: Bytes,
+    ) -> Result<StoredManifest> {
+        self.keep(digest, content_type, body)
     }
 
     /// Checks a verified manifest body and stores it. A store that cannot

@@ -55,6 +55,7 @@ pub use tags::{Resolved, Source};
 
 use crate::bucket::Bucket;
 use crate::clock::Clock;
+use crate::cluster::Cluster;
 use crate::config::defaults;
 use crate::metrics::{Metrics, StoreGauges};
 use crate::oci::{Digest, RangeRequest, Reference, RepoName, Tag, TagsPage};
@@ -72,6 +73,36 @@ use store_health::StoreHealth;
 use tag_lists::TagLists;
 use tags::Tags;
 
+/// Who is asking: a cold key is forwarded to its owner only for clients; a
+/// peer's request is answered here, never forwarded again (no loops,
+/// whatever the membership views).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Origin {
+    /// A client, the admin API, the webhook, a background task.
+    Client,
+    /// Another replica of the cluster.
+    Peer,
+}
+
+impl Origin {
+    /// Whether a cold key may be asked of its owner.
+    pub fn forwards(self) -> bool {
+        self == Origin::Client
+    }
+
+    /// For `target`: a checked upstream fetched with each client's own
+    /// credentials is fetched by the replica the client asked (an owner has
+    /// no credentials to fetch it with).
+    fn for_target(self, target: &Target) -> Origin {
+        let config = target.upstream.config();
+        if config.access.is_some() && config.credentials.is_none() {
+            Origin::Peer
+        } else {
+            self
+        }
+    }
+}
+
 /// A manifest answer: what a `HEAD` needs, and the body for a `GET`.
 pub struct ManifestAnswer {
     /// Its digest.
@@ -82,6 +113,8 @@ pub struct ManifestAnswer {
     pub size: u64,
     /// The exact bytes; `None` for a `HEAD`.
     pub body: Option<Bytes>,
+    /// For a tag: when upstream last confirmed it (unix ms).
+    pub confirmed_ms: Option<u64>,
 }
 
 /// The cache. One per process, shared by every connection.
@@ -97,6 +130,8 @@ pub struct Proxy {
     referrers: Referrers,
     /// Upstream-checked access: decisions, client views, repository links.
     access: Access,
+    /// The other replicas, when configured.
+    cluster: Option<Arc<Cluster>>,
     /// Push-event ids already applied.
     seen_events: tag_events::SeenIds,
 }
@@ -108,6 +143,7 @@ impl Proxy {
     pub fn new(
         store: Store,
         bucket: Option<Arc<Bucket>>,
+        cluster: Option<Arc<Cluster>>,
         router: Router,
         metrics: Arc<Metrics>,
         clock: Clock,
@@ -117,6 +153,7 @@ impl Proxy {
             store.clone(),
             metrics.clone(),
             bucket.clone(),
+            cluster.clone(),
         ));
         let health = Arc::new(StoreHealth::new(clock.clone(), metrics.clone()));
         Proxy {
@@ -126,6 +163,7 @@ impl Proxy {
                 metrics.clone(),
                 manifests.clone(),
                 defaults::NEGATIVE_TAGS,
+                cluster.clone(),
             )),
             blobs: Arc::new(Blobs::new(
                 store.clone(),
@@ -134,6 +172,7 @@ impl Proxy {
                 clock.clone(),
                 max_fetches,
                 bucket,
+                cluster.clone(),
             )),
             tag_lists: TagLists::new(
                 Budget::DEFAULT,
@@ -148,6 +187,7 @@ impl Proxy {
                 store.clone(),
             ),
             access: Access::new(store.clone(), clock.clone(), metrics.clone()),
+            cluster,
             manifests,
             router,
             store,
@@ -201,8 +241,12 @@ impl Proxy {
         target: &Target,
         reference: &Reference,
         head: bool,
+        origin: Origin,
     ) -> Result<ManifestAnswer> {
-        let answer = self.manifest_unchecked(target, reference, head).await?;
+        let origin = origin.for_target(target);
+        let answer = self
+            .manifest_unchecked(target, reference, head, origin)
+            .await?;
         self.access
             .saw_manifest(target, &answer.digest, answer.body.as_deref());
         Ok(answer)
@@ -213,18 +257,23 @@ impl Proxy {
         target: &Target,
         reference: &Reference,
         head: bool,
+        origin: Origin,
     ) -> Result<ManifestAnswer> {
+        let mut confirmed_ms = None;
         let digest = match reference {
             Reference::Tag(tag) => {
-                let meta = self.tags.resolve(target, tag, !head).await?.meta;
+                let resolved = self.tags.resolve(target, tag, !head, origin).await?;
+                let meta = resolved.meta;
                 if head {
                     return Ok(ManifestAnswer {
                         digest: meta.digest,
                         media_type: meta.media_type,
                         size: meta.size,
                         body: None,
+                        confirmed_ms: Some(resolved.confirmed_ms),
                     });
                 }
+                confirmed_ms = Some(resolved.confirmed_ms);
                 meta.digest
             }
             Reference::Digest(d) => {
@@ -241,18 +290,19 @@ impl Proxy {
                 d.clone()
             }
         };
-        let m = self.manifests.by_digest(target, &digest).await?;
+        let m = self.manifests.by_digest(target, &digest, origin).await?;
         Ok(ManifestAnswer {
             digest,
             media_type: m.media_type,
             size: m.body.len() as u64,
             body: (!head).then_some(m.body),
+            confirmed_ms,
         })
     }
 
     /// Resolves `tag` to a digest exactly as a manifest `HEAD` would.
     pub async fn resolve_tag(&self, target: &Target, tag: &Tag) -> Result<Resolved> {
-        self.tags.resolve(target, tag, false).await
+        self.tags.resolve(target, tag, false, Origin::Client).await
     }
 
     /// A blob (or a range of it). With checked access, it must be known in
@@ -263,14 +313,16 @@ impl Proxy {
         digest: &Digest,
         range: RangeRequest,
         head: bool,
+        origin: Origin,
     ) -> Result<BlobAnswer> {
+        let origin = origin.for_target(target);
         let (blobs, t, d) = (self.blobs.clone(), target.clone(), digest.clone());
         self.access
             .confirm(target, digest, move || async move {
-                blobs.head_upstream(&t, &d).await.map(drop)
+                blobs.head_upstream(&t, &d, origin).await.map(drop)
             })
             .await?;
-        self.blobs.get(target, digest, range, head).await
+        self.blobs.get(target, digest, range, head, origin).await
     }
 
     /// A page of tags, rewritten to the client's view.
@@ -363,6 +415,11 @@ impl Proxy {
     /// Blobs and bytes in the store.
     pub fn store_usage(&self) -> (u64, u64) {
         (self.store.blob_count(), self.store.total_bytes())
+    }
+
+    /// The other replicas, when configured.
+    pub fn cluster(&self) -> Option<&Arc<Cluster>> {
+        self.cluster.as_ref()
     }
 
     /// The proxy's clock.

@@ -8,6 +8,7 @@ use super::blobs::Blobs;
 use super::error::{Error, Result};
 use super::manifests::Manifests;
 use super::tags::Tags;
+use super::Origin;
 use crate::oci::{media, Digest, RangeRequest, Reference};
 use crate::upstream::{Target, UpstreamError};
 use futures_util::{stream, StreamExt};
@@ -71,7 +72,12 @@ pub(crate) async fn run(
 ) -> Result<PrefetchReport> {
     let root = match reference {
         Reference::Digest(d) => d.clone(),
-        Reference::Tag(t) => tags.resolve(target, t, true).await?.meta.digest,
+        Reference::Tag(t) => {
+            tags.resolve(target, t, true, Origin::Client)
+                .await?
+                .meta
+                .digest
+        }
     };
     let mut report = PrefetchReport {
         digest: root.to_string(),
@@ -81,7 +87,7 @@ pub(crate) async fn run(
     let mut queue = VecDeque::from([root]);
     let mut wanted = BTreeSet::new();
     while let Some(digest) = queue.pop_front() {
-        let manifest = manifests.by_digest(target, &digest).await?;
+        let manifest = manifests.by_digest(target, &digest, Origin::Client).await?;
         report.manifests += 1;
         let refs = media::references(&manifest.body);
         for child in refs.manifests {
@@ -165,7 +171,7 @@ async fn blob(
         return Ok(None);
     }
     let answer = blobs
-        .get(target, &digest, RangeRequest::Whole, false)
+        .get(target, &digest, RangeRequest::Whole, false, Origin::Client)
         .await?;
     let mut bytes = 0;
     if let Some(mut body) = answer.body {

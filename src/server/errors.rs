@@ -55,6 +55,8 @@ pub fn cache_error(e: &Error, asked: Asked) -> OciError {
             e.unsatisfied_size = Some(*size);
             e
         }
+        Error::Loop => OciError::new(ErrorCode::Unavailable, e.to_string())
+            .with_status(crate::cluster::LOOP_STATUS),
         Error::Internal(why) => {
             tracing::error!(error = %why, "internal error; answering 500");
             OciError::new(ErrorCode::Unknown, "internal error")

@@ -29,10 +29,11 @@ pub mod responses;
 
 pub use responses::Body;
 
+use crate::cluster::{PeerAuth, AGE_HEADER};
 use crate::config::Config;
 use crate::oci::media::OCI_INDEX;
-use crate::oci::{route, PullRequest, RangeRequest, Reference, Route};
-use crate::proxy::Proxy;
+use crate::oci::{route, ErrorCode, OciError, PullRequest, RangeRequest, Reference, Route};
+use crate::proxy::{Origin, Proxy};
 use bytes::Bytes;
 use errors::Asked;
 use http::header::{self, HeaderName, HeaderValue};
@@ -195,21 +196,55 @@ impl App {
             Ok(t) => t,
             Err(e) => return responses::error(&errors::route_error(&e), req.head),
         };
-        let target = match self.gate.admit(proxy, headers, target, req.head).await {
-            Ok(t) => t,
-            Err(refused) => return *refused,
+        // A peer replica asks on behalf of a client it already admitted; its
+        // request is answered here and never forwarded again.
+        let origin = match proxy.cluster().map(|c| c.auth(headers)) {
+            Some(PeerAuth::Refused) => {
+                let e = OciError::new(ErrorCode::Unauthorized, "wrong peer secret");
+                return responses::error(&e, req.head);
+            }
+            Some(PeerAuth::Peer) => {
+                let kind = match &req.route {
+                    Route::Blob { .. } if req.head => "blob_head",
+                    Route::Blob { .. } => "blob",
+                    Route::Manifest {
+                        reference: Reference::Tag(_),
+                        ..
+                    } => "tag",
+                    _ => "manifest",
+                };
+                proxy.metrics().cluster_role("owner", kind);
+                Origin::Peer
+            }
+            _ => Origin::Client,
+        };
+        let target = match origin {
+            Origin::Peer => target,
+            Origin::Client => match self.gate.admit(proxy, headers, target, req.head).await {
+                Ok(t) => t,
+                Err(refused) => return *refused,
+            },
         };
         let answer = match &req.route {
             Route::Base => unreachable!("answered above"),
             Route::Manifest { reference, .. } => proxy
-                .manifest(&target, reference, req.head)
+                .manifest(&target, reference, req.head, origin)
                 .await
-                .map(|m| responses::manifest(headers, &m.digest, &m.media_type, m.size, m.body)),
+                .map(|m| {
+                    let age = m.confirmed_ms.map(|at| proxy.now_ms().saturating_sub(at));
+                    let mut resp =
+                        responses::manifest(headers, &m.digest, &m.media_type, m.size, m.body);
+                    if let (Origin::Peer, Some(age)) = (origin, age) {
+                        resp.headers_mut()
+                            .insert(AGE_HEADER, HeaderValue::from(age));
+                    }
+                    resp
+                }),
             Route::Blob { digest, .. } => {
                 let range =
                     RangeRequest::parse(headers.get(header::RANGE).and_then(|v| v.to_str().ok()));
                 proxy
-                    .blob(&target, digest, range, req.head)
+                    .blob(&target, digest, range, req.head, origin)
                     .await
                     .map(|a| responses::blob(proxy.metrics(), digest, a.total, a.range, a.body))
             }

@@ -114,6 +114,7 @@ pub async fn resolve(proxy: &Proxy, routed: Routed) -> Result<Resolution, OciErr
         media_type: Some(meta.media_type),
         size: Some(meta.size),
         source: match source {
+            crate::proxy::Source::Peer => "peer",
             crate::proxy::Source::Cache => "cache",
             crate::proxy::Source::Upstream => "upstream",
             crate::proxy::Source::StaleIfError => "stale_if_error",

@@ -42,6 +42,11 @@ impl TagKey {
         TagKey::new(upstream, repo, "").0
     }
 
+    /// The key's bytes (`upstream \0 repository \0 tag`).
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
+
     /// `(upstream, repository, tag)`.
     pub fn parts(&self) -> (String, String, String) {
         let mut it = self

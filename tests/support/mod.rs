@@ -108,11 +108,63 @@ impl Proxied {
             },
         )
         .unwrap();
-        Self::start_with(config, dir, Clock::manual(), Some(bucket)).await
+        Self::start_with(config, dir, Clock::manual(), Some(bucket), None).await
+    }
+
+    /// `n` replicas of one cluster (static members, one peer secret) in front
+    /// of `upstream`, on one clock, sharing `bucket` when given; `extra` TOML
+    /// is added to each configuration.
+    pub async fn cluster(
+        upstream: &FakeRegistry,
+        n: usize,
+        bucket: Option<Arc<TestBucket>>,
+        extra: &str,
+        clock: Clock,
+    ) -> Vec<Proxied> {
+        let mut listeners = Vec::new();
+        for _ in 0..n {
+            listeners.push(tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap());
+        }
+        let addrs: Vec<String> = listeners
+            .iter()
+            .map(|l| l.local_addr().unwrap().to_string())
+            .collect();
+        let mut replicas = Vec::new();
+        for (i, listener) in listeners.into_iter().enumerate() {
+            let dir = Arc::new(tempfile::tempdir().unwrap());
+            let secret = dir.path().join("peer-secret");
+            std::fs::write(&secret, "a-peer-secret-for-tests").unwrap();
+            let key = dir.path().join("s3-key");
+            std::fs::write(&key, "test-key").unwrap();
+            let bucket_toml = match bucket {
+                Some(_) => format!(
+                    "[bucket]\nendpoint = \"http://127.0.0.1:9\"\nbucket = \"ferry\"\n\
+                     access_key_file = {key:?}\nsecret_key_file = {key:?}\n"
+                ),
+                None => String::new(),
+            };
+            let toml = format!(
+                "{extra}\n[cluster]\nself = \"{}\"\npeers = {:?}\nsecret_file = {secret:?}\n{bucket_toml}",
+                addrs[i], addrs
+            );
+            let config = Config::from_raw(
+                RawConfig::from_toml(&toml).unwrap(),
+                Overrides {
+                    listen: Some(addrs[i].clone()),
+                    data_dir: Some(dir.path().join("data")),
+                    upstream: Some(upstream.url()),
+                    ..Overrides::default()
+                },
+            )
+            .unwrap();
+            let b = bucket.clone();
+            replicas.push(Self::start_with(config, dir, clock.clone(), b, Some(listener)).await);
+        }
+        replicas
     }
 
     pub async fn from_config(config: Config, dir: Arc<tempfile::TempDir>, clock: Clock) -> Proxied {
-        Self::start_with(config, dir, clock, None).await
+        Self::start_with(config, dir, clock, None, None).await
     }
 
     async fn start_with(
@@ -120,6 +172,7 @@ impl Proxied {
         dir: Arc<tempfile::TempDir>,
         clock: Clock,
         bucket: Option<Arc<TestBucket>>,
+        bound: Option<tokio::net::TcpListener>,
     ) -> Proxied {
         // `TEST_LOG=debug cargo test -- --nocapture` shows Ferry's logs.
         let _ = tracing_subscriber::fmt()
@@ -127,14 +180,23 @@ impl Proxied {
             .with_test_writer()
             .try_init();
         let mut config = config;
-        config.listen = "127.0.0.1:0".parse().unwrap();
+        if bound.is_none() {
+            config.listen = "127.0.0.1:0".parse().unwrap();
+        }
         if config.admin_listen.is_some() {
             config.admin_listen = Some("127.0.0.1:0".parse().unwrap());
         }
         if let Some(w) = config.webhook.as_mut() {
             w.listen = "127.0.0.1:0".parse().unwrap();
         }
-        let listeners = Listeners::bind(&config).await.unwrap();
+        let listeners = match bound {
+            Some(client) => Listeners {
+                client,
+                admin: None,
+                webhook: None,
+            },
+            None => Listeners::bind(&config).await.unwrap(),
+        };
         let addr = listeners.client.local_addr().unwrap();
         let admin_addr = listeners.admin.as_ref().map(|l| l.local_addr().unwrap());
         let webhook_addr = listeners.webhook.as_ref().map(|l| l.local_addr().unwrap());

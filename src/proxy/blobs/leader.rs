@@ -3,8 +3,9 @@
 //! every response follows. The bytes are released in full only once they
 //! verify; then the blob is made durable and indexed, and the fetch deregisters.
 //!
-//! The bytes come from the shared bucket when it has the blob, else from
-//! upstream; either way they are hashed like anything else, and a bucket
+//! The bytes come from the key's owner when another replica owns it (it reads
+//! its disk, the bucket or upstream, and streams as its bytes land), else from
+//! the shared bucket when it has the blob, else from upstream; either way they are hashed like anything else, and a bucket
 //! object that fails its digest is deleted (the next miss fetches upstream).
 //! A blob fetched from upstream is uploaded to the bucket by one more follower
 //! ([`super::upload`]), which completes only once the digest has checked.
@@ -17,6 +18,7 @@ use super::inflight::Registration;
 use super::progress::{FetchFailure, FetchState, Phase, RecentBytes};
 use super::{follower, upload};
 use crate::bucket::{Bucket, Object};
+use crate::cluster::{Cluster, PeerError, Route};
 use crate::metrics::Metrics;
 use crate::oci::Digest;
 use crate::proxy::store_health::StoreHealth;
@@ -34,6 +36,9 @@ const WRITE_BATCH: usize = 256 * 1024;
 /// Batches queued for the writer thread: bounds the memory a fetch holds when the
 /// disk is slower than the network.
 const PIPELINE_BATCHES: usize = 8;
+/// How long a fetch waits before asking again an owner whose own fetch was
+/// waiting on a peer (it is usually taking over from a dead owner).
+const LOOP_PAUSE: std::time::Duration = std::time::Duration::from_millis(200);
 /// How many times a dropped upstream transfer is resumed with `Range`.
 const MAX_RESUMES: u32 = 3;
 
@@ -48,10 +53,14 @@ pub(crate) struct Context {
     pub slots: Arc<tokio::sync::Semaphore>,
     /// The shared bucket, when configured.
     pub bucket: Option<Arc<Bucket>>,
+    /// The other replicas, when configured.
+    pub cluster: Option<Arc<Cluster>>,
 }
 
 /// Where a fetch's bytes come from.
 enum Body {
+    /// The key's owner, another replica.
+    Peer(String, reqwest::Response),
     /// The shared bucket (another replica fetched it before).
     Bucket(BoxStream<'static, io::Result<Bytes>>),
     /// The upstream registry.
@@ -59,23 +68,66 @@ enum Body {
 }
 
 impl Body {
-    async fn next_chunk(&mut self, upstream: &Upstream) -> Result<Option<Bytes>, String> {
+    async fn next_chunk(
+        &mut self,
+        cx: &Context,
+        upstream: &Upstream,
+    ) -> Result<Option<Bytes>, String> {
         match self {
+            Body::Peer(peer, r) => match &cx.cluster {
+                Some(c) => c.next_chunk(peer, r).await,
+                None => Err("no cluster".into()),
+            },
             Body::Bucket(s) => s.next().await.transpose().map_err(|e| e.to_string()),
             Body::Upstream(r) => upstream.next_chunk(r).await.map_err(|e| e.to_string()),
         }
     }
 }
 
-/// Opens the blob at `offset`: from the bucket if it has it (`try_bucket`),
-/// else from upstream. The blob's total size, when known, and its bytes.
+/// Opens the blob at `offset`: from its owner when `forward` and another
+/// replica owns it, else from the bucket if it has it (`try_bucket`), else
+/// from upstream. The blob's total size, when known, and its bytes.
 async fn open(
     cx: &Context,
     target: &Target,
     digest: &Digest,
     offset: u64,
+    forward: bool,
     try_bucket: bool,
-) -> Result<(Option<u64>, Body), crate::upstream::UpstreamError> {
+    tx: &watch::Sender<FetchState>,
+) -> Result<(Option<u64>, Body), crate::proxy::Error> {
+    if let Some(cluster) = cx.cluster.as_ref().filter(|_| forward) {
+        let mut waited = false;
+        for _ in 0..super::MAX_OWNERS_TRIED {
+            let Route::Peer(owner) = cluster.route(digest.as_str().as_bytes()) else {
+                break;
+            };
+            // Said before asking: a peer's request must not wait on this fetch.
+            tx.send_modify(|s| s.from_peer = true);
+            match cluster.get_blob(&owner, target, digest, offset).await {
+                Ok(b) => {
+                    cx.metrics.cluster_role("forwarded", "blob");
+                    return Ok((b.total, Body::Peer(owner, b.response)));
+                }
+                Err(PeerError::NotFound) => {
+                    return Err(crate::proxy::Error::NotFound(
+                        "blob not found upstream".into(),
+                    ))
+                }
+                // The owner's own fetch waits on a peer: most often it is
+                // taking over from a dead owner this very moment; ask again
+                // once it has, else fetch here.
+                Err(PeerError::Loop) if !waited => {
+                    waited = true;
+                    tokio::time::sleep(LOOP_PAUSE).await;
+                }
+                Err(PeerError::Loop) => break,
+                Err(PeerError::Failed(_)) => continue, // quarantined: the next owner
+            }
+        }
+        tx.send_modify(|s| s.from_peer = false);
+        cx.metrics.cluster_role("local", "blob");
+    }
     if let Some(bucket) = cx.bucket.as_ref().filter(|_| try_bucket) {
         if let Some(read) = bucket.read_blob(digest, offset).await {
             return Ok((Some(read.total), Body::Bucket(read.body)));
@@ -94,6 +146,7 @@ pub(crate) fn start(
     cx: Context,
     target: Target,
     digest: Digest,
+    forward: bool,
     registration: Registration,
     tx: watch::Sender<FetchState>,
 ) {
@@ -103,7 +156,7 @@ pub(crate) fn start(
         let _gauge = scopeguard(|| {
             cx.metrics.inflight_fetches.dec();
         });
-        let phase = match download(&cx, &target, &digest, &tx).await {
+        let phase = match download(&cx, &target, &digest, forward, &tx).await {
             Ok(()) => Phase::Verified,
             Err(f) => {
                 if let FetchFailure::Broken(why) = &f {
@@ -133,6 +186,7 @@ async fn download(
     cx: &Context,
     target: &Target,
     digest: &Digest,
+    forward: bool,
     tx: &watch::Sender<FetchState>,
 ) -> Result<(), FetchFailure> {
     let upstream = &target.upstream;
@@ -145,11 +199,13 @@ async fn download(
             slot.map_err(|_| FetchFailure::StoreUnavailable)?
         }
     };
-    let (total, mut body) = open(cx, target, digest, 0, true)
+    let (total, mut body) = open(cx, target, digest, 0, forward, true, tx)
         .await
-        .map_err(|e| FetchFailure::Upstream(e.into()))?;
+        .map_err(FetchFailure::Upstream)?;
     // Some bytes came from the bucket: a mismatch means its object is bad.
     let used_bucket = matches!(body, Body::Bucket(_));
+    // The owner uploads what it fetches; this replica only what it fetched.
+    let from_owner = matches!(body, Body::Peer(..));
     let mut reading_bucket = used_bucket;
     let store = cx.store.clone();
     let d = digest.clone();
@@ -166,7 +222,7 @@ async fn download(
         s.total = total;
         s.file = Some(writer.reader());
     });
-    if !used_bucket {
+    if !used_bucket && !from_owner {
         start_upload(cx, digest, total, tx);
     }
 
@@ -174,7 +230,7 @@ async fn download(
     let mut received = 0u64;
     let mut resumes = 0;
     loop {
-        let step = body.next_chunk(upstream).await;
+        let step = body.next_chunk(cx, upstream).await;
         let dropped = match step {
             Ok(Some(chunk)) => {
                 cx.metrics.bytes_fetched.inc_by(chunk.len() as u64);
@@ -202,9 +258,20 @@ async fn download(
         tracing::info!(%digest, offset = received, "resuming blob transfer: {dropped}");
         // A blob read from the bucket goes on from the bucket (or upstream, if
         // the bucket fails now); one read from upstream stays with upstream.
-        let (resumed_total, resumed) = open(cx, target, digest, received, reading_bucket)
-            .await
-            .map_err(|e| FetchFailure::Broken(format!("resume failed: {e}")))?;
+        // A dead owner is quarantined by now: the next owner (or this
+        // replica) goes on from `received`.
+        let from_peer = matches!(body, Body::Peer(..));
+        let (resumed_total, resumed) = open(
+            cx,
+            target,
+            digest,
+            received,
+            forward && from_peer,
+            reading_bucket || from_peer,
+            tx,
+        )
+        .await
+        .map_err(|e| FetchFailure::Broken(format!("resume failed: {e}")))?;
         if resumed_total.is_some() && total.is_some() && resumed_total != total {
             return Err(FetchFailure::Broken(
                 "resume answered a different size".into(),

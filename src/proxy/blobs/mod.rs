@@ -33,9 +33,11 @@ pub use body::ByteStream;
 use super::error::{Error, Result};
 use super::flight::SingleFlight;
 use super::store_health::StoreHealth;
+use super::Origin;
 use crate::bounded::ExpiringMap;
 use crate::bucket::Bucket;
 use crate::clock::Clock;
+use crate::cluster::{Cluster, PeerError, Route};
 use crate::config::defaults;
 use crate::metrics::{Kind, Metrics};
 use crate::oci::{Digest, RangeAnswer, RangeRequest};
@@ -61,12 +63,16 @@ pub struct BlobAnswer {
 /// A blob in one upstream repository: what a cold `HEAD` asks about.
 type HeadKey = (String, String, Digest);
 
+/// A cold `HEAD`'s flight: the blob, and whether it may ask the owner (a
+/// peer's `HEAD` never joins a forwarded one: that could wait on itself).
+type HeadFlight = (HeadKey, bool);
+
 /// The blob store, its fetches in flight and its cold `HEAD`s.
 pub(crate) struct Blobs {
     cx: leader::Context,
     inflight: Arc<InFlight>,
     /// One upstream `HEAD` per cold blob at a time…
-    heads: SingleFlight<HeadKey, Result<Option<u64>>>,
+    heads: SingleFlight<HeadFlight, Result<Option<u64>>>,
     /// …and its answer (the size) for a short while after, so the later
     /// waves of a rollout's herd do not ask again.
     sizes: Arc<Mutex<ExpiringMap<HeadKey, u64>>>,
@@ -81,6 +87,7 @@ impl Blobs {
         clock: Clock,
         max_fetches: usize,
         bucket: Option<Arc<Bucket>>,
+        cluster: Option<Arc<Cluster>>,
     ) -> Blobs {
         Blobs {
             cx: leader::Context {
@@ -89,6 +96,7 @@ impl Blobs {
                 health,
                 slots: Arc::new(tokio::sync::Semaphore::new(max_fetches)),
                 bucket,
+                cluster,
             },
             inflight: Arc::default(),
             heads: SingleFlight::default(),
@@ -104,16 +112,26 @@ impl Blobs {
         digest: &Digest,
         range: RangeRequest,
         head: bool,
+        origin: Origin,
     ) -> Result<BlobAnswer> {
         if let Some(answer) = self.stored(digest, range, head) {
             return answer;
         }
         self.cx.metrics.miss(Kind::Blob);
         if head {
-            return self.head_cold(target, digest).await;
+            return self.head_cold(target, digest, origin).await;
         }
         if self.cx.health.degraded() {
             return self.uncached(target, digest, range).await;
+        }
+        if origin == Origin::Peer {
+            // A fetch here that waits on a peer may be waiting on the very
+            // replica asking: that one fetches for itself.
+            if let Some(f) = self.inflight.get(digest) {
+                if f.state.borrow().from_peer {
+                    return Err(Error::Loop);
+                }
+            }
         }
         let fetch = match self
             .inflight
@@ -122,6 +140,7 @@ impl Blobs {
                     self.cx.clone(),
                     target.clone(),
                     digest.clone(),
+                    origin.forwards(),
                     registration,
                     tx,
                 )
@@ -201,7 +220,12 @@ impl Blobs {
     /// A cold `HEAD`: the size from a fetch in flight, else from one upstream
     /// `HEAD` shared by everyone asking; if upstream's `HEAD` does not say
     /// (chunked), the blob is fetched, since a `GET` follows a `HEAD`.
-    async fn head_cold(&self, target: &Target, digest: &Digest) -> Result<BlobAnswer> {
+    async fn head_cold(
+        &self,
+        target: &Target,
+        digest: &Digest,
+        origin: Origin,
+    ) -> Result<BlobAnswer> {
         let size = |total| BlobAnswer {
             total,
             range: None,
@@ -210,11 +234,12 @@ impl Blobs {
         if let Some(total) = self.size_in_flight(digest).await {
             return Ok(size(Some(total)));
         }
-        match self.head_upstream(target, digest).await? {
+        match self.head_upstream(target, digest, origin).await? {
             Some(total) => Ok(size(Some(total))),
             None => {
                 // Boxed: `get` is what called this.
-                let answer = Box::pin(self.get(target, digest, RangeRequest::Whole, false)).await?;
+                let answer =
+                    Box::pin(self.get(target, digest, RangeRequest::Whole, false, origin)).await?;
                 let total = match answer.total {
                     Some(t) => Some(t),
                     None => self
@@ -230,7 +255,12 @@ impl Blobs {
     /// The blob's size from the shared bucket, else from an upstream `HEAD`
     /// (`None`: upstream did not say), asked once however many want it:
     /// joined while in flight, remembered for [`defaults::BLOB_HEAD_MEMORY`] after.
-    pub async fn head_upstream(&self, target: &Target, digest: &Digest) -> Result<Option<u64>> {
+    pub async fn head_upstream(
+        &self,
+        target: &Target,
+        digest: &Digest,
+        origin: Origin,
+    ) -> Result<Option<u64>> {
         let key: HeadKey = (
             target.upstream.name().to_string(),
             target.repo.to_string(),
@@ -247,12 +277,28 @@ impl Blobs {
             key.clone(),
             self.cx.bucket.clone(),
         );
+        let forward = Cluster::forwards(
+            self.cx.cluster.as_ref(),
+            origin.forwards(),
+            digest.as_str().as_bytes(),
+        );
+        let cluster = self.cx.cluster.clone().filter(|_| forward);
+        let metrics = self.cx.metrics.clone();
         let (result, joined) = self
             .heads
-            .run(key, move || async move {
+            .run((key, forward), move || async move {
                 // An answer that landed just before this flight began.
                 if let Some(&size) = sizes.lock().get(&k, clock.now_ms()) {
                     return Ok(Some(size));
+                }
+                if let Some(cluster) = cluster {
+                    if let Some(size) = head_from_owner(&cluster, &t, &k.2, &metrics).await? {
+                        let now = clock.now_ms();
+                        let until =
+                            now.saturating_add(defaults::BLOB_HEAD_MEMORY.as_millis() as u64);
+                        sizes.lock().insert(k, size, until, now);
+                        return Ok(Some(size));
+                    }
                 }
                 let in_bucket = match &bucket {
                     Some(b) => b.blob_size(&k.2).await,
@@ -344,6 +390,39 @@ impl Blobs {
         self.inflight.len()
     }
 }
+
+/// A cold blob's size from its owner, when another replica owns it: `None`
+/// when this replica owns it or the owner could not say (then it asks the
+/// bucket and upstream itself).
+async fn head_from_owner(
+    cluster: &Cluster,
+    target: &Target,
+    digest: &Digest,
+    metrics: &Metrics,
+) -> Result<Option<u64>> {
+    for _ in 0..MAX_OWNERS_TRIED {
+        let Route::Peer(owner) = cluster.route(digest.as_str().as_bytes()) else {
+            metrics.cluster_role("local", "blob_head");
+            return Ok(None);
+        };
+        match cluster.head_blob(&owner, target, digest).await {
+            Ok(size) => {
+                metrics.cluster_role("forwarded", "blob_head");
+                return Ok(size);
+            }
+            Err(PeerError::NotFound) => {
+                return Err(Error::NotFound("blob not found upstream".into()))
+            }
+            Err(PeerError::Loop) => return Ok(None),
+            Err(PeerError::Failed(_)) => continue, // quarantined: the next owner
+        }
+    }
+    Ok(None)
+}
+
+/// Owners asked in turn before a replica answers a key itself (each failure
+/// quarantines the one asked, so the next is another member, or this one).
+pub(crate) const MAX_OWNERS_TRIED: usize = 3;
 
 /// Resolves a range against a known size: `(start, end)` inclusive, or 416.
 fn resolve(range: RangeRequest, size: u64) -> Result<(u64, u64)> {

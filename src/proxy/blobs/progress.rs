@@ -48,6 +48,9 @@ pub(crate) struct FetchState {
     /// The most recently written bytes, still in memory: a follower keeping up
     /// with the transfer takes them from here instead of reading the file.
     pub recent: Arc<RecentBytes>,
+    /// The bytes come (or are being asked) from a peer, the key's owner: a
+    /// peer's request must not wait on this fetch (it may be the one waited on).
+    pub from_peer: bool,
 }
 
 impl FetchState {
@@ -105,6 +108,7 @@ impl BlobFetch {
             written: 0,
             file: None,
             recent: Arc::default(),
+            from_peer: false,
         });
         (tx, BlobFetch { state: rx })
     }

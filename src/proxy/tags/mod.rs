@@ -10,8 +10,12 @@
 //! - Upstream's "not found" drops the record and is remembered in the
 //!   [negative cache](super::negative).
 //!
+//! In a cluster, a tag has an owner (rendezvous hashing of its key): the
+//! other replicas ask it instead of upstream, once per TTL, and keep its
+//! answer's age, so every replica's window ends with the owner's.
+//!
 //! [`revalidate`] holds the upstream side (one `HEAD`, the answer applied to the
-//! record); [`pushed`] applies what push events say.
+//! record, or the owner's answer); [`pushed`] applies what push events say.
 
 mod pushed;
 mod revalidate;
@@ -23,7 +27,9 @@ use super::flight::SingleFlight;
 use super::freshness;
 use super::manifests::{ManifestMeta, Manifests};
 use super::negative::NegativeCache;
+use super::Origin;
 use crate::clock::Clock;
+use crate::cluster::Cluster;
 use crate::metrics::{Kind, Metrics};
 use crate::oci::Tag;
 use crate::upstream::Target;
@@ -41,6 +47,9 @@ pub enum Source {
     Upstream,
     /// Upstream failed and the stale record stood in (stale-if-error).
     StaleIfError,
+    /// The tag's owner, another replica, answered (from its cache or one
+    /// revalidation it shared).
+    Peer,
 }
 
 /// A resolved tag.
@@ -61,8 +70,11 @@ pub(crate) struct Tags {
     metrics: Arc<Metrics>,
     manifests: Arc<Manifests>,
     negative: NegativeCache,
-    /// One revalidation per tag at a time.
-    flights: SingleFlight<TagKey, Result<Resolved>>,
+    /// One revalidation per tag at a time (and apart, those that may ask the
+    /// owner: a peer's request never waits on one of those).
+    flights: SingleFlight<(TagKey, bool), Result<Resolved>>,
+    /// The other replicas, when configured.
+    cluster: Option<Arc<Cluster>>,
     /// Record writes of one tag (a revalidation landing, a push event) are
     /// serialised by this stripe, so neither undoes a newer confirmation.
     writes: [Mutex<()>; WRITE_STRIPES],
@@ -78,8 +90,10 @@ impl Tags {
         metrics: Arc<Metrics>,
         manifests: Arc<Manifests>,
         negative_capacity: usize,
+        cluster: Option<Arc<Cluster>>,
     ) -> Tags {
         Tags {
+            cluster,
             store,
             clock,
             metrics,
@@ -104,6 +118,7 @@ impl Tags {
         target: &Target,
         tag: &Tag,
         want_body: bool,
+        origin: Origin,
     ) -> Result<Resolved> {
         let key = TagKey::new(target.upstream.name(), target.repo.as_str(), tag.as_str());
         let policy = target.freshness(Some(tag));
@@ -131,11 +146,17 @@ impl Tags {
         }
         self.metrics.miss(Kind::Tag);
         let this = self.clone();
-        let (target2, tag2, key2) = (target.clone(), tag.clone(), key.clone());
+        let (target2, tag2) = (target.clone(), tag.clone());
+        let forward = Cluster::forwards(self.cluster.as_ref(), origin.forwards(), key.as_bytes());
+        let origin = if forward {
+            Origin::Client
+        } else {
+            Origin::Peer
+        };
         let (result, joined) = self
             .flights
-            .run(key, move || async move {
-                this.revalidate(&target2, &tag2, &key2, policy, record, want_body)
+            .run((key, forward), move || async move {
+                this.revalidate(&target2, &tag2, policy, record, want_body, origin)
                     .await
             })
             .await;
@@ -161,7 +182,11 @@ impl Tags {
         if !r.media_type.is_empty() {
             return Some(r.clone());
         }
-        let m = self.manifests.by_digest(target, &r.digest).await.ok()?;
+        let m = self
+            .manifests
+            .by_digest(target, &r.digest, Origin::Client)
+            .await
+            .ok()?;
         let full = TagRecord {
             media_type: m.media_type,
             size: m.body.len() as u64,

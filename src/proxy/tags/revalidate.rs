@@ -6,11 +6,13 @@
 //! found" drops the record and remembers the miss.
 
 use super::{meta_of, resolved, unknown, Resolved, Source, Tags};
+use crate::cluster::{PeerError, PeerTag, Route};
 use crate::config::Freshness;
 use crate::oci::{media, Tag};
 use crate::proxy::error::{Error, Result};
 use crate::proxy::freshness;
 use crate::proxy::manifests::ManifestMeta;
+use crate::proxy::Origin;
 use crate::upstream::{Target, UpstreamError};
 use ferry_storage::{TagKey, TagRecord};
 
@@ -21,11 +23,17 @@ impl Tags {
         &self,
         target: &Target,
         tag: &Tag,
-        key: &TagKey,
         policy: Freshness,
         record: Option<TagRecord>,
         want_body: bool,
+        origin: Origin,
     ) -> Result<Resolved> {
+        let key = &TagKey::new(target.upstream.name(), target.repo.as_str(), tag.as_str());
+        if origin.forwards() {
+            if let Some(answer) = self.ask_owner(target, tag, key, &policy, want_body).await {
+                return answer;
+            }
+        }
         let asked_at = self.clock.now_ms();
         // A tag never seen, whose body the client wants: one upstream `GET`
         // instead of `HEAD` + `GET`, unless a shared bucket may hold the body
@@ -95,6 +103,90 @@ impl Tags {
         }
     }
 
+    /// The owner's answer, when another replica owns the tag: recorded as
+    /// confirmed when the owner's was (its age, not its clock). `None`: this
+    /// replica owns it, or no owner could answer: ask upstream here.
+    async fn ask_owner(
+        &self,
+        target: &Target,
+        tag: &Tag,
+        key: &TagKey,
+        policy: &Freshness,
+        want_body: bool,
+    ) -> Option<Result<Resolved>> {
+        let cluster = self.cluster.as_ref()?;
+        for _ in 0..crate::proxy::blobs::MAX_OWNERS_TRIED {
+            let Route::Peer(owner) = cluster.route(key.as_bytes()) else {
+                break;
+            };
+            match cluster.resolve_tag(&owner, target, tag, want_body).await {
+                Ok(answer) => {
+                    self.metrics.cluster_role("forwarded", "tag");
+                    return Some(self.apply_owners(target, tag, key, answer, &owner));
+                }
+                Err(PeerError::NotFound) => {
+                    self.metrics.cluster_role("forwarded", "tag");
+                    let now = self.clock.now_ms();
+                    let _w = self.write_lock(key);
+                    if let Err(e) = self.store.delete_tag(key) {
+                        tracing::warn!(?target, %tag, error = %e, "could not drop tag record");
+                    }
+                    self.negative
+                        .insert(key.clone(), freshness::negative_until(policy, now), now);
+                    return Some(Err(unknown(target, tag)));
+                }
+                Err(PeerError::Loop) => break,
+                Err(PeerError::Failed(_)) => continue,
+            }
+        }
+        self.metrics.cluster_role("local", "tag");
+        None
+    }
+
+    /// Records what the owner answered (unless a newer confirmation is here).
+    fn apply_owners(
+        &self,
+        target: &Target,
+        tag: &Tag,
+        key: &TagKey,
+        answer: PeerTag,
+        owner: &str,
+    ) -> Result<Resolved> {
+        if let Some(body) = answer.body {
+            if !answer.digest.verifies(&body) {
+                self.metrics.integrity_failures.inc();
+                if let Some(c) = &self.cluster {
+                    c.failed(owner, "sent a manifest that does not match its digest");
+                }
+                return Err(Error::Integrity(format!(
+                    "peer {owner} sent a manifest that does not match {}",
+                    answer.digest
+                )));
+            }
+            self.manifests
+                .keep_verified(&answer.digest, Some(&answer.media_type), body)?;
+        }
+        let now = self.clock.now_ms();
+        let new = TagRecord {
+            digest: answer.digest,
+            media_type: answer.media_type,
+            size: answer.size,
+            checked_at_ms: now.saturating_sub(answer.age_ms),
+            expired: false,
+        };
+        let _w = self.write_lock(key);
+        if let Ok(Some(current)) = self.store.tag(key) {
+            if current.checked_at_ms > new.checked_at_ms && !current.expired {
+                return Ok(resolved(&current, Source::Peer));
+            }
+        }
+        if let Err(e) = self.store.put_tag(key, &new) {
+            tracing::warn!(?target, %tag, error = %e, "could not store tag record");
+        }
+        self.negative.remove(key);
+        Ok(resolved(&new, Source::Peer))
+    }
+
     /// One upstream `HEAD`. Falls back to `GET` only when upstream's `HEAD`
     /// lacks the digest, and fetches the body only when type or size is missing.
     async fn head(
@@ -128,7 +220,10 @@ impl Tags {
                 size,
             }),
             _ => {
-                let m = self.manifests.by_digest(target, &digest).await?;
+                let m = self
+                    .manifests
+                    .by_digest(target, &digest, Origin::Client)
+                    .await?;
                 Ok(ManifestMeta {
                     digest,
                     media_type: m.media_type,

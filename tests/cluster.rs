@@ -1,0 +1,269 @@
+//! Replicas that act as one cache (`[cluster]`, issue 23): three replicas in
+//! one process (static members, one peer secret, real sockets) in front of
+//! the counting fake upstream. Owners are computed with the same formula
+//! Ferry uses (`ferry::cluster::ring`), so each test knows who must fetch.
+
+use crate::support::*;
+use ferry::clock::Clock;
+use ferry::cluster::ring;
+use std::sync::Arc;
+use std::time::Duration;
+
+const MIB: usize = 1024 * 1024;
+
+fn members(rs: &[Proxied]) -> Vec<String> {
+    rs.iter().map(|p| p.addr.to_string()).collect()
+}
+
+/// The index of `key`'s owner among the replicas.
+fn owner_of(rs: &[Proxied], key: &[u8]) -> usize {
+    let m = members(rs);
+    let o = ring::owner(&m, key).unwrap();
+    m.iter().position(|x| x == o).unwrap()
+}
+
+fn tag_key(upstream: &str, repo: &str, tag: &str) -> Vec<u8> {
+    format!("{upstream}\0{repo}\0{tag}").into_bytes()
+}
+
+/// The name Ferry gives the fake when it is the `--upstream` URL.
+fn upstream_name(up: &FakeRegistry) -> String {
+    up.authority()
+}
+
+#[tokio::test]
+async fn thirty_concurrent_gets_over_three_replicas_cost_one_upstream_get() {
+    let up = FakeRegistry::start().await;
+    let d = up.add_blob(bytes_of(3 * MIB, 1));
+    // Slow enough that every request arrives while the blob is in flight.
+    up.faults(|f| f.throttle = Some((256 * 1024, Duration::from_millis(15))));
+    let rs = Arc::new(Proxied::cluster(&up, 3, None, "", Clock::manual()).await);
+    let path = format!("/v2/library/app/blobs/{d}");
+    let pulls: Vec<_> = (0..30)
+        .map(|i| {
+            let (rs, path) = (rs.clone(), path.clone());
+            tokio::spawn(async move { body_digest(rs[i % 3].get(&path).await).await.unwrap().0 })
+        })
+        .collect();
+    for p in pulls {
+        assert_eq!(p.await.unwrap(), d);
+    }
+    assert_eq!(
+        up.count("GET", |r| r.is_blob()),
+        1,
+        "one upstream GET, cluster-wide"
+    );
+    let owner = owner_of(&rs, d.as_bytes());
+    for (i, r) in rs.iter().enumerate() {
+        let forwarded = r.metric("ferry_cluster_requests_total{role=\"forwarded\",kind=\"blob\"}");
+        if i == owner {
+            assert_eq!(forwarded, 0, "the owner asks nobody");
+            assert!(r.metric("ferry_cluster_requests_total{role=\"owner\",kind=\"blob\"}") >= 1);
+        } else {
+            assert_eq!(forwarded, 1, "one fetch per non-owner, from the owner");
+        }
+    }
+    // Warm everywhere now: nothing more upstream, nothing between replicas.
+    for r in rs.iter() {
+        assert_eq!(body_digest(r.get(&path).await).await.unwrap().0, d);
+    }
+    assert_eq!(up.count("GET", |r| r.is_blob()), 1);
+}
+
+#[tokio::test]
+async fn an_image_pulled_through_one_replica_costs_the_others_nothing_upstream() {
+    let up = FakeRegistry::start().await;
+    let (manifest, layers) = up.add_image("library/app", "1.0", &[&bytes_of(500_000, 2), b"small"]);
+    let rs = Proxied::cluster(&up, 3, None, "", Clock::manual()).await;
+    let r = rs[0].get("/v2/library/app/manifests/1.0").await;
+    assert_eq!(sha256(&r.bytes().await.unwrap()), manifest);
+    for l in &layers {
+        assert_eq!(
+            body_digest(rs[0].get(&format!("/v2/library/app/blobs/{l}")).await)
+                .await
+                .unwrap()
+                .0,
+            *l
+        );
+    }
+    let before = up.total();
+    for r in &rs[1..] {
+        let m = r.get("/v2/library/app/manifests/1.0").await;
+        assert_eq!(m.status(), 200);
+        assert_eq!(sha256(&m.bytes().await.unwrap()), manifest);
+        for l in &layers {
+            let h = r.head(&format!("/v2/library/app/blobs/{l}")).await;
+            assert_eq!(h.status(), 200);
+            assert_eq!(
+                body_digest(r.get(&format!("/v2/library/app/blobs/{l}")).await)
+                    .await
+                    .unwrap()
+                    .0,
+                *l
+            );
+        }
+    }
+    assert_eq!(up.total(), before, "B and C cost upstream nothing");
+}
+
+#[tokio::test]
+async fn a_tag_costs_at_most_one_upstream_head_per_ttl_cluster_wide() {
+    let up = FakeRegistry::start().await;
+    let (first, _) = up.add_image("library/app", "1.0", &[b"v1"]);
+    let clock = Clock::manual();
+    let rs = Arc::new(Proxied::cluster(&up, 3, None, "", clock.clone()).await);
+    let owner = owner_of(&rs, &tag_key(&upstream_name(&up), "library/app", "1.0"));
+    let mut moved = String::new();
+    for round in 0..3 {
+        if round == 2 {
+            moved = up.add_image("library/app", "1.0", &[b"v2"]).0;
+        }
+        let heads: Vec<_> = (0..150)
+            .map(|i| {
+                let rs = rs.clone();
+                tokio::spawn(async move {
+                    let r = rs[i % 3].head("/v2/library/app/manifests/1.0").await;
+                    assert_eq!(r.status(), 200);
+                    header(&r, "docker-content-digest").unwrap().to_string()
+                })
+            })
+            .collect();
+        let want = if round == 2 { &moved } else { &first };
+        for h in heads {
+            assert_eq!(&h.await.unwrap(), want, "round {round}");
+        }
+        clock.advance(Duration::from_secs(31));
+    }
+    let upstream_heads = up.count("HEAD", |r| r.is_manifest());
+    let upstream_gets = up.count("GET", |r| r.is_manifest());
+    assert_eq!(
+        upstream_heads, 3,
+        "one HEAD per TTL, cluster-wide ({upstream_gets} GETs)"
+    );
+    for (i, r) in rs.iter().enumerate() {
+        if i != owner {
+            assert!(r.metric("ferry_cluster_requests_total{role=\"forwarded\",kind=\"tag\"}") >= 1);
+        }
+    }
+}
+
+#[tokio::test]
+async fn the_owner_dying_mid_fetch_leaves_every_follower_verified() {
+    let up = FakeRegistry::start().await;
+    let d = up.add_blob(bytes_of(4 * MIB, 3));
+    let gate = up.gate(MIB);
+    let rs = Proxied::cluster(&up, 3, None, "shutdown_grace = \"0s\"", Clock::manual()).await;
+    let owner = owner_of(&rs, d.as_bytes());
+    let mut rs: Vec<Option<Proxied>> = rs.into_iter().map(Some).collect();
+    let path = format!("/v2/library/app/blobs/{d}");
+    let mut pulls = Vec::new();
+    for (i, r) in rs.iter().enumerate() {
+        if i == owner {
+            continue;
+        }
+        let r = r.as_ref().unwrap();
+        for _ in 0..5 {
+            let (c, url) = (r.client.clone(), r.url(&path));
+            pulls.push(tokio::spawn(async move {
+                body_digest(c.get(url).send().await.unwrap())
+                    .await
+                    .map(|(d, _)| d)
+            }));
+        }
+    }
+    // The owner's upstream transfer is stuck at the gate; stop the owner.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while up.count("GET", |r| r.is_blob()) == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the owner never asked upstream"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let dead = rs[owner].take().unwrap();
+    tokio::spawn(dead.stop());
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    gate.release();
+    for p in pulls {
+        assert_eq!(p.await.unwrap().expect("a whole, verified body"), d);
+    }
+    let gets = up.count("GET", |r| r.is_blob());
+    assert!(gets <= 2, "{gets} upstream GETs");
+}
+
+#[tokio::test]
+async fn replicas_that_disagree_on_the_members_never_loop() {
+    let up = FakeRegistry::start().await;
+    let d = up.add_blob(bytes_of(2 * MIB, 4));
+    up.faults(|f| f.throttle = Some((256 * 1024, Duration::from_millis(10))));
+    let rs = Arc::new(Proxied::cluster(&up, 3, None, "", Clock::manual()).await);
+    // A wrong peer secret is refused, and such a request is not served.
+    let r = rs[0]
+        .get_with(
+            &format!("/v2/library/app/blobs/{d}"),
+            &[("ferry-peer", "not-the-secret")],
+        )
+        .await;
+    assert_eq!(r.status(), 401);
+    // Each replica asked as a peer answers itself: no forwarding, whatever it
+    // thinks of ownership (a split view), and the bytes are right.
+    let pulls: Vec<_> = (0..6)
+        .map(|i| {
+            let (rs, d) = (rs.clone(), d.clone());
+            tokio::spawn(async move {
+                let r = rs[i % 3]
+                    .get_with(
+                        &format!("/v2/library/app/blobs/{d}"),
+                        &[("ferry-peer", "a-peer-secret-for-tests")],
+                    )
+                    .await;
+                body_digest(r).await.unwrap().0
+            })
+        })
+        .collect();
+    for p in pulls {
+        assert_eq!(p.await.unwrap(), d);
+    }
+    for r in rs.iter() {
+        assert_eq!(
+            r.metric("ferry_cluster_requests_total{role=\"forwarded\",kind=\"blob\"}"),
+            0,
+            "a peer's request is never forwarded"
+        );
+    }
+    assert!(
+        up.count("GET", |r| r.is_blob()) <= 3,
+        "at most one fetch per view"
+    );
+}
+
+#[tokio::test]
+async fn replicas_share_a_bucket_and_an_owner_at_once() {
+    let up = FakeRegistry::start().await;
+    let d = up.add_blob(bytes_of(300_000, 5));
+    let bucket = TestBucket::new();
+    let rs = Proxied::cluster(&up, 3, Some(bucket.clone()), "", Clock::manual()).await;
+    for r in &rs {
+        assert_eq!(
+            body_digest(r.get(&format!("/v2/library/app/blobs/{d}")).await)
+                .await
+                .unwrap()
+                .0,
+            d
+        );
+    }
+    assert_eq!(up.count("GET", |r| r.is_blob()), 1);
+    let owner = owner_of(&rs, d.as_bytes());
+    // Only the owner uploads.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while bucket.object(&TestBucket::blob_key(&d)).await.is_none() {
+        assert!(std::time::Instant::now() < deadline, "never uploaded");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    for (i, r) in rs.iter().enumerate() {
+        let uploads = r.metric("ferry_bucket_uploads_total{object=\"blob\",result=\"completed\"}");
+        assert_eq!(uploads, u64::from(i == owner), "replica {i}");
+    }
+    bucket.assert_content_addressed().await;
+}
