@@ -8,6 +8,7 @@ mod access;
 mod api;
 mod auth;
 mod blobs;
+mod cli;
 mod crash;
 mod events;
 mod freshness;
