@@ -50,11 +50,14 @@ use cluster::Cluster;
 use ferry_storage::{Store, StoreOptions};
 use metrics::Metrics;
 use proxy::Proxy;
+use server::listeners::{serve_admin, serve_client, serve_webhook, AcceptLoops, Gates};
 use server::App;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
 use upstream::{Router, Upstream};
 
 /// How often batched blob access times are written and the size budget checked.
@@ -268,125 +271,49 @@ pub async fn run(
 async fn serve_gated<F, Fut>(
     config: Config,
     listeners: Listeners,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-    mut reloads: tokio::sync::mpsc::Receiver<Config>,
+    signal: impl Future<Output = ()> + Send + 'static,
+    reloads: tokio::sync::mpsc::Receiver<Config>,
     open: F,
 ) -> Result<(), StartError>
 where
-    F: FnOnce(tokio::sync::watch::Receiver<bool>) -> Fut,
+    F: FnOnce(watch::Receiver<bool>) -> Fut,
     Fut: Future<Output = Result<Option<Ferry>, StartError>>,
 {
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    // `stop` turns true when `signal` resolves: every loop watches it.
+    let (stop_tx, mut stop) = watch::channel(false);
     let stop_tx = Arc::new(stop_tx);
-    let (gate_tx, gate) = tokio::sync::watch::channel::<Option<Arc<App>>>(None);
-    let (proxy_tx, proxy_gate) = tokio::sync::watch::channel::<Option<Arc<Proxy>>>(None);
     let on_signal = stop_tx.clone();
     tokio::spawn(async move {
-        shutdown.await;
+        signal.await;
         let _ = on_signal.send(true);
     });
-    let plain = server::accept::Serving {
-        tls: None,
-        grace: config.shutdown_grace,
-        limits: config.limits,
+    let gates = Gates::closed();
+    let loops = AcceptLoops {
+        admin: listeners
+            .admin
+            .map(|l| serve_admin(l, &config, &stop, &gates)),
+        webhook: listeners
+            .webhook
+            .zip(config.webhook.as_ref())
+            .map(|(l, w)| serve_webhook(l, w, &config, &stop, &gates)),
+        client: serve_client(listeners.client, &config, &stop, &gates),
     };
-    let admin_token = config.admin_token.clone().map(Arc::new);
-    let admin = listeners.admin.map(|admin| {
-        if let Ok(addr) = admin.local_addr() {
-            match &admin_token {
-                Some(_) => tracing::info!(%addr, "admin API listening (bearer token required)"),
-                None => tracing::warn!(
-                    %addr,
-                    "admin API listening without authentication: anyone on this host can purge the cache (set admin_token_file)"
-                ),
-            }
-        }
-        tokio::spawn(server::accept::serve(
-            admin,
-            plain.clone(),
-            stop_rx.clone(),
-            move |req| {
-                let proxy = proxy_gate.borrow().clone();
-                let token = admin_token.clone();
-                async move {
-                    match proxy {
-                        Some(p) => server::admin::handle(p, token.as_deref(), req).await,
-                        None => server::starting(&req),
-                    }
-                }
-            },
-        ))
-    });
-    let (admission_tx, admission_gate) =
-        tokio::sync::watch::channel::<Option<Arc<admission::Admission>>>(None);
-    let webhook = match (listeners.webhook, &config.webhook) {
-        (Some(listener), Some(w)) => {
-            if let Ok(addr) = listener.local_addr() {
-                tracing::info!(%addr, "admission webhook listening");
-            }
-            tokio::spawn(watch_certificate(w.tls.certs.clone()));
-            let acceptor = tokio_rustls::TlsAcceptor::from(w.tls.server.clone());
-            let serving = server::accept::Serving {
-                tls: Some(acceptor),
-                ..plain.clone()
-            };
-            Some(tokio::spawn(server::accept::serve(
-                listener,
-                serving,
-                stop_rx.clone(),
-                move |req| {
-                    let admission = admission_gate.borrow().clone();
-                    async move {
-                        match admission {
-                            Some(a) => a.handle(req).await,
-                            None => server::starting(&req),
-                        }
-                    }
-                },
-            )))
-        }
-        _ => None,
-    };
-    let tls = config
-        .tls
-        .as_ref()
-        .map(|t| tokio_rustls::TlsAcceptor::from(t.server.clone()));
-    if let Some(t) = &config.tls {
-        tokio::spawn(watch_certificate(t.certs.clone()));
-    }
     let started = std::time::Instant::now();
-    let client = tokio::spawn(server::accept::serve(
-        listeners.client,
-        server::accept::Serving { tls, ..plain },
-        stop_rx.clone(),
-        move |req| {
-            let app = gate.borrow().clone();
-            async move {
-                match app {
-                    Some(app) => app.handle(req).await,
-                    None => server::starting(&req),
-                }
-            }
-        },
-    ));
-    let ferry = match open(stop_rx.clone()).await {
+    let ferry = match open(stop.clone()).await {
         Ok(Some(f)) => f,
         other => {
             let _ = stop_tx.send(true);
-            let _ = client.await;
+            // The admin and webhook loops stop on the same signal, unawaited.
+            let _ = loops.client.await;
             return other.map(drop);
         }
     };
-    let app = ferry.app();
-    let proxy = ferry.proxy.clone();
-    let _ = proxy_tx.send(Some(proxy.clone()));
-    if let Some(w) = &config.webhook {
-        let _ = admission_tx.send(Some(Arc::new(admission::Admission::new(
-            proxy.clone(),
-            w.clone(),
-        ))));
-    }
-    let _ = gate_tx.send(Some(app.clone()));
+    let (app, proxy) = (ferry.app(), ferry.proxy.clone());
+    let admission = config
+        .webhook
+        .as_ref()
+        .map(|w| Arc::new(admission::Admission::new(proxy.clone(), w.clone())));
+    gates.open(app.clone(), proxy.clone(), admission);
     let (blobs, bytes) = proxy.store_usage();
     tracing::info!(
         after_ms = started.elapsed().as_millis() as u64,
@@ -394,74 +321,67 @@ where
         bytes,
         "ready"
     );
-    let maintenance = tokio::spawn(maintain(proxy.clone()));
-    let reloading = {
-        let (proxy, mut current) = (proxy.clone(), config.clone());
-        tokio::spawn(async move {
-            while let Some(new) = reloads.recv().await {
-                let r = reload::apply(&proxy, &current, &new);
-                if r.applied.is_empty() && r.need_restart.is_empty() {
-                    tracing::info!("configuration reloaded: nothing changed");
-                }
-                for what in &r.applied {
-                    tracing::info!("configuration reloaded: {what}");
-                }
-                for why in &r.need_restart {
-                    tracing::warn!("configuration reload: {why}");
-                }
-                current = new;
-            }
-        })
-    };
-    let mut stop = stop_rx;
+    let background = [
+        tokio::spawn(maintain(proxy.clone())),
+        tokio::spawn(apply_reloads(proxy.clone(), config.clone(), reloads)),
+    ];
     let _ = stop.wait_for(|s| *s).await;
+    shutdown(&app, loops, background, &proxy, config.shutdown_grace).await;
+    Ok(())
+}
+
+/// Stops a serving Ferry once `stop` has turned true (on which every accept
+/// loop stops accepting), in this order:
+/// 1. drain: `/readyz` turns 503 so load balancers move on; requests are
+///    still answered;
+/// 2. join the accept loops: open requests finish, within `shutdown_grace`;
+/// 3. stop the maintenance and reload loops;
+/// 4. let blob fetches in flight land within what is left of
+///    `shutdown_grace`: a fetch whose clients are served may still be making
+///    its blob durable. What is cut short is logged.
+async fn shutdown(
+    app: &App,
+    loops: AcceptLoops,
+    background: [JoinHandle<()>; 2],
+    proxy: &Proxy,
+    grace: Duration,
+) {
     app.drain();
     let stopping = std::time::Instant::now();
-    let _ = client.await;
-    if let Some(admin) = admin {
-        let _ = admin.await;
+    loops.join().await;
+    for task in background {
+        task.abort();
     }
-    if let Some(webhook) = webhook {
-        let _ = webhook.await;
-    }
-    maintenance.abort();
-    reloading.abort();
-    // A fetch whose clients are served may still be making its blob durable.
-    let left = config.shutdown_grace.saturating_sub(stopping.elapsed());
+    let left = grace.saturating_sub(stopping.elapsed());
     if !proxy.shutdown(left).await {
         tracing::warn!(
             in_flight = proxy.fetches_in_flight(),
             "blob fetches cut short at the end of shutdown_grace ({}s); their temp files are swept at the next start",
-            config.shutdown_grace.as_secs()
+            grace.as_secs()
         );
     }
     tracing::info!(took_ms = stopping.elapsed().as_millis() as u64, "stopped");
-    Ok(())
 }
 
-/// How often the TLS certificate files are checked for a rotation.
-const CERT_CHECK_INTERVAL: Duration = Duration::from_secs(10);
-
-/// Reloads the client port's certificate when its files change (cert-manager
-/// rotates them in place); new connections get the new one.
-async fn watch_certificate(certs: Arc<config::tls::CertFiles>) {
-    let mut tick = tokio::time::interval(CERT_CHECK_INTERVAL);
-    let mut failing = false;
-    loop {
-        tick.tick().await;
-        match certs.reload_if_changed() {
-            Ok(true) => {
-                let (cert, _) = certs.paths();
-                tracing::info!(cert = %cert.display(), "TLS certificate reloaded");
-                failing = false;
-            }
-            Ok(false) => {}
-            Err(e) if !failing => {
-                tracing::error!(error = %e, "TLS certificate changed but cannot be loaded; still serving the previous one");
-                failing = true;
-            }
-            Err(_) => {}
+/// Applies each configuration received on `reloads` where that is safe (see
+/// [`reload`]), and logs what was applied or needs a restart.
+async fn apply_reloads(
+    proxy: Arc<Proxy>,
+    mut current: Config,
+    mut reloads: tokio::sync::mpsc::Receiver<Config>,
+) {
+    while let Some(new) = reloads.recv().await {
+        let r = reload::apply(&proxy, &current, &new);
+        if r.applied.is_empty() && r.need_restart.is_empty() {
+            tracing::info!("configuration reloaded: nothing changed");
         }
+        for what in &r.applied {
+            tracing::info!("configuration reloaded: {what}");
+        }
+        for why in &r.need_restart {
+            tracing::warn!("configuration reload: {why}");
+        }
+        current = new;
     }
 }
 

@@ -9,6 +9,7 @@ mod api;
 mod auth;
 mod blobs;
 mod bucket;
+mod cli;
 mod cluster;
 mod crash;
 mod events;

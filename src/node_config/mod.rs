@@ -126,24 +126,30 @@ fn registry_host(u: &crate::config::UpstreamConfig) -> String {
     }
 }
 
+/// containerd's `hosts.toml` for the registry at `server`: Ferry as its mirror.
 fn hosts_toml(server: &Url, ferry: &Url, t: &NodeTargets) -> String {
-    let host = ferry.as_str().trim_end_matches('/');
+    let host = toml_string(ferry.as_str().trim_end_matches('/'));
     let mut s = format!(
-        "{MARKER}\nserver = \"{}\"\n\n[host.\"{host}\"]\n  capabilities = [\"pull\", \"resolve\"]\n",
-        server.as_str().trim_end_matches('/')
+        "{MARKER}\nserver = {}\n\n[host.{host}]\n  capabilities = [\"pull\", \"resolve\"]\n",
+        toml_string(server.as_str().trim_end_matches('/'))
     );
     if let Some(ca) = &t.ca {
-        s.push_str(&format!("  ca = \"{}\"\n", ca.display()));
+        s.push_str(&format!(
+            "  ca = {}\n",
+            toml_string(&ca.display().to_string())
+        ));
     }
     if let Some(auth) = &t.auth_header {
         s.push_str(&format!(
-            "  [host.\"{host}\".header]\n    authorization = \"{}\"\n",
-            auth.replace('\\', "\\\\").replace('"', "\\\"")
+            "  [host.{host}.header]\n    authorization = {}\n",
+            toml_string(auth)
         ));
     }
     s
 }
 
+/// The CRI-O/podman drop-in: one `[[registry]]` with Ferry as its mirror per
+/// upstream that containers/image can name.
 fn drop_in(config: &Config, ferry: &Url) -> String {
     let insecure = ferry.scheme() == "http";
     let ferry = authority(ferry);
@@ -158,14 +164,23 @@ fn drop_in(config: &Config, ferry: &Url) -> String {
             ));
             continue;
         };
+        let host = toml_string(&host);
         s.push_str(&format!(
-            "\n[[registry]]\nprefix = \"{host}\"\nlocation = \"{host}\"\n[[registry.mirror]]\nlocation = \"{ferry}/{prefix}\"\n"
+            "\n[[registry]]\nprefix = {host}\nlocation = {host}\n[[registry.mirror]]\nlocation = {}\n",
+            toml_string(&format!("{ferry}/{prefix}"))
         ));
         if insecure {
             s.push_str("insecure = true\n");
         }
     }
     s
+}
+
+/// `value` as a TOML string (also a valid quoted key), escaped by the `toml`
+/// crate: the files keep a hand-laid-out shape with their marker and comments,
+/// while no path or header value can break out of its quotes.
+fn toml_string(value: &str) -> String {
+    toml::Value::String(value.to_string()).to_string()
 }
 
 /// The path prefix a CRI-O or podman mirror puts before repository names so

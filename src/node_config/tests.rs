@@ -58,24 +58,54 @@ fn writes_each_client_config_and_a_second_run_changes_nothing() {
             .count(),
         4
     );
-    let hub = &files[&dir.join("certs.d/docker.io/hosts.toml")];
-    assert!(hub.starts_with(MARKER));
-    assert!(hub.contains("server = \"https://registry-1.docker.io\""));
-    assert!(hub.contains("[host.\"http://10.96.0.50:5000\"]"));
-    assert!(hub.contains("capabilities = [\"pull\", \"resolve\"]"));
-    let local = &files[&dir.join("certs.d/127.0.0.1:5001/hosts.toml")];
-    assert!(local.contains("server = \"http://127.0.0.1:5001\""));
-    let drop_in = &files[&dir.join("registries.conf.d").join(DROP_IN)];
-    assert!(drop_in.contains("location = \"10.96.0.50:5000/docker.io\""));
-    // A host with a port cannot be a containers/image path prefix: the name is.
-    assert!(drop_in.contains("prefix = \"127.0.0.1:5001\""));
-    assert!(drop_in.contains("location = \"10.96.0.50:5000/local\""));
-    assert!(!drop_in.contains("10.96.0.50:5000/127.0.0.1"));
-    assert!(drop_in.contains("insecure = true"));
-    let daemon: serde_json::Value = serde_json::from_str(&files[&dir.join("daemon.json")]).unwrap();
     assert_eq!(
-        daemon["registry-mirrors"],
-        serde_json::json!(["http://10.96.0.50:5000"])
+        files[&dir.join("certs.d/docker.io/hosts.toml")],
+        format!(
+            "{MARKER}
+server = \"https://registry-1.docker.io\"
+
+[host.\"http://10.96.0.50:5000\"]
+  capabilities = [\"pull\", \"resolve\"]
+"
+        )
+    );
+    assert_eq!(
+        files[&dir.join("certs.d/127.0.0.1:5001/hosts.toml")],
+        format!(
+            "{MARKER}
+server = \"http://127.0.0.1:5001\"
+
+[host.\"http://10.96.0.50:5000\"]
+  capabilities = [\"pull\", \"resolve\"]
+"
+        )
+    );
+    // A host with a port cannot be a containers/image path prefix: the
+    // upstream's name is (`local`, not `127.0.0.1:5001`).
+    assert_eq!(
+        files[&dir.join("registries.conf.d").join(DROP_IN)],
+        format!(
+            "{MARKER}
+
+[[registry]]
+prefix = \"docker.io\"
+location = \"docker.io\"
+[[registry.mirror]]
+location = \"10.96.0.50:5000/docker.io\"
+insecure = true
+
+[[registry]]
+prefix = \"127.0.0.1:5001\"
+location = \"127.0.0.1:5001\"
+[[registry.mirror]]
+location = \"10.96.0.50:5000/local\"
+insecure = true
+"
+        )
+    );
+    assert_eq!(
+        files[&dir.join("daemon.json")],
+        "{\n  \"registry-mirrors\": [\n    \"http://10.96.0.50:5000\"\n  ]\n}\n"
     );
 
     let second = run(&mut files, &t, false);
@@ -135,13 +165,80 @@ fn ca_and_client_auth_header_go_into_hosts_toml() {
     t.auth_header = Some("Basic bm9kZTpwdw==".into());
     let mut files = HashMap::new();
     run(&mut files, &t, false);
-    let hub = &files[&dir.join("certs.d/docker.io/hosts.toml")];
-    assert!(hub.contains("ca = \"/etc/ferry/ca.pem\""));
-    assert!(hub.contains("[host.\"https://ferry.example:5000\".header]"));
-    assert!(hub.contains("authorization = \"Basic bm9kZTpwdw==\""));
+    assert_eq!(
+        files[&dir.join("certs.d/docker.io/hosts.toml")],
+        format!(
+            "{MARKER}
+server = \"https://registry-1.docker.io\"
+
+[host.\"https://ferry.example:5000\"]
+  capabilities = [\"pull\", \"resolve\"]
+  ca = \"/etc/ferry/ca.pem\"
+  [host.\"https://ferry.example:5000\".header]
+    authorization = \"Basic bm9kZTpwdw==\"
+"
+        )
+    );
     let drop_in = &files[&dir.join("registries.conf.d").join(DROP_IN)];
     assert!(!drop_in.contains("insecure"), "TLS: not insecure");
-    assert!(hub.parse::<toml::Table>().is_ok(), "valid TOML:\n{hub}");
+}
+
+#[test]
+fn quotes_and_backslashes_in_the_ca_path_and_header_stay_inside_their_values() {
+    let dir = Path::new("/node");
+    let mut t = targets(dir);
+    t.ca = Some(r#"/etc/ferry/"odd" dir\ca.pem"#.into());
+    t.auth_header = Some(r#"Bearer a"b\c"#.into());
+    let mut files = HashMap::new();
+    run(&mut files, &t, false);
+    let hub = &files[&dir.join("certs.d/docker.io/hosts.toml")];
+    assert!(hub.starts_with(&format!("{MARKER}\n")), "{hub}");
+    let parsed: toml::Value = toml::from_str(hub).unwrap_or_else(|e| panic!("{e}\n{hub}"));
+    let want = toml::Value::try_from(serde_json::json!({
+        "server": "https://registry-1.docker.io",
+        "host": {
+            "http://10.96.0.50:5000": {
+                "capabilities": ["pull", "resolve"],
+                "ca": r#"/etc/ferry/"odd" dir\ca.pem"#,
+                "header": { "authorization": r#"Bearer a"b\c"# },
+            },
+        },
+    }))
+    .unwrap();
+    assert_eq!(parsed, want, "{hub}");
+}
+
+#[test]
+fn a_registry_with_a_port_and_no_usable_name_gets_a_comment_not_a_mirror() {
+    let raw = RawConfig::from_toml(
+        r#"
+        [[upstream]]
+        name = "registry.corp:5000"
+        url = "https://registry.corp:5000"
+        "#,
+    )
+    .unwrap();
+    let config = Config::from_raw(raw, Overrides::default()).unwrap();
+    let t = NodeTargets {
+        ferry_url: Some("https://ferry.example:5000".parse().unwrap()),
+        registries_d: Some("/node/registries.conf.d".into()),
+        ..NodeTargets::default()
+    };
+    let steps = plan(&config, &t, false, |_| None).unwrap();
+    let content = format!(
+        "{MARKER}
+
+# registry.corp:5000: no mirror. containers/image cannot take a host with a port as a
+# path prefix, and the upstream's name \"registry.corp:5000\" is not a repository path component.
+"
+    );
+    assert_eq!(
+        steps,
+        [Step::Write {
+            path: Path::new("/node/registries.conf.d").join(DROP_IN),
+            content,
+        }]
+    );
 }
 
 #[test]

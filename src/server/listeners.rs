@@ -1,0 +1,217 @@
+//! The listeners Ferry serves, each on its own accept loop from the moment it
+//! is bound. Until the cache is open every listener answers as
+//! [`starting`] (`/healthz` 200, everything else 503); [`Gates::open`] then
+//! hands each its service.
+//!
+//! - [`serve_client`]: the pull API, `/metrics`, `/healthz`, `/readyz`, over
+//!   TLS when configured;
+//! - [`serve_admin`]: purge, prefetch, fsck;
+//! - [`serve_webhook`]: the admission webhook, always over TLS.
+//!
+//! Each loop stops accepting when `stop` turns true and lets its open requests
+//! finish within `shutdown_grace`; [`AcceptLoops::join`] waits for them all.
+
+use super::{accept, admin, starting, App};
+use crate::admission::Admission;
+use crate::config::tls::CertFiles;
+use crate::config::webhook::WebhookConfig;
+use crate::config::Config;
+use crate::proxy::Proxy;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+/// How often the TLS certificate files are checked for a rotation.
+const CERT_CHECK_INTERVAL: Duration = Duration::from_secs(10);
+
+/// What each listener serves once the cache is open: `None` until then, so
+/// the sockets answer (503, `/healthz` 200) while the store is still locked.
+pub(crate) struct Gates {
+    /// The client port's service.
+    client: watch::Sender<Option<Arc<App>>>,
+    /// The cache the admin API acts on.
+    admin: watch::Sender<Option<Arc<Proxy>>>,
+    /// The admission webhook.
+    webhook: watch::Sender<Option<Arc<Admission>>>,
+}
+
+impl Gates {
+    /// Every listener answering as [`starting`].
+    pub(crate) fn closed() -> Gates {
+        Gates {
+            client: watch::channel(None).0,
+            admin: watch::channel(None).0,
+            webhook: watch::channel(None).0,
+        }
+    }
+
+    /// Hands each listener its service. The client port comes last, so
+    /// `/readyz` says ready only once the admin API and the webhook answer too.
+    pub(crate) fn open(&self, app: Arc<App>, proxy: Arc<Proxy>, admission: Option<Arc<Admission>>) {
+        self.admin.send_replace(Some(proxy));
+        if let Some(admission) = admission {
+            self.webhook.send_replace(Some(admission));
+        }
+        self.client.send_replace(Some(app));
+    }
+}
+
+/// The accept loops serving the listeners, to be joined at shutdown.
+pub(crate) struct AcceptLoops {
+    /// The client port's.
+    pub(crate) client: JoinHandle<()>,
+    /// The admin API's, when it listens.
+    pub(crate) admin: Option<JoinHandle<()>>,
+    /// The admission webhook's, when it listens.
+    pub(crate) webhook: Option<JoinHandle<()>>,
+}
+
+impl AcceptLoops {
+    /// Waits until every loop has stopped (each finishes its open requests
+    /// within `shutdown_grace` once `stop` turns true).
+    pub(crate) async fn join(self) {
+        let _ = self.client.await;
+        if let Some(admin) = self.admin {
+            let _ = admin.await;
+        }
+        if let Some(webhook) = self.webhook {
+            let _ = webhook.await;
+        }
+    }
+}
+
+/// Serves the pull API on `listener` (TLS when `config.tls` is set, its
+/// certificate reloaded when the files change).
+pub(crate) fn serve_client(
+    listener: TcpListener,
+    config: &Config,
+    stop: &watch::Receiver<bool>,
+    gates: &Gates,
+) -> JoinHandle<()> {
+    let tls = config.tls.as_ref().map(|t| {
+        tokio::spawn(watch_certificate(t.certs.clone()));
+        tokio_rustls::TlsAcceptor::from(t.server.clone())
+    });
+    let gate = gates.client.subscribe();
+    tokio::spawn(accept::serve(
+        listener,
+        accept::Serving {
+            tls,
+            ..plain(config)
+        },
+        stop.clone(),
+        move |req| {
+            let app = gate.borrow().clone();
+            async move {
+                match app {
+                    Some(app) => app.handle(req).await,
+                    None => starting(&req),
+                }
+            }
+        },
+    ))
+}
+
+/// Serves the admin API on `listener`, plain HTTP, behind the admin token when
+/// one is configured (without one, anyone on the host may purge: logged).
+pub(crate) fn serve_admin(
+    listener: TcpListener,
+    config: &Config,
+    stop: &watch::Receiver<bool>,
+    gates: &Gates,
+) -> JoinHandle<()> {
+    let token = config.admin_token.clone().map(Arc::new);
+    if let Ok(addr) = listener.local_addr() {
+        match &token {
+            Some(_) => tracing::info!(%addr, "admin API listening (bearer token required)"),
+            None => tracing::warn!(
+                %addr,
+                "admin API listening without authentication: anyone on this host can purge the cache (set admin_token_file)"
+            ),
+        }
+    }
+    let gate = gates.admin.subscribe();
+    tokio::spawn(accept::serve(
+        listener,
+        plain(config),
+        stop.clone(),
+        move |req| {
+            let proxy = gate.borrow().clone();
+            let token = token.clone();
+            async move {
+                match proxy {
+                    Some(p) => admin::handle(p, token.as_deref(), req).await,
+                    None => starting(&req),
+                }
+            }
+        },
+    ))
+}
+
+/// Serves the admission webhook on `listener` over TLS (its certificate
+/// reloaded when the files change).
+pub(crate) fn serve_webhook(
+    listener: TcpListener,
+    webhook: &WebhookConfig,
+    config: &Config,
+    stop: &watch::Receiver<bool>,
+    gates: &Gates,
+) -> JoinHandle<()> {
+    if let Ok(addr) = listener.local_addr() {
+        tracing::info!(%addr, "admission webhook listening");
+    }
+    tokio::spawn(watch_certificate(webhook.tls.certs.clone()));
+    let tls = tokio_rustls::TlsAcceptor::from(webhook.tls.server.clone());
+    let gate = gates.webhook.subscribe();
+    tokio::spawn(accept::serve(
+        listener,
+        accept::Serving {
+            tls: Some(tls),
+            ..plain(config)
+        },
+        stop.clone(),
+        move |req| {
+            let admission = gate.borrow().clone();
+            async move {
+                match admission {
+                    Some(a) => a.handle(req).await,
+                    None => starting(&req),
+                }
+            }
+        },
+    ))
+}
+
+/// Plain HTTP with the configured limits and shutdown grace.
+fn plain(config: &Config) -> accept::Serving {
+    accept::Serving {
+        tls: None,
+        grace: config.shutdown_grace,
+        limits: config.limits,
+    }
+}
+
+/// Reloads a listener's certificate when its files change (cert-manager
+/// rotates them in place); new connections get the new one.
+async fn watch_certificate(certs: Arc<CertFiles>) {
+    let mut tick = tokio::time::interval(CERT_CHECK_INTERVAL);
+    let mut failing = false;
+    loop {
+        tick.tick().await;
+        match certs.reload_if_changed() {
+            Ok(true) => {
+                let (cert, _) = certs.paths();
+                tracing::info!(cert = %cert.display(), "TLS certificate reloaded");
+                failing = false;
+            }
+            Ok(false) => {}
+            Err(e) if !failing => {
+                tracing::error!(error = %e, "TLS certificate changed but cannot be loaded; still serving the previous one");
+                failing = true;
+            }
+            Err(_) => {}
+        }
+    }
+}
