@@ -260,7 +260,12 @@ async fn fsck_cli_exit_code_says_whether_the_store_is_clean() {
             .output()
             .unwrap()
     };
-    assert_eq!(fsck(&["--verify"]).status.code(), Some(0));
+    let out = fsck(&["--verify"]);
+    assert_eq!(out.status.code(), Some(0));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).starts_with("store format 1\n"),
+        "fsck shows the store's format"
+    );
     let hex = &d["sha256:".len()..];
     std::fs::write(
         dir.path().join("blobs/sha256").join(&hex[..2]).join(hex),
@@ -277,6 +282,43 @@ async fn fsck_cli_exit_code_says_whether_the_store_is_clean() {
     assert!(String::from_utf8_lossy(&out.stdout).contains("do not hash"));
     assert_eq!(fsck(&["--verify", "--repair"]).status.code(), Some(1));
     assert_eq!(fsck(&["--verify"]).status.code(), Some(0), "repaired");
+}
+
+/// A data directory from a newer Ferry (a rollback) is refused before any
+/// socket is bound, with the reason, and left as it was.
+#[test]
+fn a_store_from_a_newer_ferry_is_refused_at_start_with_exit_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    std::fs::create_dir_all(data.join("index")).unwrap();
+    std::fs::write(data.join("FORMAT"), "ferry-store 99\n").unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let out = Command::new(env!("CARGO_BIN_EXE_ferry"))
+        .args([
+            "serve",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--data-dir",
+        ])
+        .arg(&data)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("written by a newer Ferry (store format 99"),
+        "{err}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(data.join("FORMAT")).unwrap(),
+        "ferry-store 99\n",
+        "untouched"
+    );
+    assert!(!data.join("blobs").exists() && !data.join("tmp").exists());
 }
 
 #[test]

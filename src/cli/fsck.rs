@@ -34,6 +34,7 @@ pub fn run(args: FsckArgs) -> Result<ExitCode> {
         )
     })?;
     let report = store.fsck(verify, repair)?;
+    println!("store format {}", report.format);
     for f in &report.findings {
         println!("{f}");
     }

@@ -7,6 +7,9 @@ use ferry::config::Config;
 
 /// Serves `config` (already validated, from `args`) until a shutdown signal.
 pub fn run(config: Config, args: ServeArgs) -> Result<()> {
+    // A data directory this build cannot read is refused before any socket
+    // is bound (and before it is touched), like a bad configuration.
+    ferry_storage::format::check(&config.data_dir)?;
     raise_open_files(config.limits.max_connections);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
