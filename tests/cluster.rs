@@ -124,6 +124,13 @@ async fn a_tag_costs_at_most_one_upstream_head_per_ttl_cluster_wide() {
                 tokio::spawn(async move {
                     let r = rs[i % 3].head("/v2/library/app/manifests/1.0").await;
                     assert_eq!(r.status(), 200);
+                    // What containerd needs to trust a HEAD, from every replica.
+                    assert_eq!(header(&r, "content-type"), Some(OCI_MANIFEST));
+                    let len: usize = header(&r, "content-length").unwrap().parse().unwrap();
+                    assert!(
+                        len > 100,
+                        "a HEAD's Content-Length is the manifest's: {len}"
+                    );
                     header(&r, "docker-content-digest").unwrap().to_string()
                 })
             })

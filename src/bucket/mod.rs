@@ -28,7 +28,7 @@ use bytes::Bytes;
 use futures_util::stream::BoxStream;
 use futures_util::{StreamExt, TryStreamExt};
 use health::Health;
-use object_store::aws::{AmazonS3Builder, S3ConditionalPut};
+use object_store::aws::{AmazonS3, AmazonS3Builder, S3ConditionalPut};
 use object_store::path::Path;
 use object_store::{
     Attribute, AttributeValue, Attributes, ClientOptions, GetOptions, GetRange, MultipartUpload,
@@ -74,7 +74,10 @@ pub struct BlobRead {
 
 /// The bucket, its health and its upload slots.
 pub struct Bucket {
+    /// Requests with a short time limit (heads, puts, parts, manifests).
     store: Arc<dyn ObjectStore>,
+    /// Blob reads, which stream as long as the blob takes.
+    streams: Arc<dyn ObjectStore>,
     /// `""` or ending in `/`.
     prefix: String,
     part_size: usize,
@@ -93,32 +96,14 @@ impl Bucket {
         metrics: Arc<Metrics>,
         clock: Clock,
     ) -> Result<Bucket, object_store::Error> {
-        let endpoint = config.endpoint.as_str().trim_end_matches('/');
-        let s3 = AmazonS3Builder::new()
-            .with_endpoint(endpoint)
-            .with_region(&config.region)
-            .with_bucket_name(&config.bucket)
-            .with_virtual_hosted_style_request(!config.path_style)
-            .with_access_key_id(&config.access_key)
-            .with_secret_access_key(&config.secret_key)
-            // Keys are content-addressed and always overwritten with the same
-            // bytes; a conditional put would be silently ignored by Garage.
-            .with_conditional_put(S3ConditionalPut::Disabled)
-            // The client options replace the builder's: plain HTTP is allowed here.
-            .with_client_options(
-                ClientOptions::new()
-                    .with_allow_http(config.endpoint.scheme() == "http")
-                    .with_timeout(defaults::BUCKET_TIMEOUT)
-                    .with_connect_timeout(defaults::CONNECT_TIMEOUT),
-            )
-            // One quick retry; past that the back-off window takes over.
-            .with_retry(RetryConfig {
-                max_retries: 1,
-                retry_timeout: defaults::BUCKET_TIMEOUT,
-                ..RetryConfig::default()
-            })
-            .build()?;
-        Ok(Bucket::over(Arc::new(s3), config, metrics, clock))
+        let requests = s3(config, defaults::BUCKET_TIMEOUT)?;
+        // A blob's GET streams for as long as the blob takes: its timeout is
+        // not a request's (object_store's covers the whole body); a stalled
+        // stream is caught by the fetch's idle timeout instead.
+        let streams = s3(config, defaults::BUCKET_STREAM_TIMEOUT)?;
+        let mut bucket = Bucket::over(Arc::new(requests), config, metrics, clock);
+        bucket.streams = Arc::new(streams);
+        Ok(bucket)
     }
 
     /// A bucket over any object store (tests use `object_store`'s in-memory one).
@@ -129,6 +114,7 @@ impl Bucket {
         clock: Clock,
     ) -> Bucket {
         Bucket {
+            streams: store.clone(),
             store,
             prefix: config.prefix.clone(),
             part_size: config.part_size,
@@ -137,7 +123,6 @@ impl Bucket {
             metrics,
         }
     }
-
     /// The key of `digest` as `object`.
     pub fn key(&self, object: Object, digest: &Digest) -> Path {
         Path::from(format!(
@@ -354,4 +339,35 @@ impl Bucket {
             self.failed("delete", "DELETE of a corrupt object", &e);
         }
     }
+}
+
+/// An S3 client whose requests take at most `timeout` (body included).
+fn s3(
+    config: &BucketConfig,
+    timeout: std::time::Duration,
+) -> Result<AmazonS3, object_store::Error> {
+    AmazonS3Builder::new()
+        .with_endpoint(config.endpoint.as_str().trim_end_matches('/'))
+        .with_region(&config.region)
+        .with_bucket_name(&config.bucket)
+        .with_virtual_hosted_style_request(!config.path_style)
+        .with_access_key_id(&config.access_key)
+        .with_secret_access_key(&config.secret_key)
+        // Keys are content-addressed and always overwritten with the same
+        // bytes; a conditional put would be silently ignored by Garage.
+        .with_conditional_put(S3ConditionalPut::Disabled)
+        // The client options replace the builder's: plain HTTP is allowed here.
+        .with_client_options(
+            ClientOptions::new()
+                .with_allow_http(config.endpoint.scheme() == "http")
+                .with_timeout(timeout)
+                .with_connect_timeout(defaults::CONNECT_TIMEOUT),
+        )
+        // One quick retry; past that the back-off window takes over.
+        .with_retry(RetryConfig {
+            max_retries: 1,
+            retry_timeout: defaults::BUCKET_TIMEOUT,
+            ..RetryConfig::default()
+        })
+        .build()
 }

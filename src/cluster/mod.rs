@@ -366,11 +366,11 @@ impl Cluster {
             .get(AGE_HEADER)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse().ok());
-        let size = r.content_length().or_else(|| {
-            h.get(http::header::CONTENT_LENGTH)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.parse().ok())
-        });
+        // The header, not the body's length: a HEAD's body is empty.
+        let size = h
+            .get(http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse().ok());
         let media_type = content_type(h);
         let (Some(digest), Some(age_ms), Some(size), Some(media_type)) =
             (digest, age_ms, size, media_type)

@@ -79,8 +79,11 @@ pub const BUCKET_MAX_UPLOADS: usize = 8;
 /// uploads are skipped): a dead endpoint costs one timeout per window, not one
 /// per request.
 pub const BUCKET_BACKOFF: Duration = Duration::from_secs(30);
-/// A bucket request's whole time, connect included.
+/// A bucket request's whole time, connect included…
 pub const BUCKET_TIMEOUT: Duration = Duration::from_secs(30);
+/// …but a blob read streams for as long as the blob takes (a stalled one is
+/// cut by the fetch's idle timeout, and resumed).
+pub const BUCKET_STREAM_TIMEOUT: Duration = Duration::from_secs(6 * 3600);
 
 // ---------------------------------------------------------------- [cluster]
 

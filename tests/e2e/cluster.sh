@@ -7,7 +7,8 @@
 #   tests/e2e/cluster.sh spread kill      # some cases
 #   KEEP=1 tests/e2e/cluster.sh           # keep the work dir (logs, data)
 #
-# Cases:
+# Cases (the first three: replicas sharing only the bucket; the rest: three
+# replicas of one [cluster], owners by rendezvous hashing, on the bucket):
 #   spread    skopeo copies test:1.0 through replica A, then through replica B:
 #             B costs 0 upstream blob and manifest GETs; every bucket object's
 #             sha256 matches its key
@@ -16,6 +17,19 @@
 #             the key; restarted, the replica fetches it, verified, and uploads it
 #   node      one Garage node killed (-9): a new image still pulls through B,
 #             its objects land and read back through another node
+#   herd      30 curls of one cold 64 MiB blob, 10 on each of 3 replicas:
+#             1 upstream GET, 30 right sha256s
+#   tags      tag_ttl 2 s; every replica HEADs a tag every 100 ms for 6 s:
+#             at most 4 upstream HEADs (one per TTL, cluster-wide)
+#   ownerkill the owner of a cold blob killed (-9) mid-transfer while 10
+#             clients pull it from the two others: 10 right sha256s, at most 2
+#             upstream GETs, no object with wrong bytes
+#   otherkill a non-owner killed mid-transfer: clients of the others right,
+#             1 upstream GET
+#   empty     a replica restarted on an empty disk pulls test:1.0 with 0
+#             upstream blob GETs
+#   ctr       containerd (hosts.toml) pulls multi:1.0 through B after skopeo
+#             copied it through A: 0 upstream blob GETs, digests checked by ctr
 #
 # Needs root on Debian 12 and the garage binary (GARAGE_BIN, default
 # /var/cache/garage/bin/garage; .ci/run builds it once per machine). Every
@@ -31,9 +45,9 @@ LOG_TAG=cluster
 FERRY_BIN=${FERRY_BIN:-${CARGO_TARGET_DIR:-$REPO/target}/debug/ferry}
 [ -x "$FERRY_BIN" ] || die "no ferry binary at $FERRY_BIN (cargo build, or set FERRY_BIN)"
 [ -x "$GARAGE_BIN" ] || die "no garage binary at $GARAGE_BIN (see .ci/run)"
-install_missing docker-registry:docker-registry skopeo:skopeo curl:curl jq:jq python3:python3
+install_missing docker-registry:docker-registry skopeo:skopeo curl:curl jq:jq python3:python3 ctr:containerd
 
-ALL_CASES=(spread kill node)
+ALL_CASES=(spread kill node herd tags ownerkill otherkill empty ctr)
 CASES=("$@")
 ((${#CASES[@]})) || CASES=("${ALL_CASES[@]}")
 wants() { [[ " ${CASES[*]} " == *" $1 "* ]]; }
@@ -101,12 +115,25 @@ push_blob() {
 
 # ---------------------------------------------------------------- replicas
 # start_replica NAME GARAGE_NODE [UPSTREAM_ADDR]: a Ferry on the shared bucket,
-# talking to Garage through that node; sets PORT_<NAME>.
+# talking to Garage through that node; sets PORT_<NAME>. With CLUSTER set
+# (names of the members), it is a member of that [cluster]. With EMPTY=1 its
+# data dir starts empty.
 start_replica() {
-  local name=$1 node=$2 upstream=${3:-$UPSTREAM} port var=PORT_$1
+  local name=$1 node=$2 upstream=${3:-$UPSTREAM} port var=PORT_$1 cluster_toml='' peers='' m
   port=${!var:-}
   [ -n "$port" ] || pick_port port
   printf -v "$var" %s "$port"
+  if [ -n "${CLUSTER:-}" ]; then
+    for m in $CLUSTER; do peers+="\"127.0.0.1:$(port_of "$m")\", "; done
+    cluster_toml="[cluster]
+self = \"127.0.0.1:$port\"
+peers = [${peers%, }]
+secret_file = \"$WORK/peer-secret\"
+quarantine = \"5s\"
+[freshness]
+tag_ttl = \"${TAG_TTL:-30s}\""
+  fi
+  [ -z "${EMPTY:-}" ] || rm -rf "$WORK/$name/data"
   mkdir -p "$WORK/$name"
   cat >"$WORK/$name/ferry.toml" <<TOML
 listen = "127.0.0.1:$port"
@@ -123,11 +150,28 @@ region = "$GARAGE_REGION"
 access_key_file = "$WORK/s3-key"
 secret_key_file = "$WORK/s3-secret"
 backoff = "5s"
+$cluster_toml
 TOML
   start_bg "$name" "$LOGS/$name.log" env RUST_LOG=info NO_COLOR=1 "$FERRY_BIN" serve --config "$WORK/$name/ferry.toml"
   wait_until 30 "$name" http_ok "http://127.0.0.1:$port/readyz" || { tail -20 "$LOGS/$name.log" >&2; die "replica $name did not start"; }
 }
 port_of() { local var=PORT_$1; echo "${!var}"; }
+head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$WORK/peer-secret"
+
+# owner_of KEY NAME...: which replica owns KEY (Ferry's rendezvous hashing:
+# the highest first 8 bytes of SHA-256(member 0x00 key), ties to the smaller name).
+owner_of() {
+  local key=$1 best='' best_m='' m addr score owner=''; shift
+  for m in "$@"; do
+    addr=127.0.0.1:$(port_of "$m")
+    score=$(printf '%s\0%s' "$addr" "$key" | sha256sum | cut -c1-16)
+    if [[ -z $best || $score > $best || ($score == "$best" && $addr < $best_m) ]]; then
+      best=$score best_m=$addr owner=$m
+    fi
+  done
+  echo "$owner"
+}
+sha_of() { sha256sum "$1" | cut -d' ' -f1; }
 metric() {   # metric REPLICA NAME_WITH_LABELS: its value (0 when absent)
   curl -s "http://127.0.0.1:$(port_of "$1")/metrics" | awk -v m="$2" '$1 == m {print $2; f=1} END {if (!f) print 0}'
 }
@@ -258,6 +302,206 @@ case_node() {
   garage_restart 3 2>>"$LOGS/garage-start.log" || fail "restarting node 3"
   stop_bg B
   stop_bg C
+}
+
+# ---------------------------------------------------------------- a cluster
+MEMBERS="X Y Z"
+cluster_up() {   # cluster_up [UPSTREAM_ADDR]: replicas X, Y, Z of one [cluster] (X, Y on Garage node 1, Z on node 2)
+  local m picked
+  for m in $MEMBERS; do
+    local var=PORT_$m
+    if [ -z "${!var:-}" ]; then pick_port picked; printf -v "$var" %s "$picked"; fi
+  done
+  CLUSTER=$MEMBERS start_replica X 1 "${1:-$UPSTREAM}"
+  CLUSTER=$MEMBERS start_replica Y 1 "${1:-$UPSTREAM}"
+  CLUSTER=$MEMBERS start_replica Z 2 "${1:-$UPSTREAM}"
+}
+cluster_down() { local m; for m in $MEMBERS; do stop_bg "$m"; done; }
+digest_gets() {   # digest_gets FROM DIGEST: upstream GETs of that blob since line FROM
+  up_requests "$1" | grep -cE "^GET /v2/.+/blobs/$2\$" || true
+}
+# pull_n REPLICA N DIGEST OUTPREFIX: N curls of the blob through REPLICA, in
+# the background; their pids are added to PULLS (wait_pulls waits for them:
+# a bare `wait` would wait for the servers too).
+PULLS=()
+pull_n() {
+  local i
+  for i in $(seq 1 "$2"); do
+    curl -s -o "$4-$1-$i" "http://127.0.0.1:$(port_of "$1")/v2/library/big/blobs/$3" &
+    PULLS+=($!)
+  done
+}
+wait_pulls() {
+  local p
+  for p in "${PULLS[@]}"; do wait "$p" || true; done
+  PULLS=()
+}
+# throttled NAME RATE: a relay to the upstream at RATE bytes/s; sets TPORT
+throttled() {
+  pick_port TPORT
+  start_bg "$1" "$LOGS/$1.log" python3 "$REPO/tests/e2e/throttle.py" "$TPORT" "$UPSTREAM" "$2"
+  wait_until 10 "$1" port_free_not "$TPORT" || die "relay $1 did not start"
+}
+new_big() {   # new_big FILE MiB: a fresh random blob pushed to library/big; prints its digest
+  head -c $(($2 * 1024 * 1024)) /dev/urandom >"$1"
+  push_blob "$1" library/big
+}
+
+case_herd() {
+  echo "== herd: 30 clients, 3 replicas, one cold 64 MiB blob"
+  throttled herd-relay $((32 * 1024 * 1024))
+  cluster_up "127.0.0.1:$TPORT"
+  local d from m
+  d=$(new_big "$WORK/herd.bin" 64) || fail "push"
+  settle
+  from=$(lines "$UPLOG")
+  for m in $MEMBERS; do pull_n "$m" 10 "$d" "$WORK/herd"; done
+  wait_pulls
+  for f in "$WORK"/herd-*; do
+    [ "sha256:$(sha_of "$f")" = "$d" ] || fail "$f: wrong bytes"
+  done
+  settle
+  [ "$(digest_gets "$from" "$d")" = 1 ] || fail "$(digest_gets "$from" "$d") upstream GETs"
+  ok "30 of 30 right, 1 upstream GET (owner $(owner_of "$d" $MEMBERS))"
+  wait_objects "blobs/sha256/${d#sha256:}" 1
+  [ "sha256:$(garage_get "blobs/sha256/${d#sha256:}" - 3 | sha256sum | cut -d' ' -f1)" = "$d" ] || fail "bucket object"
+  ok "the owner uploaded it; it reads back right"
+  cluster_down
+  stop_bg herd-relay
+}
+
+case_tags() {
+  echo "== tags: a tag HEADed every 100 ms by 3 replicas for 6 s, tag_ttl 2 s"
+  TAG_TTL=2s cluster_up
+  local from end m heads
+  settle
+  from=$(lines "$UPLOG")
+  end=$(($(date +%s%N) + 6000000000))
+  while [ "$(date +%s%N)" -lt "$end" ]; do
+    for m in $MEMBERS; do
+      curl -s -o /dev/null -I "http://127.0.0.1:$(port_of "$m")/v2/library/test/manifests/1.0" &
+      PULLS+=($!)
+    done
+    sleep 0.1
+  done
+  wait_pulls
+  settle
+  heads=$(up_count "$from" '^HEAD /v2/library/test/manifests/1.0$')
+  [ "$heads" -le 4 ] || fail "$heads upstream HEADs in 6 s with a 2 s TTL"
+  [ "$(up_count "$from" '^GET /v2/library/test/manifests/')" = 0 ] || fail "manifest GETs"
+  ok "$heads upstream HEADs for ~180 client HEADs over 6 s"
+  cluster_down
+}
+
+case_ownerkill() {
+  echo "== ownerkill: the owner killed mid-transfer"
+  throttled kill-relay $((16 * 1024 * 1024))
+  cluster_up "127.0.0.1:$TPORT"
+  local d o others=() m from f
+  d=$(new_big "$WORK/ok.bin" 64) || fail "push"
+  o=$(owner_of "$d" $MEMBERS)
+  for m in $MEMBERS; do [ "$m" = "$o" ] || others+=("$m"); done
+  settle
+  from=$(lines "$UPLOG")
+  for m in "${others[@]}"; do pull_n "$m" 5 "$d" "$WORK/ok"; done
+  for _ in $(seq 1 300); do
+    [ "$(stat -c %s "$WORK/ok-${others[0]}-1" 2>/dev/null || echo 0)" -ge $((16 * 1024 * 1024)) ] && break
+    sleep 0.05
+  done
+  kill -9 "$(bg_pid "$o")"; rm -f "$WORK/pids/$o.pid"
+  ok "killed the owner $o"
+  wait_pulls
+  for f in "$WORK"/ok-*; do
+    [ "sha256:$(sha_of "$f")" = "$d" ] || fail "$f: $(stat -c %s "$f") bytes, wrong"
+  done
+  settle
+  local gets; gets=$(digest_gets "$from" "$d")
+  [ "$gets" -le 2 ] || fail "$gets upstream GETs"
+  ok "10 of 10 right through ${others[*]}, $gets upstream GETs"
+  local code; code=$(garage_head "blobs/sha256/${d#sha256:}")
+  if [ "$code" = 200 ]; then
+    [ "sha256:$(garage_get "blobs/sha256/${d#sha256:}" - 1 | sha256sum | cut -d' ' -f1)" = "$d" ] || fail "a wrong object"
+    ok "the object in the bucket is right"
+  else
+    ok "no object in the bucket ($code)"
+  fi
+  for m in "${others[@]}"; do stop_bg "$m"; done
+  stop_bg kill-relay
+}
+
+case_otherkill() {
+  echo "== otherkill: a non-owner killed mid-transfer"
+  throttled other-relay $((16 * 1024 * 1024))
+  cluster_up "127.0.0.1:$TPORT"
+  local d o victim='' keep=() m from f
+  d=$(new_big "$WORK/nk.bin" 64) || fail "push"
+  o=$(owner_of "$d" $MEMBERS)
+  for m in $MEMBERS; do
+    if [ "$m" != "$o" ] && [ -z "$victim" ]; then victim=$m; else keep+=("$m"); fi
+  done
+  settle
+  from=$(lines "$UPLOG")
+  for m in $MEMBERS; do pull_n "$m" 3 "$d" "$WORK/nk"; done
+  for _ in $(seq 1 300); do
+    [ "$(stat -c %s "$WORK/nk-$victim-1" 2>/dev/null || echo 0)" -ge $((16 * 1024 * 1024)) ] && break
+    sleep 0.05
+  done
+  kill -9 "$(bg_pid "$victim")"; rm -f "$WORK/pids/$victim.pid"
+  wait_pulls
+  for m in "${keep[@]}"; do
+    for f in "$WORK/nk-$m"-*; do
+      [ "sha256:$(sha_of "$f")" = "$d" ] || fail "$f: wrong"
+    done
+  done
+  settle
+  [ "$(digest_gets "$from" "$d")" = 1 ] || fail "$(digest_gets "$from" "$d") upstream GETs"
+  ok "killed $victim; 6 of 6 right through ${keep[*]}, 1 upstream GET"
+  for m in "${keep[@]}"; do stop_bg "$m"; done
+  stop_bg other-relay
+}
+
+case_empty() {
+  echo "== empty: a replica restarted on an empty disk"
+  cluster_up
+  skopeo --registries-conf "$(registries_conf X)" copy -q --src-tls-verify=false \
+    "docker://$UPSTREAM/library/test:1.0" "dir:$WORK/empty-X" >"$LOGS/skopeo-empty-X.log" 2>&1 || fail "skopeo through X"
+  stop_bg Z
+  EMPTY=1 CLUSTER=$MEMBERS start_replica Z 2
+  settle
+  local from; from=$(lines "$UPLOG")
+  skopeo --registries-conf "$(registries_conf Z)" copy -q --src-tls-verify=false \
+    "docker://$UPSTREAM/library/test:1.0" "dir:$WORK/empty-Z" >"$LOGS/skopeo-empty-Z.log" 2>&1 || fail "skopeo through Z"
+  settle
+  [ "$(up_count "$from" '^GET /v2/.+/blobs/')" = 0 ] || fail "Z went upstream for blobs"
+  diff -r "$WORK/empty-X" "$WORK/empty-Z" >/dev/null || fail "different bytes"
+  ok "Z, restarted empty, pulled test:1.0 with 0 upstream blob GETs"
+  cluster_down
+}
+
+case_ctr() {
+  echo "== ctr: containerd through Y after skopeo through X"
+  cluster_up
+  skopeo --registries-conf "$(registries_conf X)" copy -q --multi-arch all --src-tls-verify=false \
+    "docker://$UPSTREAM/library/multi:1.0" "oci:$WORK/multi-X" >"$LOGS/skopeo-multi.log" 2>&1 || fail "skopeo through X"
+  start_containerd ctr-cluster "$WORK/ctr"
+  local hosts=$WORK/certs.d/$UPSTREAM
+  mkdir -p "$hosts"
+  cat >"$hosts/hosts.toml" <<TOML
+server = "http://$UPSTREAM"
+[host."http://127.0.0.1:$(port_of Y)"]
+  capabilities = ["pull", "resolve"]
+TOML
+  settle
+  local from; from=$(lines "$UPLOG")
+  ctr -a "$WORK/ctr/containerd.sock" -n test images pull --all-platforms --hosts-dir "$WORK/certs.d" --plain-http \
+    "$UPSTREAM/library/multi:1.0" >"$LOGS/ctr.log" 2>&1 || { cat "$LOGS/ctr.log"; fail "ctr pull through Y"; }
+  settle
+  [ "$(up_count "$from" '^GET /v2/.+/blobs/')" = 0 ] || fail "$(up_count "$from" '^GET /v2/.+/blobs/') upstream blob GETs"
+  local index; index=$(jq -r .multi.index "$WORK/expected.json")
+  ctr -a "$WORK/ctr/containerd.sock" -n test images ls | grep -q "$index" || fail "ctr has another digest"
+  ok "containerd pulled multi:1.0 (both platforms, $index) through Y: 0 upstream blob GETs"
+  stop_bg ctr-cluster
+  cluster_down
 }
 
 start=$(date +%s)

@@ -39,6 +39,8 @@ const PIPELINE_BATCHES: usize = 8;
 /// How long a fetch waits before asking again an owner whose own fetch was
 /// waiting on a peer (it is usually taking over from a dead owner).
 const LOOP_PAUSE: std::time::Duration = std::time::Duration::from_millis(200);
+/// The longest silence inside a bucket object's body before it is resumed.
+const IDLE_TIMEOUT: std::time::Duration = crate::config::defaults::IDLE_TIMEOUT;
 /// How many times a dropped upstream transfer is resumed with `Range`.
 const MAX_RESUMES: u32 = 3;
 
@@ -78,7 +80,10 @@ impl Body {
                 Some(c) => c.next_chunk(peer, r).await,
                 None => Err("no cluster".into()),
             },
-            Body::Bucket(s) => s.next().await.transpose().map_err(|e| e.to_string()),
+            Body::Bucket(s) => match tokio::time::timeout(IDLE_TIMEOUT, s.next()).await {
+                Ok(next) => next.transpose().map_err(|e| e.to_string()),
+                Err(_) => Err("the bucket's body stalled".into()),
+            },
             Body::Upstream(r) => upstream.next_chunk(r).await.map_err(|e| e.to_string()),
         }
     }
