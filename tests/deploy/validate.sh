@@ -366,14 +366,24 @@ def get(url, method="GET"):
 
 
 base = f"http://127.0.0.1:{port}"
-for _ in range(100):
+
+
+def ready():
+    # /healthz is 200 as soon as Ferry listens; until its store is open every
+    # other answer (/metrics too) is a 503, so wait for /readyz.
     try:
-        get(base + "/healthz")
+        with urllib.request.urlopen(base + "/readyz", timeout=5) as r:
+            return r.status == 200
+    except OSError:  # refused before it listens, HTTPError 503 while it starts
+        return False
+
+
+for _ in range(100):
+    if ready():
         break
-    except OSError:
-        time.sleep(0.1)
+    time.sleep(0.1)
 else:
-    raise SystemExit("Ferry did not answer /healthz")
+    raise SystemExit("Ferry's /readyz did not answer 200")
 get(base + "/v2/")
 get(base + "/v2/library/nothing/manifests/latest", "HEAD")
 get(base + "/v2/library/nothing/manifests/latest")

@@ -14,10 +14,11 @@
 #     runs all its checks exits 1 when one of them failed.
 #   - A daemon started with start_bg has its pid in $WORK/pids/NAME.pid (WORK is
 #     the script's temp dir); stop_bg, stop_all_bg and wait_until find it there.
-#   - pick_port draws from $PORT_RANGE ("15000-15999"): each script has its own
-#     range, so suites running side by side never pick each other's ports.
-#   - Every helper returns its status and never exits on its own (but die), so
-#     the helpers work with and without `set -e`.
+#   - pick_port draws from $PORT_RANGE ("15000-15999"), the range the script
+#     documents, and never hands out a port twice.
+#   - Only die exits, and the helpers that call it when setup cannot go on
+#     (apt_install, install_missing, pick_port, start_containerd); the others
+#     return a status. All of them work with and without `set -e`.
 # Sourcing it twice is harmless (cri-node.sh sources it for itself).
 
 log() { printf '[%s %s] %s\n' "${LOG_TAG:-$(basename "$0" .sh)}" "$(date +%T)" "$*" >&2; }
