@@ -274,3 +274,96 @@ async fn replicas_share_a_bucket_and_an_owner_at_once() {
     }
     bucket.assert_content_addressed().await;
 }
+
+#[tokio::test]
+async fn a_purge_and_a_push_event_reach_every_replica() {
+    let up = FakeRegistry::start().await;
+    let (old, layers) = up.add_image("team/app", "1.0", &[b"v1 layer"]);
+    let bucket = TestBucket::new();
+    let events = format!(
+        "[[upstream]]\nname = \"corp\"\nurl = \"{}\"\naliases = [\"{}\"]\n\
+         [upstream.events]\nsecret = \"an-events-secret-for-tests\"\n",
+        up.url(),
+        up.authority()
+    );
+    let rs = Proxied::cluster(&up, 3, Some(bucket.clone()), &events, Clock::manual()).await;
+    let layer = &layers[0];
+    for r in &rs {
+        let m = r.head("/v2/team/app/manifests/1.0").await;
+        assert_eq!(header(&m, "docker-content-digest"), Some(old.as_str()));
+        let b = r.get(&format!("/v2/team/app/blobs/{layer}")).await;
+        assert_eq!(body_digest(b).await.unwrap().0, *layer);
+        r.settled().await;
+        assert!(r.stored_size(layer).is_some());
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while bucket.object(&TestBucket::blob_key(layer)).await.is_none() {
+        assert!(std::time::Instant::now() < deadline, "never uploaded");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+
+    // An operator purges a blob on one replica: every replica and the bucket drop it.
+    let layer_digest: ferry_storage::Digest = layer.parse().unwrap();
+    rs[1]
+        .proxy
+        .purge_digest(&layer_digest, ferry::proxy::Origin::Client)
+        .await
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while rs.iter().any(|r| r.stored_size(layer).is_some()) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "a replica kept the purged blob"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(bucket.object(&TestBucket::blob_key(layer)).await, None);
+
+    // The registry posts a push to one replica: every replica moves the tag,
+    // with no upstream request.
+    let (new, _) = up.add_image("team/app", "1.0", &[b"v2 layer"]);
+    let size = up.manifest_size(&new);
+    let at = humantime::format_rfc3339_millis(
+        std::time::UNIX_EPOCH + Duration::from_millis(rs[0].clock.now_ms()),
+    );
+    let body = serde_json::json!({"events": [{
+        "id": "push-1", "timestamp": at.to_string(), "action": "push",
+        "target": {"mediaType": OCI_MANIFEST, "size": size, "digest": new,
+                   "repository": "team/app", "tag": "1.0"},
+        "request": {"host": up.authority()}
+    }]});
+    let r = rs[2]
+        .client
+        .post(rs[2].url("/events/corp"))
+        .header("authorization", "Bearer an-events-secret-for-tests")
+        .header(
+            "content-type",
+            "application/vnd.docker.distribution.events.v1+json",
+        )
+        .body(body.to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    up.clear_requests();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    for r in &rs {
+        loop {
+            let m = r.head("/v2/team/app/manifests/1.0").await;
+            if header(&m, "docker-content-digest") == Some(new.as_str()) {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{} never saw the push",
+                r.addr
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+    assert_eq!(
+        up.count("HEAD", |r| r.is_manifest()),
+        0,
+        "the event said it all"
+    );
+}

@@ -443,7 +443,7 @@ async fn a_digest_purge_waits_for_the_fetch_in_flight_so_it_sticks() {
     // surely started (over HTTP, a request not yet handled looks the same as
     // one that waits): it finds the fetch and waits for it…
     let digest: ferry::oci::Digest = d.parse().unwrap();
-    let purge = p.proxy.purge_digest(&digest);
+    let purge = p.proxy.purge_digest(&digest, ferry::proxy::Origin::Client);
     tokio::pin!(purge);
     assert!(purge.as_mut().now_or_never().is_none(), "purged at once");
     // …as long as the commit is held. (That it never ends by itself cannot be

@@ -330,8 +330,19 @@ impl Bucket {
         self.metrics.bucket_upload("blob", "aborted");
     }
 
+    /// Deletes `digest` as a blob and as a manifest (an operator's purge).
+    pub async fn purge(&self, digest: &Digest) {
+        for object in [Object::Blob, Object::Manifest] {
+            let key = self.key(object, digest);
+            match self.store.delete(&key).await {
+                Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+                Err(e) => self.failed("delete", "DELETE of a purged object", &e),
+            }
+        }
+    }
+
     /// Deletes an object whose bytes failed their digest: the next miss
-    /// fetches it upstream again. The only delete Ferry makes.
+    /// fetches it upstream again. With purges, the only deletes Ferry makes.
     pub async fn remove(&self, object: Object, digest: &Digest) {
         let key = self.key(object, digest);
         tracing::warn!(%digest, key = %key, "bucket object does not match its digest; deleting it");

@@ -2,7 +2,7 @@
 //! maintenance pass (access times, budget, old answers) and shutdown.
 
 use super::answers::Space;
-use super::{Error, Proxy, Result};
+use super::{Error, Origin, Proxy, Result};
 use crate::oci::Digest;
 use crate::upstream::Target;
 use ferry_storage::FsckReport;
@@ -10,19 +10,54 @@ use std::time::Duration;
 
 impl Proxy {
     /// Removes a blob or manifest and the tags pointing at it; waits first for
-    /// a fetch of it in flight, so the purge is not undone by its commit.
-    pub async fn purge_digest(&self, digest: &Digest) -> Result<usize> {
+    /// a fetch of it in flight, so the purge is not undone by its commit. Asked
+    /// by an operator (`origin` a client), it also goes to every other replica
+    /// and deletes the digest's objects in the shared bucket.
+    pub async fn purge_digest(&self, digest: &Digest, origin: Origin) -> Result<usize> {
         self.blobs.settled(digest).await;
         let (store, d) = (self.store.clone(), digest.clone());
-        blocking(move || store.purge_digest(&d).map(usize::from)).await
+        let removed = blocking(move || store.purge_digest(&d).map(usize::from)).await?;
+        if origin.forwards() {
+            if let Some(bucket) = &self.bucket {
+                bucket.purge(digest).await;
+            }
+            self.purge_everywhere(format!("digest={digest}"));
+        }
+        Ok(removed)
+    }
+
+    /// Sends a purge to every other replica (on their client port, as a peer).
+    fn purge_everywhere(&self, query: String) {
+        if let Some(cluster) = &self.cluster {
+            cluster.broadcast(
+                format!("{PEER_PURGE}?{query}"),
+                http::HeaderMap::new(),
+                bytes::Bytes::new(),
+                "purge",
+            );
+        }
     }
 
     /// Forgets one tag, or every tag of a repository, with its tag lists and
     /// referrers answers; they are resolved afresh next time.
-    pub async fn purge_tags(&self, target: &Target, tag: Option<&str>) -> Result<usize> {
+    pub async fn purge_tags(
+        &self,
+        target: &Target,
+        tag: Option<&str>,
+        origin: Origin,
+    ) -> Result<usize> {
         let (up, repo) = (target.upstream.name().to_string(), target.repo.to_string());
         self.tag_lists.forget(&up, &repo);
         self.referrers.forget(&up, &repo);
+        if origin.forwards() {
+            let mut q = url::form_urlencoded::Serializer::new(String::new());
+            q.append_pair("upstream", &up)
+                .append_pair("repository", &repo);
+            if let Some(t) = tag {
+                q.append_pair("tag", t);
+            }
+            self.purge_everywhere(q.finish());
+        }
         let (store, tag) = (self.store.clone(), tag.map(str::to_owned));
         blocking(move || store.purge_tags(&up, &repo, tag.as_deref())).await
     }
@@ -92,6 +127,10 @@ impl Proxy {
         self.blobs.in_flight()
     }
 }
+
+/// The client-port path a replica posts a purge to on its peers (with the
+/// peer secret; the query is the admin API's).
+pub const PEER_PURGE: &str = "/_ferry/purge";
 
 /// Runs a store call on the blocking pool.
 async fn blocking<T: Send + 'static>(

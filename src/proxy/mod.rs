@@ -32,7 +32,7 @@ pub mod blobs;
 pub mod error;
 mod flight;
 pub mod freshness;
-mod maintenance;
+pub mod maintenance;
 mod manifests;
 mod negative;
 mod prefetch;
@@ -132,6 +132,8 @@ pub struct Proxy {
     access: Access,
     /// The other replicas, when configured.
     cluster: Option<Arc<Cluster>>,
+    /// The shared bucket, when configured (purges delete there too).
+    bucket: Option<Arc<Bucket>>,
     /// Push-event ids already applied.
     seen_events: tag_events::SeenIds,
 }
@@ -149,6 +151,7 @@ impl Proxy {
         clock: Clock,
         max_fetches: usize,
     ) -> Proxy {
+        let bucket_for_purges = bucket.clone();
         let manifests = Arc::new(Manifests::new(
             store.clone(),
             metrics.clone(),
@@ -188,6 +191,7 @@ impl Proxy {
             ),
             access: Access::new(store.clone(), clock.clone(), metrics.clone()),
             cluster,
+            bucket: bucket_for_purges,
             manifests,
             router,
             store,

@@ -16,7 +16,7 @@ use super::errors::{cache_error, route_error, Asked};
 use super::responses::{self, Body};
 use crate::access::AdminToken;
 use crate::oci::{route::query_param, Digest, ErrorCode, OciError, Reference, RepoName};
-use crate::proxy::{Progress, Proxy};
+use crate::proxy::{Origin, Progress, Proxy};
 use crate::upstream::Target;
 use http::{Method, Request, Response, StatusCode};
 use std::sync::Arc;
@@ -45,7 +45,7 @@ pub async fn handle<B>(
     }
     let query = req.uri().query();
     let resp = match (req.method(), req.uri().path()) {
-        (&Method::POST, "/admin/purge") => purge(&proxy, query).await,
+        (&Method::POST, "/admin/purge") => purge(&proxy, query, Origin::Client).await,
         (&Method::POST, "/admin/prefetch") => {
             let ndjson = req
                 .headers()
@@ -72,13 +72,19 @@ fn bad(msg: impl Into<String>) -> OciError {
     OciError::new(ErrorCode::Unsupported, msg).with_status(StatusCode::BAD_REQUEST)
 }
 
-async fn purge(proxy: &Proxy, query: Option<&str>) -> Result<Response<Body>, OciError> {
+/// A purge, from an operator (`Origin::Client`: passed on to the other
+/// replicas) or from a peer passing one on (`Origin::Peer`).
+pub(crate) async fn purge(
+    proxy: &Proxy,
+    query: Option<&str>,
+    origin: Origin,
+) -> Result<Response<Body>, OciError> {
     let removed = if let Some(d) = query_param(query, "digest") {
         let digest: Digest = d
             .parse()
             .map_err(|e| OciError::new(ErrorCode::DigestInvalid, format!("{e}")))?;
         let n = proxy
-            .purge_digest(&digest)
+            .purge_digest(&digest, origin)
             .await
             .map_err(|e| cache_error(&e, Asked::Blob))?;
         tracing::info!(%digest, removed = n, "purged digest");
@@ -87,7 +93,7 @@ async fn purge(proxy: &Proxy, query: Option<&str>) -> Result<Response<Body>, Oci
         let target = target(proxy, query)?;
         let tag = query_param(query, "tag");
         let n = proxy
-            .purge_tags(&target, tag.as_deref())
+            .purge_tags(&target, tag.as_deref(), origin)
             .await
             .map_err(|e| cache_error(&e, Asked::TagList))?;
         tracing::info!(?target, ?tag, removed = n, "purged tags");

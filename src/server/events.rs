@@ -14,6 +14,7 @@
 //! Nothing changes unless the post is authenticated and readable.
 
 use super::responses::{self, Body};
+use crate::cluster::PeerAuth;
 use crate::events;
 use crate::oci::{ErrorCode, OciError};
 use crate::proxy::tag_events::Outcome;
@@ -75,6 +76,26 @@ where
     };
     match proxy.apply_events(upstream, &parsed) {
         Ok(report) => {
+            // Every replica keeps its own tag records: pass the post on, as it
+            // came (its signature with it), unless a peer passed it on to us.
+            if let Some(c) = proxy.cluster() {
+                if c.auth(&parts.headers) == PeerAuth::Client && report.applied > 0 {
+                    let path = parts
+                        .uri
+                        .path_and_query()
+                        .map_or_else(|| parts.uri.path().to_string(), |p| p.to_string());
+                    let mut headers = parts.headers.clone();
+                    for h in [
+                        http::header::HOST,
+                        http::header::CONTENT_LENGTH,
+                        http::header::CONNECTION,
+                        http::header::TRANSFER_ENCODING,
+                    ] {
+                        headers.remove(h);
+                    }
+                    c.broadcast(path, headers, body.clone(), "event");
+                }
+            }
             for outcome in Outcome::ALL {
                 let n = report.of(outcome);
                 if n > 0 {

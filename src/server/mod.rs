@@ -34,6 +34,7 @@ use crate::cluster::{PeerAuth, AGE_HEADER};
 use crate::config::Config;
 use crate::oci::media::OCI_INDEX;
 use crate::oci::{route, ErrorCode, OciError, PullRequest, RangeRequest, Reference, Route};
+use crate::proxy::maintenance::PEER_PURGE;
 use crate::proxy::{Origin, Proxy};
 use bytes::Bytes;
 use errors::Asked;
@@ -137,6 +138,7 @@ impl App {
             );
         }
         match (req.method(), path) {
+            (&Method::POST, PEER_PURGE) => ("peer_purge", self.peer_purge(req).await),
             (&Method::GET, "/metrics") => ("metrics", metrics_response(&self.proxy)),
             (&Method::GET | &Method::HEAD, "/healthz") => {
                 ("health", responses::text(StatusCode::OK, "ok\n"))
@@ -153,6 +155,18 @@ impl App {
             }
             _ => ("other", responses::error(&route::not_found(), head)),
         }
+    }
+
+    /// `POST /_ferry/purge?…`: a purge another replica passes on (peer secret
+    /// required; anyone else gets the same 404 as any unknown path).
+    async fn peer_purge<B>(&self, req: &Request<B>) -> Response<Body> {
+        let cluster = self.proxy.cluster();
+        if cluster.map(|c| c.auth(req.headers())) != Some(PeerAuth::Peer) {
+            return responses::error(&route::not_found(), false);
+        }
+        admin::purge(&self.proxy, req.uri().query(), Origin::Peer)
+            .await
+            .unwrap_or_else(|e| responses::error(&e, false))
     }
 
     /// `GET /resolve?image=…`, admitted as a pull of that repository would be.

@@ -278,6 +278,11 @@ impl FakeRegistry {
         d
     }
 
+    /// The size of a stored manifest.
+    pub fn manifest_size(&self, digest: &str) -> usize {
+        self.state.content.lock().unwrap().manifests[digest].1.len()
+    }
+
     /// A blob pushed to `repo` alone, referenced by no manifest there.
     pub fn add_blob_in(&self, repo: &str, bytes: impl Into<Bytes>) -> String {
         let d = self.add_blob(bytes);
