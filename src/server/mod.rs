@@ -24,7 +24,6 @@ pub mod admin;
 pub mod errors;
 pub mod events;
 mod gate;
-pub(crate) mod listeners;
 pub mod resolve;
 pub mod responses;
 

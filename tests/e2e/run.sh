@@ -72,7 +72,7 @@ source "$HERE/lib.sh"
 # start_cri_node, stop_cri_node and cri (cri.py): a kubelet-style CRI node (case private).
 # shellcheck source=SCRIPTDIR/cri-node.sh disable=SC1091 # followed with shellcheck -x
 source "$HERE/cri-node.sh"
-ALL_CASES=(docker dockermirror containerd skopeo dockerhub parallel prefetch clientauth tls events nodeconfig admission private)
+ALL_CASES=(docker dockermirror containerd skopeo dockerhub parallel headherd prefetch clientauth tls events nodeconfig admission private)
 MIRROR=${MIRROR:-ferry}
 RANDOM_MB=${E2E_RANDOM_MB:-4}
 PULL_TIMEOUT=180
@@ -757,6 +757,35 @@ case_parallel() {
   fi
   dk_clean
   ct_clean
+}
+
+case_headherd() {
+  # A rollout's nodes HEAD a layer before GETting it, arriving over a few
+  # hundred ms: 100 cold-blob HEADs cost one upstream HEAD (the answer is
+  # remembered for 10 s after the first lands).
+  local d up i pids=() codes
+  d=$(x '.test.blobs[2]')   # the 4 MiB random layer
+  start_mirror headherd || fail "mirror did not start"
+  step "100 x curl -I of a cold blob, one every 3 ms"
+  up=$(lines "$UPLOG")
+  for i in $(seq 1 100); do
+    curl -s -o /dev/null -I -w '%{http_code} %header{content-length}\n' \
+      "http://$FERRY/v2/library/test/blobs/$d" >>"$WORK/headherd.codes" &
+    pids+=($!)
+    sleep 0.003
+  done
+  for i in "${pids[@]}"; do wait "$i" || true; done
+  settle
+  codes=$(sort "$WORK/headherd.codes" | uniq -c | awk '{print $1 "x" $2 " " $3}')
+  [ "$(grep -c "^200 " "$WORK/headherd.codes")" = 100 ] || fail "answers: $codes"
+  local heads; heads=$(norm_log "$UPLOG" "$up" | grep -cE "^HEAD /v2/.+/blobs/$d" || true)
+  counts "100 cold HEADs: upstream HEADs=$heads"
+  if [ "$MIRROR" = ferry ]; then
+    [ "$heads" = 1 ] || fail "$heads upstream HEADs for 100 cold HEADs"
+    ok "100 answered 200 ($codes), 1 upstream HEAD"
+  else
+    note "stand-in: $heads upstream HEADs for 100 cold HEADs (not enforced)"
+  fi
 }
 
 case_prefetch() {

@@ -11,12 +11,12 @@
 //! Each loop stops accepting when `stop` turns true and lets its open requests
 //! finish within `shutdown_grace`; [`AcceptLoops::join`] waits for them all.
 
-use super::{accept, admin, starting, App};
 use crate::admission::Admission;
 use crate::config::tls::CertFiles;
 use crate::config::webhook::WebhookConfig;
 use crate::config::Config;
 use crate::proxy::Proxy;
+use crate::server::{accept, admin, starting, App};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
