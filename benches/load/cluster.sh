@@ -63,7 +63,7 @@ push_blob() {   # push_blob FILE: pushes it to library/big; prints its digest
   d=sha256:$(sha256sum "$1" | cut -d' ' -f1)
   loc=$(curl -sSI -X POST "http://$UPSTREAM/v2/library/big/blobs/uploads/" | tr -d '\r' | awk 'tolower($1)=="location:"{print $2}')
   case $loc in http*) ;; *) loc=http://$UPSTREAM$loc ;; esac
-  curl -sS --fail -o /dev/null -X PUT --data-binary @"$1" "$loc&digest=$d"
+  curl -sS --fail -o /dev/null -X PUT -H 'Content-Type: application/octet-stream' --data-binary @"$1" "$loc&digest=$d"
   echo "$d"
 }
 fresh() { head -c $((64 * 1024 * 1024)) /dev/urandom >"$WORK/blob.bin"; push_blob "$WORK/blob.bin"; }
@@ -91,8 +91,9 @@ for _ in $(seq 1 "$N"); do
   a+=("$(get "$P_ALONE" "$d")")
   d=$(fresh)
   b+=("$(get "$P_BUCKET" "$d")")
-  w+=("$(get "$P_BUCKET" "$d")")
+  # The upload finishes after the client's transfer: measure warm reads after it.
   for _ in $(seq 1 100); do [ "$(garage_head "blobs/sha256/${d#sha256:}")" = 200 ] && break; sleep 0.1; done
+  w+=("$(get "$P_BUCKET" "$d")")
   stop_bg reader; EMPTY=1 ferry reader "$P_R" "$BUCKET"
   r+=("$(get "$P_R" "$d")")
 done
