@@ -371,3 +371,48 @@ fn files_under(dir: &Path) -> Vec<String> {
     out.sort();
     out
 }
+
+/// `ferry config check` shows what `[bucket]` and `[cluster]` mean, and none
+/// of their secrets.
+#[test]
+fn config_check_shows_the_bucket_and_the_cluster_but_no_secret() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = |name: &str, text: &str| {
+        let p = dir.path().join(name);
+        std::fs::write(&p, text).unwrap();
+        p
+    };
+    let key = file("key", "GKvisible-key-id");
+    let secret = file("secret", "s3-secret-never-shown");
+    let peer = file("peer", "peer-secret-never-shown");
+    let cfg = file(
+        "ferry.toml",
+        &format!(
+            "[bucket]\nendpoint = \"http://127.0.0.1:3900\"\nbucket = \"ferry\"\nregion = \"garage\"\n\
+             access_key_file = {key:?}\nsecret_key_file = {secret:?}\n\
+             [cluster]\nself = \"10.0.0.1:5000\"\npeers = [\"10.0.0.1:5000\", \"10.0.0.2:5000\"]\n\
+             secret_file = {peer:?}\n"
+        ),
+    );
+    let out = Command::new(env!("CARGO_BIN_EXE_ferry"))
+        .args(["config", "check", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let text = stdout(&out);
+    assert!(
+        text.contains("bucket        http://127.0.0.1:3900/ ferry/ region=garage path_style=true part_size=8388608 max_uploads=8 backoff=30s"),
+        "{text}"
+    );
+    assert!(
+        text.contains("cluster       self=10.0.0.1:5000 peers=[\"10.0.0.1:5000\", \"10.0.0.2:5000\"] refresh=5s quarantine=10s"),
+        "{text}"
+    );
+    for s in ["s3-secret-never-shown", "peer-secret-never-shown"] {
+        assert!(
+            !text.contains(s) && !stderr(&out).contains(s),
+            "{s} printed"
+        );
+    }
+}

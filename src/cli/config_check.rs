@@ -50,6 +50,33 @@ pub fn run(args: &ServeArgs) -> Result<ExitCode> {
             yes(u.tls.identity_pem.is_some()),
         );
     }
+    if let Some(b) = &config.bucket {
+        println!(
+            "bucket        {} {}/{} region={} path_style={} part_size={} max_uploads={} backoff={} (keys loaded, not shown)",
+            b.endpoint,
+            b.bucket,
+            b.prefix,
+            b.region,
+            b.path_style,
+            b.part_size,
+            b.max_uploads,
+            defaults::show(b.backoff),
+        );
+    }
+    if let Some(c) = &config.cluster {
+        let members = match &c.members {
+            ferry::config::cluster::Members::Static(list) => format!("peers={list:?}"),
+            ferry::config::cluster::Members::Dns { name, port } => {
+                format!("peers_dns={name}:{port}")
+            }
+        };
+        println!(
+            "cluster       self={} {members} refresh={} quarantine={} (peer secret loaded, not shown)",
+            c.self_addr,
+            defaults::show(c.refresh),
+            defaults::show(c.quarantine),
+        );
+    }
     println!("configuration OK");
     Ok(ExitCode::SUCCESS)
 }
