@@ -4,16 +4,24 @@
 #
 #   tests/deploy/validate.sh
 #
-#   kubernetes    every manifest in docker/kubernetes/ against the Kubernetes
+#   kubernetes    every manifest in docker/kubernetes/base/ against the Kubernetes
 #                 OpenAPI schemas shipped by PyPI's kubernetes-validate, --strict
 #                 (unknown fields are errors); a kind it has no schema for is an
 #                 error too, except the optional ServiceMonitor (a CRD)
-#   kustomize     kustomization.yaml lists files that exist, every manifest but the
-#                 optional servicemonitor.yaml, and one namespace throughout; and
-#                 `kubectl kustomize docker/kubernetes` builds
+#   webhook       docker/kubernetes/webhook/ (digest pinning), rendered by `kubectl
+#                 kustomize`: its kustomization (../base, files exist, every file
+#                 used), the rendered objects against the schemas (--strict; only
+#                 cert-manager's Issuer and Certificate lack one), the base's objects
+#                 unchanged but the StatefulSet (webhook port, certificate volume)
+#                 and the ConfigMap (webhook/ferry.toml), the Service, webhook
+#                 configuration and certificate in agreement; then `ferry config
+#                 check` of the rendered ferry.toml, with test certificates
+#   kustomize     base/kustomization.yaml lists files that exist, every manifest but
+#                 the optional servicemonitor.yaml, and one namespace throughout; and
+#                 `kubectl kustomize docker/kubernetes/base` builds
 #   cluster       docker/kubernetes/cluster/ (replicas on a bucket), rendered by
-#                 `kubectl kustomize`: its kustomization (files exist, every base
-#                 resource, every file used), the rendered objects against the
+#                 `kubectl kustomize`: its kustomization (../base, files exist,
+#                 every file used), the rendered objects against the
 #                 schemas (--strict), and what must agree: ferry.toml's [cluster] vs
 #                 the headless Service ferry-peers (name, namespace, port, selector),
 #                 POD_IP and the pod's port, the Secrets' mounts vs the *_file keys
@@ -48,6 +56,7 @@ set -euo pipefail
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO=$(cd "$HERE/../.." && pwd)
 K8S_DIR=$REPO/docker/kubernetes
+BASE_DIR=$K8S_DIR/base   # the overlays, K8S_DIR/webhook and K8S_DIR/cluster, build on it
 CACHE=/var/cache/ferry
 VENV=$CACHE/venv
 KV_VERSION=1.37.0         # kubernetes-validate: its schemas decide what passes, so pinned
@@ -106,7 +115,7 @@ check() {
 
 check_kubernetes() {
   local f out bad=0 kinds
-  for f in "$K8S_DIR"/*.yaml; do
+  for f in "$BASE_DIR"/*.yaml; do
     [ "$(basename "$f")" = kustomization.yaml ] && continue
     out=$("$VENV/bin/kubernetes-validate" --strict -k "$K8S_VERSION" "$f" 2>&1) || bad=1
     echo "${out//$K8S_DIR\//}"
@@ -118,80 +127,110 @@ check_kubernetes() {
   return "$bad"
 }
 
-# docker/kubernetes/webhook/: the overlay's own manifests against the schemas
-# (cert-manager's Issuer and Certificate have none here), the StatefulSet with
-# the overlay's patch merged (strategic merge, by container and volume name),
-# its kustomization, and its ferry.toml through `ferry config check` (with test
-# certificates in place of the Secret's).
+# docker/kubernetes/webhook/: rendered by `kubectl kustomize`, as `kubectl apply -k`
+# would send it; the rendered objects against the schemas (cert-manager's Issuer
+# and Certificate have none here), what must agree, and the rendered ferry.toml
+# through `ferry config check` (with test certificates in place of the Secret's).
 check_webhook_overlay() {
-  local d=$K8S_DIR/webhook f out bad=0 kinds
-  for f in "$d"/*.yaml; do
-    case $(basename "$f") in kustomization.yaml|statefulset-webhook.yaml) continue ;; esac
-    out=$("$VENV/bin/kubernetes-validate" --strict -k "$K8S_VERSION" "$f" 2>&1) || bad=1
-    echo "${out//$K8S_DIR\//}"
-    kinds=$(echo "$out" | grep '^WARN' | grep -vE 'kind (Issuer|Certificate) with api version cert-manager.io/' || true)
-    [ -z "$kinds" ] || { echo "no schema: a wrong kind or apiVersion?"; bad=1; }
-    echo "$out" | grep -q '^ERROR\|^FATAL' && bad=1
-  done
-  "$PY" - "$K8S_DIR" "$WORK/merged-statefulset.yaml" <<'PYEOF' || bad=1
-import os, sys, yaml
-base, out = sys.argv[1], sys.argv[2]
-d = os.path.join(base, "webhook")
+  local d=$K8S_DIR/webhook out bad=0 kinds
+  "$KUBECTL" kustomize "$d" >"$WORK/webhook-render.yaml" ||
+    { echo "kubectl kustomize docker/kubernetes/webhook failed"; return 1; }
+  [ -s "$WORK/base-render.yaml" ] || "$KUBECTL" kustomize "$BASE_DIR" >"$WORK/base-render.yaml"
+  out=$("$VENV/bin/kubernetes-validate" --strict -k "$K8S_VERSION" "$WORK/webhook-render.yaml" 2>&1) || bad=1
+  echo "${out//$WORK\//}" | sed 's/^INFO webhook-render.yaml passed for resource /schema ok: /; s/ against version.*//'
+  kinds=$(echo "$out" | grep '^WARN' | grep -vE 'kind (Issuer|Certificate) with api version cert-manager.io/' || true)
+  [ -z "$kinds" ] || { echo "no schema: a wrong kind or apiVersion?"; bad=1; }
+  if echo "$out" | grep -q '^ERROR\|^FATAL'; then bad=1; fi
+  "$PY" - "$d" "$WORK/webhook-render.yaml" "$WORK/base-render.yaml" "$WORK/webhook-ferry-rendered.toml" <<'PYEOF' || bad=1
+import os, sys, tomllib, yaml
+d, render, base_render, toml_out = sys.argv[1:5]
+ns = "ferry-system"
 k = yaml.safe_load(open(os.path.join(d, "kustomization.yaml")))
+assert k.get("kind") == "Kustomization" and k.get("namespace") == ns, "kind, namespace"
 res = k["resources"]
-assert ".." in res, "the overlay builds on docker/kubernetes/"
-for r in res:
-    if r != "..":
-        assert os.path.isfile(os.path.join(d, r)), f"listed but missing: {r}"
-gen = k["configMapGenerator"][0]
+assert "../base" in res, "the overlay builds on ../base"
+assert all("/" not in r for r in res if r != "../base"), f"resources: ../base and this folder's files only, {res}"
+assert len(set(res)) == len(res), "a resource is listed twice"
+gen = k["configMapGenerator"]
+assert len(gen) == 1, "one generated ConfigMap"
+gen = gen[0]
 assert gen["name"] == "ferry-config" and gen["behavior"] == "replace", "replaces ferry-config"
+assert gen.get("namespace") == ns, "the generator names the base ConfigMap's namespace (else: does not exist; cannot replace)"
 assert gen["options"]["disableNameSuffixHash"] is True, "keeps the ConfigMap's name"
-sts = yaml.safe_load(open(os.path.join(base, "statefulset.yaml")))
-patch = yaml.safe_load(open(os.path.join(d, k["patches"][0]["path"])))
-def merge_named(dst, src):
-    by = {x["name"]: x for x in dst}
-    for x in src:
-        if x["name"] in by:
-            for key, v in x.items():
-                if isinstance(v, list) and key in by[x["name"]]:
-                    by[x["name"]][key] = merge_named(by[x["name"]][key], v) if v and isinstance(v[0], dict) and "name" in v[0] else by[x["name"]][key] + v
-                else:
-                    by[x["name"]][key] = v
-        else:
-            dst.append(x)
-    return dst
-spec, pspec = sts["spec"]["template"]["spec"], patch["spec"]["template"]["spec"]
-merge_named(spec["containers"], pspec["containers"])
-merge_named(spec["volumes"], pspec["volumes"])
-yaml.safe_dump(sts, open(out, "w"))
-c = spec["containers"][0]
+patches = [p["path"] for p in k.get("patches", []) if "path" in p]
+used = {r for r in res if "/" not in r} | set(patches) | set(gen["files"])
+for f in used:
+    assert os.path.isfile(os.path.join(d, f)), f"listed but missing: {f}"
+files = {f for f in os.listdir(d) if f.endswith((".yaml", ".yml", ".toml")) and f != "kustomization.yaml"}
+assert files == used, f"files not used by kustomization.yaml: {sorted(files - used)}"
+
+def load(path):
+    objs = {}
+    for doc in yaml.safe_load_all(open(path)):
+        if doc:
+            key = (doc["kind"], doc["metadata"]["name"])
+            assert key not in objs, f"{key} twice"
+            objs[key] = doc
+    return objs
+objs, base = load(render), load(base_render)
+for (kind, name), o in objs.items():
+    if kind not in ("Namespace", "MutatingWebhookConfiguration"):
+        assert o["metadata"].get("namespace") == ns, f"{kind}/{name} in namespace {o['metadata'].get('namespace')!r}"
+changed = {("StatefulSet", "ferry"), ("ConfigMap", "ferry-config")}
+added = {("Service", "ferry-webhook"), ("NetworkPolicy", "ferry-webhook"), ("Issuer", "ferry-selfsigned"),
+         ("Certificate", "ferry-webhook"), ("MutatingWebhookConfiguration", "ferry-pin-digests")}
+assert set(objs) == set(base) | added, f"objects: extra {sorted(set(objs) - set(base) - added)}, missing {sorted((set(base) | added) - set(objs))}"
+for key in sorted(set(base) - changed):
+    assert objs[key] == base[key], f"{key} differs from the base's"
+
+text = objs[("ConfigMap", "ferry-config")]["data"]["ferry.toml"]
+assert text == open(os.path.join(d, "ferry.toml")).read(), "the ConfigMap's ferry.toml is not webhook/ferry.toml"
+open(toml_out, "w").write(text)
+cfg = tomllib.loads(text)
+assert "webhook" in cfg, "no [webhook] in the rendered ferry.toml"
+
+sts, bsts = objs[("StatefulSet", "ferry")], base[("StatefulSet", "ferry")]
+spec, bspec = sts["spec"]["template"]["spec"], bsts["spec"]["template"]["spec"]
+c, bc = spec["containers"][0], bspec["containers"][0]
+for f in ("image", "args", "resources", "securityContext", "startupProbe", "livenessProbe", "readinessProbe"):
+    assert c.get(f) == bc.get(f), f"the container's {f} differs from the base's"
 ports = {p["name"]: p["containerPort"] for p in c["ports"]}
-assert ports.get("webhook") == 8443, ports
+assert ports == {**{p["name"]: p["containerPort"] for p in bc["ports"]}, "webhook": 8443}, ports
+assert int(cfg["webhook"]["listen"].rsplit(":", 1)[1]) == ports["webhook"], "[webhook] listen vs the pod's webhook port"
 mounts = {m["name"]: m["mountPath"] for m in c["volumeMounts"]}
 assert mounts.get("webhook-tls") == "/etc/ferry/webhook", mounts
-svc = yaml.safe_load(open(os.path.join(d, "service.yaml")))
+for key in ("tls_cert", "tls_key"):
+    assert cfg["webhook"][key].startswith("/etc/ferry/webhook/"), f"[webhook] {key} is not in the mounted Secret"
+vols = {v["name"]: v for v in spec["volumes"]}
+assert vols["webhook-tls"]["secret"]["secretName"] == "ferry-webhook-tls", vols["webhook-tls"]
+svc = objs[("Service", "ferry-webhook")]
+labels = sts["spec"]["template"]["metadata"]["labels"]
+assert svc["spec"]["selector"].items() <= labels.items(), "the webhook Service selects no Ferry pod"
 assert svc["spec"]["ports"][0]["targetPort"] == "webhook"
-hook = yaml.safe_load(open(os.path.join(d, "mutatingwebhook.yaml")))["webhooks"][0]
+hook = objs[("MutatingWebhookConfiguration", "ferry-pin-digests")]["webhooks"][0]
 cc = hook["clientConfig"]["service"]
-assert (cc["name"], cc["namespace"], cc["port"]) == (svc["metadata"]["name"], "ferry-system", 443)
+assert (cc["name"], cc["namespace"], cc["port"]) == (svc["metadata"]["name"], ns, svc["spec"]["ports"][0]["port"])
 assert hook["failurePolicy"] == "Ignore" and hook["sideEffects"] == "None"
 assert hook["reinvocationPolicy"] == "IfNeeded"
 excluded = hook["namespaceSelector"]["matchExpressions"][0]["values"]
-assert "ferry-system" in excluded and "kube-system" in excluded, excluded
+assert ns in excluded and "kube-system" in excluded, excluded
 resources = {r for rule in hook["rules"] for r in rule["resources"]}
 assert "pods/ephemeralcontainers" in resources and "pods" in resources, resources
-cert = [x for x in yaml.safe_load_all(open(os.path.join(d, "certificate.yaml"))) if x["kind"] == "Certificate"][0]
+cert = objs[("Certificate", "ferry-webhook")]
+assert cert["spec"]["secretName"] == "ferry-webhook-tls", "the certificate's Secret is not the one mounted"
 assert f"{cc['name']}.{cc['namespace']}.svc" in cert["spec"]["dnsNames"], "the certificate names the Service"
-print("overlay: patch merged, webhook port and certificate mounted, Service, webhook and certificate agree")
+ann = objs[("MutatingWebhookConfiguration", "ferry-pin-digests")]["metadata"].get("annotations", {})
+assert ann.get("cert-manager.io/inject-ca-from") == f"{ns}/{cert['metadata']['name']}", "cainjector annotation"
+print(f"rendered: {len(objs)} objects, the base's unchanged but the StatefulSet (webhook port, certificate "
+      "mounted) and the ConfigMap (webhook/ferry.toml); Service, webhook and certificate agree")
 PYEOF
-  out=$("$VENV/bin/kubernetes-validate" --strict -k "$K8S_VERSION" "$WORK/merged-statefulset.yaml" 2>&1) || bad=1
-  echo "merged StatefulSet: ${out//$WORK\//}"
+  [ -s "$WORK/webhook-ferry-rendered.toml" ] || return 1
   openssl req -x509 -newkey rsa:2048 -nodes -days 1 -subj /CN=ferry-webhook.ferry-system.svc \
     -keyout "$WORK/tls.key" -out "$WORK/tls.crt" 2>/dev/null
   sed -e "s#/etc/ferry/webhook/tls.crt#$WORK/tls.crt#; s#/etc/ferry/webhook/tls.key#$WORK/tls.key#" \
-    "$d/ferry.toml" >"$WORK/webhook-ferry.toml"
+    "$WORK/webhook-ferry-rendered.toml" >"$WORK/webhook-ferry.toml"
   if "$FERRY_BIN" config check --config "$WORK/webhook-ferry.toml" >"$WORK/check.out" 2>&1; then
-    echo "ok: webhook/ferry.toml"
+    echo "ok: ferry config check webhook/ferry.toml (test certificates)"
   else
     echo "FAIL: ferry config check webhook/ferry.toml"; sed 's/^/  | /' "$WORK/check.out"; bad=1
   fi
@@ -199,7 +238,7 @@ PYEOF
 }
 
 check_kustomize() {
-  "$PY" - "$K8S_DIR" <<'EOF'
+  "$PY" - "$BASE_DIR" <<'EOF'
 import os, sys, yaml
 d = sys.argv[1]
 k = yaml.safe_load(open(os.path.join(d, "kustomization.yaml")))
@@ -226,14 +265,12 @@ for f in sorted(files):
             assert got == ns, f"{f}: {doc['kind']}/{doc['metadata']['name']} in namespace {got!r}"
 print(f"{len(res)} resources listed, all present; optional: {sorted(optional & files)}; namespace {ns}")
 EOF
-  "$KUBECTL" kustomize "$K8S_DIR" >"$WORK/base-render.yaml"
-  echo "kubectl kustomize docker/kubernetes: $(grep -c '^kind:' "$WORK/base-render.yaml") objects"
+  "$KUBECTL" kustomize "$BASE_DIR" >"$WORK/base-render.yaml"
+  echo "kubectl kustomize docker/kubernetes/base: $(grep -c '^kind:' "$WORK/base-render.yaml") objects"
 }
 
-# docker/kubernetes/cluster/: three replicas of one [cluster] on a bucket. It lists
-# the base's files one by one (kustomize refuses `..`, a base that contains its
-# overlay), so it renders only with the load restrictor off. What is checked is
-# the rendered output, what `kubectl apply -f -` would get.
+# docker/kubernetes/cluster/: three replicas of one [cluster] on a bucket, on
+# ../base. What is checked is the rendered output, what `kubectl apply -k` sends.
 check_cluster_overlay() {
   local d=$K8S_DIR/cluster out bad=0
   "$PY" - "$K8S_DIR" <<'PYEOF' || return 1
@@ -244,11 +281,8 @@ k = yaml.safe_load(open(os.path.join(d, "kustomization.yaml")))
 assert k.get("kind") == "Kustomization" and k.get("namespace") == "ferry-system", "kind, namespace"
 res = k["resources"]
 assert len(set(res)) == len(res), "a resource is listed twice"
-for r in res:
-    assert os.path.isfile(os.path.join(d, r)), f"listed but missing: {r}"
-base_res = yaml.safe_load(open(os.path.join(base, "kustomization.yaml")))["resources"]
-from_base = [r[3:] for r in res if r.startswith("../")]
-assert sorted(from_base) == sorted(base_res), f"the base's resources {base_res}, the overlay's {from_base}"
+assert "../base" in res, "the overlay builds on ../base"
+assert all("/" not in r for r in res if r != "../base"), f"resources: ../base and this folder's files only, {res}"
 gen = k["configMapGenerator"]
 assert len(gen) == 1, "one generated ConfigMap"
 gen = gen[0]
@@ -261,12 +295,12 @@ for f in used:
     assert os.path.isfile(os.path.join(d, f)), f"listed but missing: {f}"
 files = {f for f in os.listdir(d) if f.endswith((".yaml", ".yml", ".toml")) and f != "kustomization.yaml"}
 assert files == used, f"files not used by kustomization.yaml: {sorted(files - used)}"
-print(f"kustomization: {len(from_base)} base resources (all of them), {len(res) - len(from_base)} own, "
+print(f"kustomization: ../base, {len([r for r in res if '/' not in r])} own resources, "
       f"patches {patches}, ferry-config from {gen['files']}")
 PYEOF
-  "$KUBECTL" kustomize --load-restrictor LoadRestrictionsNone "$d" >"$WORK/cluster-render.yaml" ||
+  "$KUBECTL" kustomize "$d" >"$WORK/cluster-render.yaml" ||
     { echo "kubectl kustomize docker/kubernetes/cluster failed"; return 1; }
-  [ -s "$WORK/base-render.yaml" ] || "$KUBECTL" kustomize "$K8S_DIR" >"$WORK/base-render.yaml"
+  [ -s "$WORK/base-render.yaml" ] || "$KUBECTL" kustomize "$BASE_DIR" >"$WORK/base-render.yaml"
   # Every rendered object has a schema (no CRD here): a WARN is a wrong kind or apiVersion.
   out=$("$VENV/bin/kubernetes-validate" --strict -k "$K8S_VERSION" "$WORK/cluster-render.yaml" 2>&1) || bad=1
   echo "${out//$WORK\//}" | sed 's/^INFO cluster-render.yaml passed for resource /schema ok: /; s/ against version.*//'
@@ -452,7 +486,7 @@ check_consistency() {
   "$PY" - "$REPO" <<'EOF'
 import os, re, sys, yaml
 repo = sys.argv[1]
-d = os.path.join(repo, "docker", "kubernetes")
+d = os.path.join(repo, "docker", "kubernetes", "base")
 objs = {}
 for f in os.listdir(d):
     if f.endswith(".yaml") and f != "kustomization.yaml":
@@ -525,7 +559,7 @@ check_compose() {
 # The ConfigMap's ferry.toml, as a file.
 configmap_toml() {
   "$PY" -c 'import sys, yaml; print(yaml.safe_load(open(sys.argv[1]))["data"]["ferry.toml"], end="")' \
-    "$K8S_DIR/configmap.yaml"
+    "$BASE_DIR/configmap.yaml"
 }
 
 check_config() {
