@@ -65,6 +65,23 @@ pub enum PeerError {
     Failed(String),
 }
 
+/// What asking a key's owner came to.
+pub enum Asked<T> {
+    /// The owner (named) answered.
+    Answered(String, T),
+    /// The owner says the content does not exist (upstream said so to it).
+    NotFound,
+    /// This replica owns the key, or no owner could answer: answer here.
+    Here,
+}
+
+/// Owners asked in turn before a replica answers a key itself (each failure
+/// quarantines the one asked, so the next is another member, or this one).
+const MAX_OWNERS_TRIED: usize = 3;
+/// How long a replica waits before asking again an owner whose own fetch was
+/// waiting on a peer (that owner is usually taking over from a dead one).
+const LOOP_PAUSE: Duration = Duration::from_millis(200);
+
 /// What a request carried about its origin.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum PeerAuth {
@@ -172,6 +189,47 @@ impl Cluster {
     /// own clients share its peers' flight.
     pub fn forwards(cluster: Option<&Arc<Cluster>>, forwarding_origin: bool, key: &[u8]) -> bool {
         forwarding_origin && cluster.is_some_and(|c| c.route(key) != Route::Here)
+    }
+
+    /// Asks `key`'s owner with `call`, and the next owner when one fails
+    /// ([`PeerError::Failed`]: it is quarantined by then), at most
+    /// [`MAX_OWNERS_TRIED`]; an owner answering [`PeerError::Loop`] is asked
+    /// once more after [`LOOP_PAUSE`]. Counts the cold lookup of `kind` as
+    /// `forwarded` or `local`.
+    pub async fn ask_owner<T, F, Fut>(
+        &self,
+        key: &[u8],
+        kind: &'static str,
+        mut call: F,
+    ) -> Asked<T>
+    where
+        F: FnMut(String) -> Fut,
+        Fut: std::future::Future<Output = Result<T, PeerError>>,
+    {
+        let mut waited = false;
+        for _ in 0..MAX_OWNERS_TRIED {
+            let Route::Peer(owner) = self.route(key) else {
+                break;
+            };
+            match call(owner.clone()).await {
+                Ok(answer) => {
+                    self.metrics.cluster_role("forwarded", kind);
+                    return Asked::Answered(owner, answer);
+                }
+                Err(PeerError::NotFound) => {
+                    self.metrics.cluster_role("forwarded", kind);
+                    return Asked::NotFound;
+                }
+                Err(PeerError::Loop) if !waited => {
+                    waited = true;
+                    tokio::time::sleep(LOOP_PAUSE).await;
+                }
+                Err(PeerError::Loop) => break,
+                Err(PeerError::Failed(_)) => continue,
+            }
+        }
+        self.metrics.cluster_role("local", kind);
+        Asked::Here
     }
 
     /// A peer failed a call: its keys go elsewhere for a while.

@@ -10,7 +10,7 @@ use super::error::{Error, Result};
 use super::flight::SingleFlight;
 use super::Origin;
 use crate::bucket::{Bucket, Object};
-use crate::cluster::{Cluster, PeerError, Route};
+use crate::cluster::{Asked, Cluster, PeerError};
 use crate::metrics::{Kind, Metrics};
 use crate::oci::media::{self, MAX_MANIFEST_BYTES};
 use crate::oci::{Digest, Tag};
@@ -157,31 +157,27 @@ impl Manifests {
         let Some(cluster) = &self.cluster else {
             return Ok(None);
         };
-        for _ in 0..super::blobs::MAX_OWNERS_TRIED {
-            let Route::Peer(owner) = cluster.route(digest.as_str().as_bytes()) else {
-                break;
-            };
-            match cluster.get_manifest(&owner, target, digest).await {
-                Ok((media_type, body)) => {
-                    if !digest.verifies(&body) {
-                        self.metrics.integrity_failures.inc();
-                        cluster.failed(&owner, "sent a manifest that does not match its digest");
-                        continue;
-                    }
-                    self.metrics.cluster_role("forwarded", "manifest");
-                    return self.keep(digest, media_type.as_deref(), body).map(Some);
+        let asked = cluster
+            .ask_owner(digest.as_str().as_bytes(), "manifest", |owner| async move {
+                let (media_type, body) = cluster.get_manifest(&owner, target, digest).await?;
+                if !digest.verifies(&body) {
+                    self.metrics.integrity_failures.inc();
+                    let why = "sent a manifest that does not match its digest";
+                    cluster.failed(&owner, why);
+                    return Err(PeerError::Failed(why.into()));
                 }
-                Err(PeerError::NotFound) => {
-                    return Err(Error::NotFound(format!(
-                        "manifest {digest} not found upstream"
-                    )))
-                }
-                Err(PeerError::Loop) => break,
-                Err(PeerError::Failed(_)) => continue,
+                Ok((media_type, body))
+            })
+            .await;
+        match asked {
+            Asked::Answered(_, (media_type, body)) => {
+                self.keep(digest, media_type.as_deref(), body).map(Some)
             }
+            Asked::NotFound => Err(Error::NotFound(format!(
+                "manifest {digest} not found upstream"
+            ))),
+            Asked::Here => Ok(None),
         }
-        self.metrics.cluster_role("local", "manifest");
-        Ok(None)
     }
 
     /// The manifest from the shared bucket, verified and kept locally; `None`
@@ -231,19 +227,9 @@ impl Manifests {
         }
     }
 
-    /// Keeps a manifest whose bytes the caller verified against `digest`.
-    pub fn keep_verified(
-        &self,
-        digest: &Digest,
-        content_type: Option<&str>,
-        body: Bytes,
-    ) -> Result<StoredManifest> {
-        self.keep(digest, content_type, body)
-    }
-
     /// Checks a verified manifest body and stores it. A store that cannot
     /// write is logged, and the manifest is still served (asked again next time).
-    fn keep(
+    pub(crate) fn keep(
         &self,
         digest: &Digest,
         content_type: Option<&str>,

@@ -18,7 +18,7 @@ use super::inflight::Registration;
 use super::progress::{FetchFailure, FetchState, Phase, RecentBytes};
 use super::{follower, upload};
 use crate::bucket::{Bucket, Object};
-use crate::cluster::{Cluster, PeerError, Route};
+use crate::cluster::{Asked, Cluster};
 use crate::metrics::Metrics;
 use crate::oci::Digest;
 use crate::proxy::store_health::StoreHealth;
@@ -36,9 +36,6 @@ const WRITE_BATCH: usize = 256 * 1024;
 /// Batches queued for the writer thread: bounds the memory a fetch holds when the
 /// disk is slower than the network.
 const PIPELINE_BATCHES: usize = 8;
-/// How long a fetch waits before asking again an owner whose own fetch was
-/// waiting on a peer (it is usually taking over from a dead owner).
-const LOOP_PAUSE: std::time::Duration = std::time::Duration::from_millis(200);
 /// The longest silence inside a bucket object's body before it is resumed.
 const IDLE_TIMEOUT: std::time::Duration = crate::config::defaults::IDLE_TIMEOUT;
 /// How many times a dropped upstream transfer is resumed with `Range`.
@@ -102,36 +99,22 @@ async fn open(
     tx: &watch::Sender<FetchState>,
 ) -> Result<(Option<u64>, Body), crate::proxy::Error> {
     if let Some(cluster) = cx.cluster.as_ref().filter(|_| forward) {
-        let mut waited = false;
-        for _ in 0..super::MAX_OWNERS_TRIED {
-            let Route::Peer(owner) = cluster.route(digest.as_str().as_bytes()) else {
-                break;
-            };
-            // Said before asking: a peer's request must not wait on this fetch.
-            tx.send_modify(|s| s.from_peer = true);
-            match cluster.get_blob(&owner, target, digest, offset).await {
-                Ok(b) => {
-                    cx.metrics.cluster_role("forwarded", "blob");
-                    return Ok((b.total, Body::Peer(owner, b.response)));
-                }
-                Err(PeerError::NotFound) => {
-                    return Err(crate::proxy::Error::NotFound(
-                        "blob not found upstream".into(),
-                    ))
-                }
-                // The owner's own fetch waits on a peer: most often it is
-                // taking over from a dead owner this very moment; ask again
-                // once it has, else fetch here.
-                Err(PeerError::Loop) if !waited => {
-                    waited = true;
-                    tokio::time::sleep(LOOP_PAUSE).await;
-                }
-                Err(PeerError::Loop) => break,
-                Err(PeerError::Failed(_)) => continue, // quarantined: the next owner
+        let asked = cluster
+            .ask_owner(digest.as_str().as_bytes(), "blob", |owner| {
+                // Said before asking: a peer's request must not wait on this fetch.
+                tx.send_modify(|s| s.from_peer = true);
+                async move { cluster.get_blob(&owner, target, digest, offset).await }
+            })
+            .await;
+        match asked {
+            Asked::Answered(owner, b) => return Ok((b.total, Body::Peer(owner, b.response))),
+            Asked::NotFound => {
+                return Err(crate::proxy::Error::NotFound(
+                    "blob not found upstream".into(),
+                ))
             }
+            Asked::Here => tx.send_modify(|s| s.from_peer = false),
         }
-        tx.send_modify(|s| s.from_peer = false);
-        cx.metrics.cluster_role("local", "blob");
     }
     if let Some(bucket) = cx.bucket.as_ref().filter(|_| try_bucket) {
         if let Some(read) = bucket.read_blob(digest, offset).await {

@@ -37,7 +37,7 @@ use super::Origin;
 use crate::bounded::ExpiringMap;
 use crate::bucket::Bucket;
 use crate::clock::Clock;
-use crate::cluster::{Cluster, PeerError, Route};
+use crate::cluster::{Asked, Cluster};
 use crate::config::defaults;
 use crate::metrics::{Kind, Metrics};
 use crate::oci::{Digest, RangeAnswer, RangeRequest};
@@ -283,7 +283,6 @@ impl Blobs {
             digest.as_str().as_bytes(),
         );
         let cluster = self.cx.cluster.clone().filter(|_| forward);
-        let metrics = self.cx.metrics.clone();
         let (result, joined) = self
             .heads
             .run((key, forward), move || async move {
@@ -291,23 +290,31 @@ impl Blobs {
                 if let Some(&size) = sizes.lock().get(&k, clock.now_ms()) {
                     return Ok(Some(size));
                 }
-                if let Some(cluster) = cluster {
-                    if let Some(size) = head_from_owner(&cluster, &t, &k.2, &metrics).await? {
-                        let now = clock.now_ms();
-                        let until =
-                            now.saturating_add(defaults::BLOB_HEAD_MEMORY.as_millis() as u64);
-                        sizes.lock().insert(k, size, until, now);
-                        return Ok(Some(size));
+                // The owner (another replica), else the bucket, else upstream.
+                let mut size = None;
+                if let Some(cluster) = &cluster {
+                    let asked = cluster
+                        .ask_owner(k.2.as_str().as_bytes(), "blob_head", |owner| {
+                            let (cluster, t, d) = (cluster, &t, &k.2);
+                            async move { cluster.head_blob(&owner, t, d).await }
+                        })
+                        .await;
+                    match asked {
+                        Asked::Answered(_, s) => size = s,
+                        Asked::NotFound => {
+                            return Err(Error::NotFound("blob not found upstream".into()))
+                        }
+                        Asked::Here => {}
                     }
                 }
-                let in_bucket = match &bucket {
-                    Some(b) => b.blob_size(&k.2).await,
-                    None => None,
-                };
-                let size = match in_bucket {
-                    Some(size) => Some(size),
-                    None => t.upstream.head_blob(&t.repo, &k.2).await?,
-                };
+                if size.is_none() {
+                    if let Some(b) = &bucket {
+                        size = b.blob_size(&k.2).await;
+                    }
+                }
+                if size.is_none() {
+                    size = t.upstream.head_blob(&t.repo, &k.2).await?;
+                }
                 if let Some(size) = size {
                     let now = clock.now_ms();
                     let until = now.saturating_add(defaults::BLOB_HEAD_MEMORY.as_millis() as u64);
@@ -390,39 +397,6 @@ impl Blobs {
         self.inflight.len()
     }
 }
-
-/// A cold blob's size from its owner, when another replica owns it: `None`
-/// when this replica owns it or the owner could not say (then it asks the
-/// bucket and upstream itself).
-async fn head_from_owner(
-    cluster: &Cluster,
-    target: &Target,
-    digest: &Digest,
-    metrics: &Metrics,
-) -> Result<Option<u64>> {
-    for _ in 0..MAX_OWNERS_TRIED {
-        let Route::Peer(owner) = cluster.route(digest.as_str().as_bytes()) else {
-            metrics.cluster_role("local", "blob_head");
-            return Ok(None);
-        };
-        match cluster.head_blob(&owner, target, digest).await {
-            Ok(size) => {
-                metrics.cluster_role("forwarded", "blob_head");
-                return Ok(size);
-            }
-            Err(PeerError::NotFound) => {
-                return Err(Error::NotFound("blob not found upstream".into()))
-            }
-            Err(PeerError::Loop) => return Ok(None),
-            Err(PeerError::Failed(_)) => continue, // quarantined: the next owner
-        }
-    }
-    Ok(None)
-}
-
-/// Owners asked in turn before a replica answers a key itself (each failure
-/// quarantines the one asked, so the next is another member, or this one).
-pub(crate) const MAX_OWNERS_TRIED: usize = 3;
 
 /// Resolves a range against a known size: `(start, end)` inclusive, or 416.
 fn resolve(range: RangeRequest, size: u64) -> Result<(u64, u64)> {

@@ -6,7 +6,7 @@
 //! found" drops the record and remembers the miss.
 
 use super::{meta_of, resolved, unknown, Resolved, Source, Tags};
-use crate::cluster::{PeerError, PeerTag, Route};
+use crate::cluster::{Asked, PeerTag};
 use crate::config::Freshness;
 use crate::oci::{media, Tag};
 use crate::proxy::error::{Error, Result};
@@ -115,32 +115,27 @@ impl Tags {
         want_body: bool,
     ) -> Option<Result<Resolved>> {
         let cluster = self.cluster.as_ref()?;
-        for _ in 0..crate::proxy::blobs::MAX_OWNERS_TRIED {
-            let Route::Peer(owner) = cluster.route(key.as_bytes()) else {
-                break;
-            };
-            match cluster.resolve_tag(&owner, target, tag, want_body).await {
-                Ok(answer) => {
-                    self.metrics.cluster_role("forwarded", "tag");
-                    return Some(self.apply_owners(target, tag, key, answer, &owner));
-                }
-                Err(PeerError::NotFound) => {
-                    self.metrics.cluster_role("forwarded", "tag");
-                    let now = self.clock.now_ms();
-                    let _w = self.write_lock(key);
-                    if let Err(e) = self.store.delete_tag(key) {
-                        tracing::warn!(?target, %tag, error = %e, "could not drop tag record");
-                    }
-                    self.negative
-                        .insert(key.clone(), freshness::negative_until(policy, now), now);
-                    return Some(Err(unknown(target, tag)));
-                }
-                Err(PeerError::Loop) => break,
-                Err(PeerError::Failed(_)) => continue,
+        let asked = cluster
+            .ask_owner(key.as_bytes(), "tag", |owner| async move {
+                cluster.resolve_tag(&owner, target, tag, want_body).await
+            })
+            .await;
+        match asked {
+            Asked::Answered(owner, answer) => {
+                Some(self.apply_owners(target, tag, key, answer, &owner))
             }
+            Asked::NotFound => {
+                let now = self.clock.now_ms();
+                let _w = self.write_lock(key);
+                if let Err(e) = self.store.delete_tag(key) {
+                    tracing::warn!(?target, %tag, error = %e, "could not drop tag record");
+                }
+                self.negative
+                    .insert(key.clone(), freshness::negative_until(policy, now), now);
+                Some(Err(unknown(target, tag)))
+            }
+            Asked::Here => None,
         }
-        self.metrics.cluster_role("local", "tag");
-        None
     }
 
     /// Records what the owner answered (unless a newer confirmation is here).
@@ -164,7 +159,7 @@ impl Tags {
                 )));
             }
             self.manifests
-                .keep_verified(&answer.digest, Some(&answer.media_type), body)?;
+                .keep(&answer.digest, Some(&answer.media_type), body)?;
         }
         let now = self.clock.now_ms();
         let new = TagRecord {
