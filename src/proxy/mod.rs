@@ -247,6 +247,13 @@ impl Proxy {
         head: bool,
         origin: Origin,
     ) -> Result<ManifestAnswer> {
+        if origin == Origin::Peer {
+            let kind = match reference {
+                Reference::Tag(_) => "tag",
+                Reference::Digest(_) => "manifest",
+            };
+            self.metrics.cluster_role("owner", kind);
+        }
         let origin = origin.for_target(target);
         let answer = self
             .manifest_unchecked(target, reference, head, origin)
@@ -319,6 +326,10 @@ impl Proxy {
         head: bool,
         origin: Origin,
     ) -> Result<BlobAnswer> {
+        if origin == Origin::Peer {
+            let kind = if head { "blob_head" } else { "blob" };
+            self.metrics.cluster_role("owner", kind);
+        }
         let origin = origin.for_target(target);
         let (blobs, t, d) = (self.blobs.clone(), target.clone(), digest.clone());
         self.access

@@ -123,6 +123,11 @@ pub fn refusal(r: Refusal) -> OciError {
     }
 }
 
+/// A request with a `Ferry-Peer` header that does not carry the peer secret.
+pub fn wrong_peer_secret() -> OciError {
+    OciError::new(ErrorCode::Unauthorized, "wrong peer secret")
+}
+
 /// A request that names no configured upstream: nothing was contacted.
 pub fn route_error(e: &RouteError) -> OciError {
     match e {

@@ -7,8 +7,9 @@
 use super::errors;
 use super::responses::{self, Body};
 use crate::access::ClientAuth;
+use crate::cluster::PeerAuth;
 use crate::config::Config;
-use crate::proxy::{Proxy, Refusal};
+use crate::proxy::{Origin, Proxy, Refusal};
 use crate::upstream::Target;
 use http::header::{self, HeaderMap};
 use http::Response;
@@ -47,6 +48,29 @@ impl Gate {
             Ok(())
         } else {
             Err(refuse(Refusal::Unauthorized, head))
+        }
+    }
+
+    /// A pull-API request: a peer replica's (the peer secret; it asks for a
+    /// client it already admitted, and is answered here, never forwarded), or
+    /// a client's, admitted as [`Gate::admit`] says.
+    pub async fn admit_pull(
+        &self,
+        proxy: &Proxy,
+        headers: &HeaderMap,
+        target: Target,
+        head: bool,
+    ) -> Result<(Target, Origin), Refused> {
+        match proxy.cluster().map(|c| c.auth(headers)) {
+            Some(PeerAuth::Refused) => Err(Box::new(responses::error(
+                &errors::wrong_peer_secret(),
+                head,
+            ))),
+            Some(PeerAuth::Peer) => Ok((target, Origin::Peer)),
+            _ => Ok((
+                self.admit(proxy, headers, target, head).await?,
+                Origin::Client,
+            )),
         }
     }
 

@@ -32,7 +32,7 @@ pub use responses::Body;
 use crate::cluster::{PeerAuth, AGE_HEADER};
 use crate::config::Config;
 use crate::oci::media::OCI_INDEX;
-use crate::oci::{route, ErrorCode, OciError, PullRequest, RangeRequest, Reference, Route};
+use crate::oci::{route, PullRequest, RangeRequest, Reference, Route};
 use crate::proxy::maintenance::PEER_PURGE;
 use crate::proxy::{Origin, Proxy};
 use bytes::Bytes;
@@ -210,34 +210,9 @@ impl App {
             Ok(t) => t,
             Err(e) => return responses::error(&errors::route_error(&e), req.head),
         };
-        // A peer replica asks on behalf of a client it already admitted; its
-        // request is answered here and never forwarded again.
-        let origin = match proxy.cluster().map(|c| c.auth(headers)) {
-            Some(PeerAuth::Refused) => {
-                let e = OciError::new(ErrorCode::Unauthorized, "wrong peer secret");
-                return responses::error(&e, req.head);
-            }
-            Some(PeerAuth::Peer) => {
-                let kind = match &req.route {
-                    Route::Blob { .. } if req.head => "blob_head",
-                    Route::Blob { .. } => "blob",
-                    Route::Manifest {
-                        reference: Reference::Tag(_),
-                        ..
-                    } => "tag",
-                    _ => "manifest",
-                };
-                proxy.metrics().cluster_role("owner", kind);
-                Origin::Peer
-            }
-            _ => Origin::Client,
-        };
-        let target = match origin {
-            Origin::Peer => target,
-            Origin::Client => match self.gate.admit(proxy, headers, target, req.head).await {
-                Ok(t) => t,
-                Err(refused) => return *refused,
-            },
+        let (target, origin) = match self.gate.admit_pull(proxy, headers, target, req.head).await {
+            Ok(admitted) => admitted,
+            Err(refused) => return *refused,
         };
         let answer = match &req.route {
             Route::Base => unreachable!("answered above"),
