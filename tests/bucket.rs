@@ -6,21 +6,18 @@
 use crate::support::*;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 const MIB: usize = 1024 * 1024;
 
 /// Waits until `metric` reaches `n` (uploads finish after their clients do).
 async fn metric_reaches(p: &Proxied, metric: &str, n: u64) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while p.metric(metric) < n {
-        assert!(
-            Instant::now() < deadline,
-            "{metric} stayed at {}",
-            p.metric(metric)
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    eventually(
+        &format!("{metric} stayed below {n}"),
+        Duration::from_secs(20),
+        || async { p.metric(metric) >= n },
+    )
+    .await;
     assert_eq!(p.metric(metric), n, "{metric}");
 }
 

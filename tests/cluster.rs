@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 const MIB: usize = 1024 * 1024;
+const TEN_S: Duration = Duration::from_secs(10);
 
 fn members(rs: &[Proxied]) -> Vec<String> {
     rs.iter().map(|p| p.addr.to_string()).collect()
@@ -179,14 +180,10 @@ async fn the_owner_dying_mid_fetch_leaves_every_follower_verified() {
         }
     }
     // The owner's upstream transfer is stuck at the gate; stop the owner.
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while up.count("GET", |r| r.is_blob()) == 0 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the owner never asked upstream"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    eventually("the owner never asked upstream", TEN_S, || async {
+        up.count("GET", |r| r.is_blob()) > 0
+    })
+    .await;
     tokio::time::sleep(Duration::from_millis(100)).await;
     let dead = rs[owner].take().unwrap();
     tokio::spawn(dead.stop());
@@ -263,11 +260,10 @@ async fn replicas_share_a_bucket_and_an_owner_at_once() {
     assert_eq!(up.count("GET", |r| r.is_blob()), 1);
     let owner = owner_of(&rs, d.as_bytes());
     // Only the owner uploads.
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while bucket.object(&TestBucket::blob_key(&d)).await.is_none() {
-        assert!(std::time::Instant::now() < deadline, "never uploaded");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    eventually("never uploaded", TEN_S, || async {
+        bucket.object(&TestBucket::blob_key(&d)).await.is_some()
+    })
+    .await;
     for (i, r) in rs.iter().enumerate() {
         let uploads = r.metric("ferry_bucket_uploads_total{object=\"blob\",result=\"completed\"}");
         assert_eq!(uploads, u64::from(i == owner), "replica {i}");
@@ -296,11 +292,10 @@ async fn a_purge_and_a_push_event_reach_every_replica() {
         r.settled().await;
         assert!(r.stored_size(layer).is_some());
     }
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while bucket.object(&TestBucket::blob_key(layer)).await.is_none() {
-        assert!(std::time::Instant::now() < deadline, "never uploaded");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    eventually("never uploaded", TEN_S, || async {
+        bucket.object(&TestBucket::blob_key(layer)).await.is_some()
+    })
+    .await;
 
     // An operator purges a blob on one replica: every replica and the bucket drop it.
     let layer_digest: ferry_storage::Digest = layer.parse().unwrap();
@@ -309,14 +304,10 @@ async fn a_purge_and_a_push_event_reach_every_replica() {
         .purge_digest(&layer_digest, ferry::proxy::Origin::Client)
         .await
         .unwrap();
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while rs.iter().any(|r| r.stored_size(layer).is_some()) {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "a replica kept the purged blob"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    eventually("a replica kept the purged blob", TEN_S, || async {
+        rs.iter().all(|r| r.stored_size(layer).is_none())
+    })
+    .await;
     assert_eq!(bucket.object(&TestBucket::blob_key(layer)).await, None);
 
     // The registry posts a push to one replica: every replica moves the tag,
@@ -346,20 +337,12 @@ async fn a_purge_and_a_push_event_reach_every_replica() {
         .unwrap();
     assert_eq!(r.status(), 200);
     up.clear_requests();
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
     for r in &rs {
-        loop {
+        eventually(&format!("{} never saw the push", r.addr), TEN_S, || async {
             let m = r.head("/v2/team/app/manifests/1.0").await;
-            if header(&m, "docker-content-digest") == Some(new.as_str()) {
-                break;
-            }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "{} never saw the push",
-                r.addr
-            );
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+            header(&m, "docker-content-digest") == Some(new.as_str())
+        })
+        .await;
     }
     assert_eq!(
         up.count("HEAD", |r| r.is_manifest()),
