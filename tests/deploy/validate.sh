@@ -141,7 +141,7 @@ check_webhook_overlay() {
   kinds=$(echo "$out" | grep '^WARN' | grep -vE 'kind (Issuer|Certificate) with api version cert-manager.io/' || true)
   [ -z "$kinds" ] || { echo "no schema: a wrong kind or apiVersion?"; bad=1; }
   if echo "$out" | grep -q '^ERROR\|^FATAL'; then bad=1; fi
-  "$PY" - "$d" "$WORK/webhook-render.yaml" "$WORK/base-render.yaml" "$WORK/webhook-ferry-rendered.toml" <<'PYEOF' || bad=1
+  PYTHONPATH=$HERE "$PY" - "$d" "$WORK/webhook-render.yaml" "$WORK/base-render.yaml" "$WORK/webhook-ferry-rendered.toml" <<'PYEOF' || bad=1
 import os, sys, tomllib, yaml
 d, render, base_render, toml_out = sys.argv[1:5]
 ns = "ferry-system"
@@ -164,14 +164,7 @@ for f in used:
 files = {f for f in os.listdir(d) if f.endswith((".yaml", ".yml", ".toml")) and f != "kustomization.yaml"}
 assert files == used, f"files not used by kustomization.yaml: {sorted(files - used)}"
 
-def load(path):
-    objs = {}
-    for doc in yaml.safe_load_all(open(path)):
-        if doc:
-            key = (doc["kind"], doc["metadata"]["name"])
-            assert key not in objs, f"{key} twice"
-            objs[key] = doc
-    return objs
+from rendered import load
 objs, base = load(render), load(base_render)
 for (kind, name), o in objs.items():
     if kind not in ("Namespace", "MutatingWebhookConfiguration"):
@@ -305,18 +298,11 @@ PYEOF
   out=$("$VENV/bin/kubernetes-validate" --strict -k "$K8S_VERSION" "$WORK/cluster-render.yaml" 2>&1) || bad=1
   echo "${out//$WORK\//}" | sed 's/^INFO cluster-render.yaml passed for resource /schema ok: /; s/ against version.*//'
   if echo "$out" | grep -q '^WARN\|^ERROR\|^FATAL'; then bad=1; fi
-  "$PY" - "$d" "$WORK/cluster-render.yaml" "$WORK/base-render.yaml" "$WORK/cluster-ferry.toml" <<'PYEOF' || bad=1
+  PYTHONPATH=$HERE "$PY" - "$d" "$WORK/cluster-render.yaml" "$WORK/base-render.yaml" "$WORK/cluster-ferry.toml" <<'PYEOF' || bad=1
 import copy, os, re, sys, tomllib, yaml
 d, render, base_render, toml_out = sys.argv[1:5]
 ns = "ferry-system"
-def load(path):
-    objs = {}
-    for doc in yaml.safe_load_all(open(path)):
-        if doc:
-            key = (doc["kind"], doc["metadata"]["name"])
-            assert key not in objs, f"{key} twice"
-            objs[key] = doc
-    return objs
+from rendered import load
 objs, base = load(render), load(base_render)
 for (kind, name), o in objs.items():
     if kind != "Namespace":
