@@ -147,4 +147,27 @@ mod tests {
         clock.advance(Duration::from_secs(10));
         assert_eq!(m.live(), ["a:1", "b:1", "c:1"]);
     }
+
+    #[tokio::test]
+    async fn dns_members_are_the_names_answers_with_the_port_plus_this_replica() {
+        let m = Members::new(
+            "10.9.9.9:5000".into(),
+            Source::Dns {
+                name: "localhost".into(),
+                port: 5000,
+            },
+            Duration::from_secs(10),
+            Clock::manual(),
+        );
+        assert_eq!(
+            m.live(),
+            ["10.9.9.9:5000"],
+            "only itself before the first answer"
+        );
+        let n = m.refresh().await.expect("localhost resolves");
+        let live = m.live();
+        assert_eq!(live.len(), n);
+        assert!(live.contains(&"127.0.0.1:5000".to_string()), "{live:?}");
+        assert!(live.contains(&"10.9.9.9:5000".to_string()), "{live:?}");
+    }
 }
