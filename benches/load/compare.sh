@@ -26,11 +26,16 @@
 #   REPS           cold single-pull pairs (direct, then each proxy, each on a fresh blob), median taken (default 9)
 #   PEER_ACCESS_LOG=1  let the peer write its access log (off by default, like Ferry's)
 #   KEEP_DATA=1    keep blobs and registry storage under $OUT/data (deleted by default)
+#   LINK=0         skip the last part: cold pulls over a shaped link (benches/load/link.sh, run
+#                  when root and Ferry was measured; output in $OUT/link, its tables appended to
+#                  results.md under "Cold pulls over a shaped link"; it gets PORT_BASE+100, and
+#                  REPS, BLOB_MIB and HERD when they are set in the environment). Adds ~6 minutes.
 #
 # Exit status: non-zero when a setup step fails (install, seeding, a server not becoming
 # ready, a warm-up that returns wrong bytes). Measurement anomalies (failed requests, bad
-# bodies) are reported in the table's notes instead. Every process started here is ended
-# by the EXIT trap.
+# bodies) are reported in the table's notes instead. A non-zero exit of link.sh (1: a
+# pull returned wrong bytes, 2: its setup failed) becomes this script's exit status, after
+# results.md is written. Every process started here is ended by the EXIT trap.
 set -euo pipefail
 
 # ---------------------------------------------------------------- settings
@@ -91,9 +96,9 @@ ours() {
   read -r ppid stat < <(ps -o ppid=,stat= -p "$1" 2>/dev/null) || return 1
   [[ $ppid == "$$" && $stat != Z* ]]
 }
-cleanup() {
-  local rc=$? pid live=()
-  trap - EXIT INT TERM
+# stop_servers: end every process started here that still runs (TERM, then KILL after 5 s)
+stop_servers() {
+  local pid live=()
   for pid in "${PIDS[@]}"; do ours "$pid" && live+=("$pid"); done
   for pid in "${live[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
   for _ in $(seq 50); do
@@ -104,6 +109,11 @@ cleanup() {
   done
   for pid in "${live[@]}"; do ours "$pid" && kill -KILL "$pid" 2>/dev/null; done
   wait 2>/dev/null || true
+}
+cleanup() {
+  local rc=$?
+  trap - EXIT INT TERM
+  stop_servers
   if [[ "$KEEP_DATA" != 1 && -n "${DATA:-}" && -d "${DATA:-}" ]]; then rm -rf "$DATA"; fi
   [[ $rc != 0 ]] && log "failed (exit $rc); logs are in $OUT/logs"
   exit "$rc"
@@ -601,3 +611,28 @@ if notes:
 open(sys.argv[1], "w").write("\n".join(md) + "\n")
 PY
 log "results: $OUT/results.md (raw: $R, logs: $OUT/logs)"
+
+# ---- 6. cold pulls over a shaped link (benches/load/link.sh): root only; LINK=0 skips it
+if [[ "${LINK:-1}" == 0 ]]; then
+  log "LINK=0: cold pulls over a shaped link skipped"
+elif [[ $EUID != 0 ]]; then
+  log "not root: cold pulls over a shaped link skipped (link.sh needs a network namespace)"
+elif ((!HAVE_FERRY)); then
+  log "no Ferry binary: cold pulls over a shaped link skipped"
+else
+  stop_servers   # this run's servers are done; link.sh starts its own
+  log "cold pulls over a shaped link: benches/load/link.sh (LINK=0 skips it), output in $OUT/link"
+  rm -f "$OUT/link/results.md"
+  link_rc=0
+  OUT="$OUT/link" FERRY_BIN="$FERRY_BIN" PORT_BASE=$((PORT_BASE + 100)) KEEP_DATA="$KEEP_DATA" \
+    bash "$SCRIPT_DIR/link.sh" || link_rc=$?
+  {
+    printf '\n## Cold pulls over a shaped link\n\n'
+    if [[ -s "$OUT/link/results.md" ]]; then
+      sed '1{/^# /d}' "$OUT/link/results.md" | sed 's/^## /### /'
+    else
+      echo "link.sh stopped before its results (exit $link_rc); see $OUT/link/logs."
+    fi
+  } >>"$OUT/results.md"
+  ((link_rc == 0)) || { log "link.sh exited $link_rc"; exit "$link_rc"; }
+fi

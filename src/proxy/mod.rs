@@ -289,15 +289,14 @@ impl Proxy {
             }
             Reference::Digest(d) => {
                 let (t, d2) = (target.clone(), d.clone());
-                self.access
-                    .confirm(target, d, move || async move {
-                        t.upstream
-                            .head_manifest(&t.repo, &d2.to_string())
-                            .await
-                            .map(drop)
-                            .map_err(Error::from)
-                    })
-                    .await?;
+                Box::pin(self.access.confirm(target, d, move || async move {
+                    t.upstream
+                        .head_manifest(&t.repo, &d2.to_string())
+                        .await
+                        .map(drop)
+                        .map_err(Error::from)
+                }))
+                .await?;
                 d.clone()
             }
         };

@@ -85,8 +85,9 @@ impl Gate {
     ) -> Result<Target, Refused> {
         let given = authorization(headers);
         if target.upstream.config().access.is_some() {
-            proxy
-                .admit(&target, given)
+            // Boxed: checked access is rare, and its state would otherwise
+            // make every request's future (moved whole per request) larger.
+            Box::pin(proxy.admit(&target, given))
                 .await
                 .map_err(|r| refuse(r, head))?;
             return Ok(proxy.fetch_as(target, given));

@@ -95,7 +95,10 @@ impl App {
                 .map_or_else(String::new, |p| p.to_string()),
         };
         let (route_label, mut resp) = match event_upstream {
-            Some(upstream) => ("events", events::receive(&self.proxy, &upstream, req).await),
+            Some(upstream) => (
+                "events",
+                Box::pin(events::receive(&self.proxy, &upstream, req)).await,
+            ),
             None => self.dispatch(&req).await,
         };
         resp.headers_mut().insert(API_VERSION, REGISTRY_2);
@@ -133,11 +136,11 @@ impl App {
         if path == "/resolve" && matches!(*req.method(), Method::GET | Method::HEAD) {
             return (
                 "resolve",
-                self.resolve(req.headers(), req.uri().query(), head).await,
+                Box::pin(self.resolve(req.headers(), req.uri().query(), head)).await,
             );
         }
         match (req.method(), path) {
-            (&Method::POST, PEER_PURGE) => ("peer_purge", self.peer_purge(req).await),
+            (&Method::POST, PEER_PURGE) => ("peer_purge", Box::pin(self.peer_purge(req)).await),
             (&Method::GET, "/metrics") => ("metrics", metrics_response(&self.proxy)),
             (&Method::GET | &Method::HEAD, "/healthz") => {
                 ("health", responses::text(StatusCode::OK, "ok\n"))
@@ -192,6 +195,10 @@ impl App {
     }
 
     /// A pull-API request, routed to its upstream and answered by the cache.
+    ///
+    /// Hyper moves each request's future whole, so everything but the warm
+    /// manifest path is boxed: a blob, a tag list or referrers is allocated
+    /// when asked for, instead of widening every request's state.
     async fn pull(&self, headers: &http::HeaderMap, req: &PullRequest) -> Response<Body> {
         let proxy = &self.proxy;
         let (name, asked) = match &req.route {
@@ -232,27 +239,26 @@ impl App {
             Route::Blob { digest, .. } => {
                 let range =
                     RangeRequest::parse(headers.get(header::RANGE).and_then(|v| v.to_str().ok()));
-                proxy
-                    .blob(&target, digest, range, req.head, origin)
+                Box::pin(proxy.blob(&target, digest, range, req.head, origin))
                     .await
                     .map(|a| responses::blob(proxy.metrics(), digest, a.total, a.range, a.body))
             }
-            Route::TagsList { page, .. } => proxy
-                .tags_list(&target, name, page, req.ns.as_deref())
-                .await
-                .map(|page| {
-                    let mut resp = responses::sized(responses::JSON, page.body, req.head);
-                    if let Some(link) = page.link.and_then(|l| HeaderValue::from_str(&l).ok()) {
-                        resp.headers_mut().insert(header::LINK, link);
-                    }
-                    resp
-                }),
+            Route::TagsList { page, .. } => {
+                Box::pin(proxy.tags_list(&target, name, page, req.ns.as_deref()))
+                    .await
+                    .map(|page| {
+                        let mut resp = responses::sized(responses::JSON, page.body, req.head);
+                        if let Some(link) = page.link.and_then(|l| HeaderValue::from_str(&l).ok()) {
+                            resp.headers_mut().insert(header::LINK, link);
+                        }
+                        resp
+                    })
+            }
             Route::Referrers {
                 digest,
                 artifact_type,
                 ..
-            } => proxy
-                .referrers(&target, digest, artifact_type.as_deref())
+            } => Box::pin(proxy.referrers(&target, digest, artifact_type.as_deref()))
                 .await
                 .map(|r| {
                     let content_type = HeaderValue::from_static(OCI_INDEX);

@@ -102,7 +102,11 @@ impl FromStr for Digest {
         if hex.len() != expected || !hex.bytes().all(lower_hex) {
             return Err(DigestError::BadEncoding { expected });
         }
-        Ok(Digest::from_parts(algorithm, hex))
+        // `s` is canonical already: the algorithm matched exactly.
+        Ok(Digest {
+            algorithm,
+            text: s.into(),
+        })
     }
 }
 

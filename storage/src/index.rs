@@ -10,6 +10,7 @@
 //!   nanoseconds made strictly increasing by the store, so two accesses never
 //!   tie (records from older versions hold unix seconds, and so sort as older).
 
+use crate::tag_cache::{Change, TagCache};
 use crate::{Digest, StoreError};
 use rocksdb::{ColumnFamily, IteratorMode, Options, WriteBatch, WriteOptions, DB};
 use std::collections::HashMap;
@@ -147,6 +148,8 @@ pub(crate) struct Index {
     db: DB,
     /// Write calls so far, of any kind.
     writes: AtomicU64,
+    /// Decoded tag records; every write to `tags` goes through it.
+    tags: TagCache,
 }
 
 impl Index {
@@ -161,6 +164,7 @@ impl Index {
         Ok(Index {
             db,
             writes: AtomicU64::new(0),
+            tags: TagCache::default(),
         })
     }
 
@@ -186,22 +190,33 @@ impl Index {
     }
 
     pub fn tag(&self, key: &TagKey) -> Result<Option<TagRecord>, StoreError> {
+        let seen = match self.tags.get(key) {
+            Ok(record) => return Ok(Some(record)),
+            Err(seen) => seen,
+        };
         match self.db.get_pinned_cf(self.cf(CF_TAGS), &key.0)? {
             None => Ok(None),
-            Some(v) => TagRecord::decode(&v)
-                .map(Some)
-                .ok_or_else(|| StoreError::CorruptRecord(format!("{:?}", key.parts()))),
+            Some(v) => {
+                let record = TagRecord::decode(&v)
+                    .ok_or_else(|| StoreError::CorruptRecord(format!("{:?}", key.parts())))?;
+                self.tags.fill(seen, key, &record);
+                Ok(Some(record))
+            }
         }
     }
 
     pub fn put_tag(&self, key: &TagKey, record: &TagRecord) -> Result<(), StoreError> {
         self.wrote();
-        Ok(self.db.put_cf(self.cf(CF_TAGS), &key.0, record.encode())?)
+        self.tags.write(Change::Put(key, record), || {
+            Ok(self.db.put_cf(self.cf(CF_TAGS), &key.0, record.encode())?)
+        })
     }
 
     pub fn delete_tag(&self, key: &TagKey) -> Result<(), StoreError> {
         self.wrote();
-        Ok(self.db.delete_cf(self.cf(CF_TAGS), &key.0)?)
+        self.tags.write(Change::Remove(key), || {
+            Ok(self.db.delete_cf(self.cf(CF_TAGS), &key.0)?)
+        })
     }
 
     pub fn all_tags(&self) -> Result<Vec<(TagKey, Option<TagRecord>)>, StoreError> {
@@ -215,6 +230,12 @@ impl Index {
 
     pub fn delete_repo_tags(&self, upstream: &str, repo: &str) -> Result<usize, StoreError> {
         self.wrote();
+        self.tags.write(Change::Clear, || {
+            self.delete_repo_tags_uncached(upstream, repo)
+        })
+    }
+
+    fn delete_repo_tags_uncached(&self, upstream: &str, repo: &str) -> Result<usize, StoreError> {
         let prefix = TagKey::repo_prefix(upstream, repo);
         let mut batch = WriteBatch::default();
         let mut n = 0;
@@ -233,6 +254,12 @@ impl Index {
 
     pub fn delete_tags_pointing_at(&self, digest: &Digest) -> Result<usize, StoreError> {
         self.wrote();
+        self.tags.write(Change::Clear, || {
+            self.delete_tags_pointing_at_uncached(digest)
+        })
+    }
+
+    fn delete_tags_pointing_at_uncached(&self, digest: &Digest) -> Result<usize, StoreError> {
         let mut batch = WriteBatch::default();
         let mut n = 0;
         for (key, record) in self.all_tags()? {

@@ -27,6 +27,7 @@ pub mod format;
 mod fsck;
 mod index;
 mod paths;
+mod tag_cache;
 mod writer;
 
 pub use digest::{Algorithm, Digest, DigestError, Hasher};

@@ -153,13 +153,13 @@ impl Tags {
         } else {
             Origin::Peer
         };
-        let (result, joined) = self
-            .flights
-            .run((key, forward), move || async move {
-                this.revalidate(&target2, &tag2, policy, record, want_body, origin)
-                    .await
-            })
-            .await;
+        // Boxed: a revalidation's state (an upstream request) stays off the
+        // warm path's future.
+        let (result, joined) = Box::pin(self.flights.run((key, forward), move || async move {
+            this.revalidate(&target2, &tag2, policy, record, want_body, origin)
+                .await
+        }))
+        .await;
         if joined {
             self.metrics.coalesced.inc();
         }
@@ -182,9 +182,7 @@ impl Tags {
         if !r.media_type.is_empty() {
             return Some(r.clone());
         }
-        let m = self
-            .manifests
-            .by_digest(target, &r.digest, Origin::Client)
+        let m = Box::pin(self.manifests.by_digest(target, &r.digest, Origin::Client))
             .await
             .ok()?;
         let full = TagRecord {
