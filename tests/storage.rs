@@ -508,3 +508,85 @@ async fn a_store_that_cannot_be_read_is_a_500_not_an_upstream_error() {
     // The record is readable again: stale-if-error applies.
     assert_eq!(p.head("/v2/library/app/manifests/1").await.status(), 200);
 }
+
+/// Clears a held fault when dropped, so a failing assertion does not leave
+/// the writer thread waiting forever (and the test hanging instead of failing).
+struct Release<'a>(&'a std::sync::atomic::AtomicBool);
+
+impl Drop for Release<'_> {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::SeqCst);
+    }
+}
+
+/// Reads `r` until it has `n` bytes, each chunk within 10 s.
+async fn read_at_least(r: &mut reqwest::Response, n: usize, why: &str) -> Vec<u8> {
+    let mut got = Vec::new();
+    while got.len() < n {
+        let chunk = tokio::time::timeout(Duration::from_secs(10), r.chunk())
+            .await
+            .unwrap_or_else(|_| panic!("{why}: stuck at {} bytes", got.len()))
+            .unwrap()
+            .unwrap_or_else(|| panic!("{why}: body ended at {} bytes", got.len()));
+        got.extend_from_slice(&chunk);
+    }
+    got
+}
+
+/// The disk is not between upstream and the client: with every write held,
+/// a cold blob's bytes still reach the client as they arrive, all but the
+/// last, which waits until the file is written and its digest checks out.
+#[tokio::test]
+async fn a_client_streams_a_cold_blob_before_its_bytes_reach_the_disk() {
+    let up = FakeRegistry::start().await;
+    let d = up.add_blob(bytes_of(MIB, 320));
+    let p = Proxied::start(&up).await;
+    let hold = &p.store().faults().hold_writes;
+    hold.store(true, Ordering::SeqCst);
+    let _release = Release(hold);
+    let mut r = p.get(&format!("/v2/library/app/blobs/{d}")).await;
+    let mut got = read_at_least(&mut r, MIB - 1, "writes held").await;
+    assert_eq!(got.len(), MIB - 1, "the last byte waits for the digest");
+    let last = tokio::time::timeout(Duration::from_millis(300), r.chunk()).await;
+    assert!(
+        last.is_err(),
+        "the last byte came before the file was written"
+    );
+    hold.store(false, Ordering::SeqCst);
+    while let Some(chunk) = r.chunk().await.unwrap() {
+        got.extend_from_slice(&chunk);
+    }
+    assert_eq!(sha256(&got), d);
+    p.settled().await;
+    assert_eq!(p.stored_size(&d), Some(MIB as u64));
+    assert_eq!(up.count("GET", |r| r.is_blob()), 1);
+}
+
+/// The disk fails after bytes went to the client but before any reached the
+/// file: the response goes on from upstream, and the bytes it already sent
+/// are hashed from memory, so the whole body is still verified.
+#[tokio::test]
+async fn a_disk_failing_under_bytes_sent_but_not_written_still_verifies_the_body() {
+    let up = FakeRegistry::start().await;
+    let d = up.add_blob(bytes_of(MIB, 321));
+    let p = Proxied::start(&up).await;
+    let faults = p.store().faults();
+    faults.hold_writes.store(true, Ordering::SeqCst);
+    let _release = Release(&faults.hold_writes);
+    let mut r = p.get(&format!("/v2/library/app/blobs/{d}")).await;
+    let mut got = read_at_least(&mut r, MIB / 2, "writes held").await;
+    faults.fail_writes.store(true, Ordering::SeqCst);
+    faults.hold_writes.store(false, Ordering::SeqCst);
+    while let Some(chunk) = r.chunk().await.unwrap() {
+        got.extend_from_slice(&chunk);
+    }
+    assert_eq!(got.len(), MIB);
+    assert_eq!(sha256(&got), d);
+    let ranged = up.requests();
+    let ranged = ranged
+        .iter()
+        .filter(|r| r.is_blob() && r.headers.contains_key("range"));
+    assert_eq!(ranged.count(), 1, "went on from upstream where it was");
+    p.settled().await;
+    assert!(p.stored_size(&d).is_none());
+}

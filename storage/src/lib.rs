@@ -81,6 +81,8 @@ impl StoreOptions {
 pub struct Faults {
     /// Every blob write returns `ENOSPC`.
     pub fail_writes: AtomicBool,
+    /// Blob writes wait while this is set (a disk slower than the network).
+    pub hold_writes: AtomicBool,
     /// Every commit fails after the file is written, before it is renamed.
     pub fail_commits: AtomicBool,
     /// Verified blobs wait before being made durable while this is set.

@@ -157,8 +157,12 @@ impl BlobWriter {
         Ok(())
     }
 
-    /// `ENOSPC` when tests have switched write failures on.
+    /// Waits while tests hold writes, then `ENOSPC` if they have switched
+    /// write failures on.
     fn check_injected_failure(&self) -> io::Result<()> {
+        while self.store.inner.faults.hold_writes.load(Ordering::Relaxed) {
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
         if self.store.inner.faults.fail_writes.load(Ordering::Relaxed) {
             return Err(io::Error::new(
                 io::ErrorKind::StorageFull,

@@ -140,17 +140,21 @@ impl Follower {
             let avail = match (verified, self.end) {
                 (true, Some(end)) => end.min(s.written),
                 (true, None) => s.written,
-                (false, Some(end)) => s.written.min(end.saturating_sub(1)),
-                (false, None) => s.written,
+                (false, Some(end)) => s.received.min(end.saturating_sub(1)),
+                (false, None) => s.received,
             };
             if self.pos < avail {
                 let len = (avail - self.pos).min(READ_CHUNK as u64) as usize;
                 let bytes = match s.recent.slice(self.pos, len) {
                     Some(bytes) => bytes,
                     None => {
-                        let Some(file) = s.file.as_ref() else {
-                            return Err(io::Error::other("fetch has no file"));
+                        // Only written bytes leave memory; `written` may have
+                        // grown since `s` was taken.
+                        let written = self.rx.borrow().written;
+                        let (Some(file), true) = (s.file.as_ref(), self.pos < written) else {
+                            return Err(io::Error::other("fetch bytes neither held nor written"));
                         };
+                        let len = len.min((written - self.pos) as usize);
                         pread::read_at(file, self.pos, len).await?
                     }
                 };
@@ -183,12 +187,20 @@ impl Follower {
         let prefix = match (&s.file, self.start) {
             (Some(file), 0) => {
                 let (file, upto, algorithm) = (file.clone(), self.pos, f.digest.algorithm());
+                // Bytes sent but never written are still held in memory.
+                let (recent, written) = (s.recent.clone(), s.written);
                 let hasher = tokio::task::spawn_blocking(move || {
                     let mut h = ferry_storage::Hasher::new(algorithm);
                     let mut at = 0;
                     while at < upto {
                         let n = (upto - at).min(READ_CHUNK as u64) as usize;
-                        let chunk = pread::read_exact_at(&file, at, n)?;
+                        let chunk = if at < written {
+                            pread::read_exact_at(&file, at, n.min((written - at) as usize))?
+                        } else {
+                            recent.slice(at, n).ok_or_else(|| {
+                                io::Error::other("bytes sent before the disk failed are gone")
+                            })?
+                        };
                         h.update(&chunk);
                         at += chunk.len() as u64;
                     }

@@ -10,9 +10,11 @@
 //! A blob fetched from upstream is uploaded to the bucket by one more follower
 //! ([`super::upload`]), which completes only once the digest has checked.
 //!
-//! The network read is pipelined against a writer thread: chunks are
-//! gathered into batches and appended with `writev` (the store hashes them on a
-//! thread of its own), so receiving, writing and hashing overlap.
+//! The network read is pipelined against a writer thread: chunks reach
+//! followers as they arrive, and are gathered into batches appended with
+//! `writev` (the store hashes them on a thread of its own), so receiving,
+//! sending, writing and hashing overlap; only the last byte waits for the
+//! others, until the digest checks out.
 
 use super::inflight::Registration;
 use super::progress::{FetchFailure, FetchState, Phase, RecentBytes};
@@ -33,6 +35,10 @@ use tokio::sync::{mpsc, watch};
 
 /// Bytes gathered from upstream before each write to the temp file.
 const WRITE_BATCH: usize = 256 * 1024;
+/// Bytes gathered from upstream before they are handed to followers: small
+/// enough that a client sees its first bytes at once on a slow link, large
+/// enough that a fast one does not wake followers per packet.
+const PUBLISH_BYTES: usize = 64 * 1024;
 /// Batches queued for the writer thread: bounds the memory a fetch holds when the
 /// disk is slower than the network.
 const PIPELINE_BATCHES: usize = 8;
@@ -157,6 +163,47 @@ pub(crate) fn start(
     });
 }
 
+/// When each stage of a fetch ended, in milliseconds since it got its slot:
+/// logged at debug level (`RUST_LOG=ferry::fetch=debug`) to see which stage a
+/// slow fetch waited on.
+struct Stages {
+    start: std::time::Instant,
+    opened: f64,
+    first_byte: f64,
+    received: f64,
+    written: f64,
+    verified: f64,
+    persisted: f64,
+}
+
+impl Stages {
+    fn new() -> Stages {
+        Stages {
+            start: std::time::Instant::now(),
+            opened: 0.0,
+            first_byte: 0.0,
+            received: 0.0,
+            written: 0.0,
+            verified: 0.0,
+            persisted: 0.0,
+        }
+    }
+
+    fn since(&self) -> f64 {
+        self.start.elapsed().as_secs_f64() * 1000.0
+    }
+}
+
+impl Body {
+    fn name(&self) -> &'static str {
+        match self {
+            Body::Peer(..) => "peer",
+            Body::Bucket(_) => "bucket",
+            Body::Upstream(_) => "upstream",
+        }
+    }
+}
+
 /// Runs `f` when dropped.
 fn scopeguard(f: impl FnOnce()) -> impl Drop {
     struct Guard<F: FnOnce()>(Option<F>);
@@ -187,9 +234,11 @@ async fn download(
             slot.map_err(|_| FetchFailure::StoreUnavailable)?
         }
     };
+    let mut stages = Stages::new();
     let (total, mut body) = open(cx, target, digest, 0, forward, true, tx)
         .await
         .map_err(FetchFailure::Upstream)?;
+    stages.opened = stages.since();
     // Some bytes came from the bucket: a mismatch means its object is bad.
     let used_bucket = matches!(body, Body::Bucket(_));
     // The owner uploads what it fetches; this replica only what it fetched.
@@ -221,6 +270,9 @@ async fn download(
         let step = body.next_chunk(cx, upstream).await;
         let dropped = match step {
             Ok(Some(chunk)) => {
+                if received == 0 {
+                    stages.first_byte = stages.since();
+                }
                 cx.metrics.bytes_fetched.inc_by(chunk.len() as u64);
                 received += chunk.len() as u64;
                 if total.is_some_and(|t| received > t) {
@@ -268,8 +320,23 @@ async fn download(
         reading_bucket = matches!(resumed, Body::Bucket(_));
         body = resumed;
     }
+    stages.received = stages.since();
     let writer = sink.finish(cx).await?;
-    let committed = commit(writer, total, digest, cx, tx).await;
+    stages.written = stages.since();
+    let committed = commit(writer, total, digest, cx, tx, &mut stages).await;
+    tracing::debug!(
+        target: "ferry::fetch",
+        %digest,
+        bytes = received,
+        source = body.name(),
+        opened_ms = stages.opened,
+        first_byte_ms = stages.first_byte,
+        received_ms = stages.received,
+        written_ms = stages.written,
+        verified_ms = stages.verified,
+        persisted_ms = stages.persisted,
+        "fetch stages"
+    );
     if let (Err(FetchFailure::Broken(_)), Some(bucket)) = (&committed, &cx.bucket) {
         if used_bucket {
             bucket.remove(Object::Blob, digest).await;
@@ -289,13 +356,23 @@ fn start_upload(cx: &Context, digest: &Digest, total: Option<u64>, tx: &watch::S
     upload::start(bucket.clone(), slot, digest.clone(), body);
 }
 
-/// The writing side of a fetch. Upstream chunks are gathered into batches and
-/// handed to a blocking thread that appends them to the temp file (hashing as
-/// it goes) and publishes how far it got, so the network read of the next batch
-/// overlaps the write and hash of the previous one.
+/// The writing side of a fetch. Received chunks are published to followers
+/// about every [`PUBLISH_BYTES`], before they reach the disk, and gathered
+/// into batches for a blocking thread that appends them to the temp file
+/// (hashing as it goes) and records how far it got. So a client streams at
+/// the network's pace while the write and the hash run beside it, and the
+/// disk is never between upstream and the client.
 struct Sink {
+    tx: watch::Sender<FetchState>,
+    recent: Arc<RecentBytes>,
+    /// The writer's next batch; the chunks from `published` on are not yet
+    /// published to followers.
     pending: Vec<Bytes>,
     pending_len: usize,
+    published: usize,
+    unpublished_len: usize,
+    /// Bytes published so far.
+    received: u64,
     batches: mpsc::Sender<Vec<Bytes>>,
     thread: tokio::task::JoinHandle<io::Result<BlobWriter>>,
 }
@@ -303,36 +380,50 @@ struct Sink {
 impl Sink {
     fn start(mut writer: BlobWriter, tx: watch::Sender<FetchState>) -> Sink {
         let (batches, mut rx) = mpsc::channel::<Vec<Bytes>>(PIPELINE_BATCHES);
+        let recent = tx.borrow().recent.clone();
+        let progress = tx.clone();
         let thread = tokio::task::spawn_blocking(move || {
             writer.hash_in_background()?;
             while let Some(batch) = rx.blocking_recv() {
-                let offset = writer.written();
                 writer.write_all(&batch)?;
                 let written = writer.written();
-                tx.send_modify(|s| {
-                    s.recent = Arc::new(RecentBytes::after(&s.recent, offset, &batch));
+                // Followers go by `received`; nobody waits for this.
+                progress.send_if_modified(|s| {
                     s.written = written;
+                    false
                 });
             }
             Ok(writer)
         });
         Sink {
+            tx,
+            recent,
             pending: Vec::new(),
             pending_len: 0,
+            published: 0,
+            unpublished_len: 0,
+            received: 0,
             batches,
             thread,
         }
     }
 
-    /// Queues a chunk; a full batch goes to the thread. After an error the
-    /// sink is spent (its thread is joined): drop it.
+    /// Queues a chunk: published once [`PUBLISH_BYTES`] are waiting, written
+    /// once a batch is full. After an error the sink is spent (its thread is
+    /// joined): drop it.
     async fn push(&mut self, chunk: Bytes, cx: &Context) -> Result<(), FetchFailure> {
         self.pending_len += chunk.len();
+        self.unpublished_len += chunk.len();
         self.pending.push(chunk);
+        if self.unpublished_len >= PUBLISH_BYTES {
+            self.publish();
+        }
         if self.pending_len < WRITE_BATCH {
             return Ok(());
         }
+        self.publish();
         self.pending_len = 0;
+        self.published = 0;
         let batch = std::mem::take(&mut self.pending);
         if self.batches.send(batch).await.is_ok() {
             return Ok(());
@@ -344,8 +435,26 @@ impl Sink {
             .unwrap_or(FetchFailure::StoreUnavailable))
     }
 
+    /// Hands the unpublished chunks to followers, waking them.
+    fn publish(&mut self) {
+        let fresh = &self.pending[self.published..];
+        if fresh.is_empty() {
+            return;
+        }
+        let offset = self.received;
+        self.received += self.unpublished_len as u64;
+        self.published = self.pending.len();
+        self.unpublished_len = 0;
+        let (recent, received) = (&self.recent, self.received);
+        self.tx.send_modify(|s| {
+            recent.push(offset, fresh, s.written);
+            s.received = received;
+        });
+    }
+
     /// Writes what is left and returns the writer once every byte is in the file.
-    async fn finish(self, cx: &Context) -> Result<BlobWriter, FetchFailure> {
+    async fn finish(mut self, cx: &Context) -> Result<BlobWriter, FetchFailure> {
+        self.publish();
         let Sink {
             pending,
             batches,
@@ -385,6 +494,7 @@ async fn commit(
     digest: &Digest,
     cx: &Context,
     tx: &watch::Sender<FetchState>,
+    stages: &mut Stages,
 ) -> Result<(), FetchFailure> {
     let verified = tokio::task::spawn_blocking(move || writer.verify(total))
         .await
@@ -398,8 +508,11 @@ async fn commit(
         }
     };
     tx.send_modify(|s| s.phase = Phase::Verified);
+    stages.verified = stages.since();
     let store = cx.store.clone();
-    match tokio::task::spawn_blocking(move || verified.persist()).await {
+    let persisted = tokio::task::spawn_blocking(move || verified.persist()).await;
+    stages.persisted = stages.since();
+    match persisted {
         Ok(Ok(_)) => {
             cx.health.recovered();
             if store.over_budget() {
