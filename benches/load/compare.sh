@@ -29,7 +29,7 @@
 #   LINK=0         skip the last part: cold pulls over a shaped link (benches/load/link.sh, run
 #                  when root and Ferry was measured; output in $OUT/link, its tables appended to
 #                  results.md under "Cold pulls over a shaped link"; it gets PORT_BASE+100, and
-#                  REPS, BLOB_MIB and HERD when they are set in the environment). Adds ~6 minutes.
+#                  REPS, BLOB_MIB and HERD when they are set in the environment). Adds ~5 minutes.
 #
 # Exit status: non-zero when a setup step fails (install, seeding, a server not becoming
 # ready, a warm-up that returns wrong bytes). Measurement anomalies (failed requests, bad
@@ -629,7 +629,8 @@ else
   {
     printf '\n## Cold pulls over a shaped link\n\n'
     if [[ -s "$OUT/link/results.md" ]]; then
-      sed '1{/^# /d}' "$OUT/link/results.md" | sed 's/^## /### /'
+      # its title line and the blank line after it give way to this heading
+      awk 'NR == 1 && /^# / { next } NR == 2 && /^$/ { next } { sub(/^## /, "### "); print }' "$OUT/link/results.md"
     else
       echo "link.sh stopped before its results (exit $link_rc); see $OUT/link/logs."
     fi
