@@ -29,7 +29,7 @@
 #   LINK=0         skip the last part: cold pulls over a shaped link (benches/load/link.sh, run
 #                  when root and Ferry was measured; output in $OUT/link, its tables appended to
 #                  results.md under "Cold pulls over a shaped link"; it gets PORT_BASE+100, and
-#                  REPS, BLOB_MIB and HERD when they are set in the environment). Adds ~5 minutes.
+#                  REPS and BLOB_MIB; its herd is LINK_HERD clients, default 10). Adds ~5 minutes.
 #
 # Exit status: non-zero when a setup step fails (install, seeding, a server not becoming
 # ready, a warm-up that returns wrong bytes). Measurement anomalies (failed requests, bad
@@ -624,8 +624,9 @@ else
   log "cold pulls over a shaped link: benches/load/link.sh (LINK=0 skips it), output in $OUT/link"
   rm -f "$OUT/link/results.md"
   link_rc=0
+  # HERD is this script's (20, exported above); the link herd is issue 24's 10.
   OUT="$OUT/link" FERRY_BIN="$FERRY_BIN" PORT_BASE=$((PORT_BASE + 100)) KEEP_DATA="$KEEP_DATA" \
-    bash "$SCRIPT_DIR/link.sh" || link_rc=$?
+    HERD="${LINK_HERD:-10}" bash "$SCRIPT_DIR/link.sh" || link_rc=$?
   {
     printf '\n## Cold pulls over a shaped link\n\n'
     if [[ -s "$OUT/link/results.md" ]]; then

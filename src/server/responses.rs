@@ -29,13 +29,13 @@ pub(crate) fn manifest(
     size: u64,
     body: Option<Bytes>,
 ) -> Response<Body> {
-    let etag = format!("\"{digest}\"");
     let not_modified = req_headers
         .get_all(header::IF_NONE_MATCH)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
-        .any(|t| t.trim() == etag || t.trim() == "*");
+        .map(str::trim)
+        .any(|t| t == "*" || names_digest(t, digest));
     let mut resp = if not_modified {
         let mut r = Response::new(empty());
         *r.status_mut() = StatusCode::NOT_MODIFIED;
@@ -51,10 +51,22 @@ pub(crate) fn manifest(
         h.insert(header::CONTENT_LENGTH, HeaderValue::from(size));
     }
     insert_digest(h, digest);
-    if let Ok(v) = HeaderValue::from_str(&etag) {
+    // The digest is lower-case hex after `algorithm:`: always a valid value.
+    let mut etag = Vec::with_capacity(digest.as_str().len() + 2);
+    etag.push(b'"');
+    etag.extend_from_slice(digest.as_str().as_bytes());
+    etag.push(b'"');
+    if let Ok(v) = HeaderValue::from_maybe_shared(Bytes::from(etag)) {
         h.insert(header::ETAG, v);
     }
     resp
+}
+
+/// Whether an entity tag is this digest's (`"sha256:…"`), without building one.
+fn names_digest(tag: &str, digest: &Digest) -> bool {
+    tag.strip_prefix('"')
+        .and_then(|t| t.strip_suffix('"'))
+        .is_some_and(|t| t == digest.as_str())
 }
 
 /// A blob answer (206 with `Content-Range` for a range); the bytes sent are
