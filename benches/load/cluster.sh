@@ -58,14 +58,7 @@ bucket = \"ferry\"
 region = \"garage\"
 access_key_file = \"$WORK/k\"
 secret_key_file = \"$WORK/s\""
-push_blob() {   # push_blob FILE: pushes it to library/big; prints its digest
-  local d loc
-  d=sha256:$(sha256sum "$1" | cut -d' ' -f1)
-  loc=$(curl -sSI -X POST "http://$UPSTREAM/v2/library/big/blobs/uploads/" | tr -d '\r' | awk 'tolower($1)=="location:"{print $2}')
-  case $loc in http*) ;; *) loc=http://$UPSTREAM$loc ;; esac
-  curl -sS --fail -o /dev/null -X PUT -H 'Content-Type: application/octet-stream' --data-binary @"$1" "$loc&digest=$d"
-  echo "$d"
-}
+push_blob() { oci_push_blob "http://$UPSTREAM" library/big "$1"; }   # push_blob FILE: to library/big; prints its digest
 fresh() { head -c $((64 * 1024 * 1024)) /dev/urandom >"$WORK/blob.bin"; push_blob "$WORK/blob.bin"; }
 # get PORT DIGEST: prints the transfer's seconds; fails on wrong bytes
 get() {

@@ -256,16 +256,9 @@ for p in sys.argv[1:]:
     except OSError:
         print("missing")' "$@"
 }
-# push_blob REPO FILE HEX: POST an upload session, then PUT the whole body with ?digest=
+# push_blob REPO FILE HEX: the blob pushed to the upstream (HEX is FILE's; checked)
 push_blob() {
-  local repo=$1 file=$2 hex=$3 loc sep
-  loc=$(curl -sS -f --max-time 30 -X POST -D - -o /dev/null "$UP/v2/$repo/blobs/uploads/" |
-        tr -d '\r' | awk 'tolower($1) == "location:" { print $2 }') || die "upload start for $repo failed"
-  [[ -n $loc ]] || die "upload start for $repo: no Location header"
-  [[ $loc == /* ]] && loc=$UP$loc
-  [[ $loc == *\?* ]] && sep='&' || sep='?'
-  curl -sS -f --max-time 120 -X PUT -H 'Content-Type: application/octet-stream' -H 'Expect:' \
-    -T "$file" -o /dev/null "${loc}${sep}digest=sha256:$hex" || die "blob PUT for $repo failed"
+  [[ $(oci_push_blob "$UP" "$1" "$2") == "sha256:$3" ]] || die "blob push to $1 failed"
 }
 # seed REPO: one fresh random blob pushed to REPO; prints its hex digest
 seed() {

@@ -101,17 +101,7 @@ up_count() { up_requests "$1" | grep -cE "$2" || true; }   # up_count FROM REGEX
 settle() { sleep 0.5; }   # distribution writes its access line after the response
 
 # push_blob FILE REPO: a monolithic OCI blob upload; prints the digest.
-push_blob() {
-  local file=$1 repo=$2 digest loc
-  digest=sha256:$(sha256sum "$file" | cut -d' ' -f1)
-  loc=$(curl -sS -o /dev/null -w '%{redirect_url}' -X POST "http://$UPSTREAM/v2/$repo/blobs/uploads/")
-  [ -n "$loc" ] || loc=$(curl -sSI -X POST "http://$UPSTREAM/v2/$repo/blobs/uploads/" | tr -d '\r' | awk 'tolower($1)=="location:"{print $2}')
-  case $loc in http*) ;; *) loc=http://$UPSTREAM$loc ;; esac
-  local sep='?'; [[ $loc == *\?* ]] && sep='&'
-  curl -sS --fail -o /dev/null -X PUT -H 'Content-Type: application/octet-stream' \
-    --data-binary @"$file" "$loc${sep}digest=$digest" || return 1
-  echo "$digest"
-}
+push_blob() { oci_push_blob "http://$UPSTREAM" "$2" "$1"; }
 
 # ---------------------------------------------------------------- replicas
 # start_replica NAME GARAGE_NODE [UPSTREAM_ADDR]: a Ferry on the shared bucket,

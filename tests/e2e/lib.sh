@@ -1,7 +1,8 @@
 # shellcheck shell=bash
 # Helpers shared by the scripts that start real servers and clients on this
 # machine: tests/e2e/run.sh, image.sh, cri-selftest.sh (and cri-node.sh),
-# tests/deploy/validate.sh and benches/load/compare.sh. Source it near the top:
+# tests/e2e/cluster.sh, tests/deploy/validate.sh and benches/load/ (compare.sh,
+# link.sh, cluster.sh). Source it near the top:
 #
 #   source "$REPO/tests/e2e/lib.sh"
 #
@@ -138,4 +139,18 @@ TOML
   start_bg "$name" "$LOGS/$name.log" containerd --config "$dir/config.toml"
   wait_until 30 "$name" ctr -a "$dir/containerd.sock" version \
     || { tail -20 "$LOGS/$name.log" >&2; die "$name did not start"; }
+}
+
+# ---------------------------------------------------------------- registries
+oci_push_blob() {   # oci_push_blob BASE REPO FILE: a monolithic OCI blob upload to BASE (http://host:port); prints sha256:HEX
+  local base=$1 repo=$2 file=$3 digest loc sep
+  digest=sha256:$(sha256sum "$file" | cut -d' ' -f1)
+  loc=$(curl -sS -f --max-time 30 -X POST -D - -o /dev/null "$base/v2/$repo/blobs/uploads/" |
+        tr -d '\r' | awk 'tolower($1) == "location:" { print $2 }') || { log "upload start for $repo failed"; return 1; }
+  [ -n "$loc" ] || { log "upload start for $repo: no Location header"; return 1; }
+  case $loc in http*) ;; *) loc=$base$loc ;; esac
+  sep='?'; [[ $loc == *\?* ]] && sep='&'
+  curl -sS -f --max-time 120 -X PUT -H 'Content-Type: application/octet-stream' -H 'Expect:' \
+    -T "$file" -o /dev/null "${loc}${sep}digest=$digest" || { log "blob PUT for $repo failed"; return 1; }
+  echo "$digest"
 }
