@@ -349,6 +349,9 @@ async fn a_hundred_clients_on_one_cold_64mib_blob_share_one_upstream_get() {
         assert_eq!(t.await.unwrap(), (d.clone(), 64 * MIB));
     }
     assert_eq!(up.count("GET", |r| r.is_blob()), 1);
+    // Clients have their last byte once it verifies; the fetch deregisters
+    // after the blob is durable (an fsync of 64 MiB), not before.
+    p.settled().await;
     assert_eq!(p.metric("ferry_inflight_fetches"), 0);
 }
 
