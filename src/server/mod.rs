@@ -227,10 +227,10 @@ impl App {
                 .manifest(&target, reference, req.head, origin)
                 .await
                 .map(|m| {
-                    let age = m.confirmed_ms.map(|at| proxy.now_ms().saturating_sub(at));
                     let mut resp =
                         responses::manifest(headers, &m.digest, &m.media_type, m.size, m.body);
-                    if let (Origin::Peer, Some(age)) = (origin, age) {
+                    if let (Origin::Peer, Some(at)) = (origin, m.confirmed_ms) {
+                        let age = proxy.now_ms().saturating_sub(at);
                         resp.headers_mut()
                             .insert(AGE_HEADER, HeaderValue::from(age));
                     }

@@ -228,14 +228,11 @@ impl Index {
         Ok(out)
     }
 
+    /// Deletes a repository's tags in one synced batch. The scan and the sync
+    /// happen outside the tag cache's lock (warm readers do not wait on
+    /// them); the cache is forgotten once the batch is in.
     pub fn delete_repo_tags(&self, upstream: &str, repo: &str) -> Result<usize, StoreError> {
         self.wrote();
-        self.tags.write(Change::Clear, || {
-            self.delete_repo_tags_uncached(upstream, repo)
-        })
-    }
-
-    fn delete_repo_tags_uncached(&self, upstream: &str, repo: &str) -> Result<usize, StoreError> {
         let prefix = TagKey::repo_prefix(upstream, repo);
         let mut batch = WriteBatch::default();
         let mut n = 0;
@@ -248,18 +245,12 @@ impl Index {
             batch.delete_cf(cf, &k);
             n += 1;
         }
-        self.db.write_opt(batch, &Self::synced())?;
-        Ok(n)
+        self.write_tag_deletions(batch, n)
     }
 
+    /// Deletes every tag naming `digest`, as [`Index::delete_repo_tags`] does.
     pub fn delete_tags_pointing_at(&self, digest: &Digest) -> Result<usize, StoreError> {
         self.wrote();
-        self.tags.write(Change::Clear, || {
-            self.delete_tags_pointing_at_uncached(digest)
-        })
-    }
-
-    fn delete_tags_pointing_at_uncached(&self, digest: &Digest) -> Result<usize, StoreError> {
         let mut batch = WriteBatch::default();
         let mut n = 0;
         for (key, record) in self.all_tags()? {
@@ -268,7 +259,18 @@ impl Index {
                 n += 1;
             }
         }
-        self.db.write_opt(batch, &Self::synced())?;
+        self.write_tag_deletions(batch, n)
+    }
+
+    /// Writes a batch of `n` tag deletions, synced, then forgets the cached
+    /// records (none to forget when nothing was deleted; all of them when the
+    /// write failed, as it may have landed before its sync did).
+    fn write_tag_deletions(&self, batch: WriteBatch, n: usize) -> Result<usize, StoreError> {
+        let written = self.db.write_opt(batch, &Self::synced());
+        if n > 0 {
+            self.tags.forget_all();
+        }
+        written?;
         Ok(n)
     }
 

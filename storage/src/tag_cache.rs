@@ -1,9 +1,10 @@
 //! Decoded tag records kept in memory, so a warm tag `HEAD` (the request a
 //! kubelet sends at every container start) neither reads RocksDB nor parses
-//! JSON. RocksDB stays the truth: every change to the `tags` column family goes
-//! through [`TagCache::write`], which changes the cache in the same critical
-//! section, and a reader fills the cache only if no write happened since it
-//! read the database, so the cache never holds an older record than RocksDB.
+//! JSON. RocksDB stays the truth: a single record's change goes through
+//! [`TagCache::write`], which changes the cache in the same critical section,
+//! a change of many is followed by [`TagCache::forget_all`], and a reader fills
+//! the cache only if no change happened since it read the database, so the
+//! cache never holds an older record than RocksDB.
 
 use crate::index::{TagKey, TagRecord};
 use parking_lot::RwLock;
@@ -33,8 +34,6 @@ pub(crate) struct Generation(u64);
 pub(crate) enum Change<'a> {
     Put(&'a TagKey, &'a TagRecord),
     Remove(&'a TagKey),
-    /// Several records at once (a repository's, or every tag naming a digest).
-    Clear,
 }
 
 impl TagCache {
@@ -81,9 +80,19 @@ impl TagCache {
             (Change::Put(key, _) | Change::Remove(key), _) => {
                 inner.records.remove(key);
             }
-            (Change::Clear, _) => inner.records.clear(),
         }
         result
+    }
+
+    /// Forgets every record, after a write of several at once (a repository's
+    /// tags, every tag naming a digest) reached the database. That write is
+    /// done outside the lock, so warm readers do not wait on its scan and
+    /// sync: a reader that read the database before it cannot fill the cache
+    /// afterwards (the generation moved), and one that reads after it sees it.
+    pub fn forget_all(&self) {
+        let mut inner = self.inner.write();
+        inner.generation += 1;
+        inner.records.clear();
     }
 }
 
@@ -116,7 +125,7 @@ mod tests {
     }
 
     #[test]
-    fn a_failed_write_forgets_the_key_and_clear_forgets_all() {
+    fn a_failed_write_forgets_the_key_and_forget_all_forgets_all() {
         let cache = TagCache::default();
         let (a, b) = (TagKey::new("up", "r", "a"), TagKey::new("up", "r", "b"));
         for (k, n) in [(&a, 1), (&b, 2)] {
@@ -128,7 +137,7 @@ mod tests {
             .is_err());
         assert!(cache.get(&a).is_err(), "unknown after a failed write");
         assert_eq!(cache.get(&b).ok(), Some(record(2)));
-        cache.write(Change::Clear, || Ok::<_, ()>(())).unwrap();
+        cache.forget_all();
         assert!(cache.get(&b).is_err());
     }
 }

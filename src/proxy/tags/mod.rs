@@ -134,9 +134,15 @@ impl Tags {
         };
         if let Some(r) = record.as_ref().filter(|r| !r.expired) {
             if freshness::is_fresh(r.checked_at_ms, &policy, now) {
-                if let Some(r) = self.with_meta(target, &key, r).await {
+                // The warm path answers from the record itself, uncopied.
+                let answer = match r.media_type.is_empty() {
+                    false => Some(resolved(r, Source::Cache)),
+                    true => (self.with_meta(target, &key, r).await)
+                        .map(|full| resolved(&full, Source::Cache)),
+                };
+                if let Some(answer) = answer {
                     self.metrics.hit(Kind::Tag);
-                    return Ok(resolved(&r, Source::Cache));
+                    return Ok(answer);
                 }
             }
         }
