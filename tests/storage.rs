@@ -519,18 +519,31 @@ impl Drop for Release<'_> {
     }
 }
 
+/// The next chunk of `r` (`None` at the end), within 10 s.
+async fn next_chunk(r: &mut reqwest::Response, why: &str, got: usize) -> Option<bytes::Bytes> {
+    tokio::time::timeout(Duration::from_secs(10), r.chunk())
+        .await
+        .unwrap_or_else(|_| panic!("{why}: stuck at {got} bytes"))
+        .unwrap()
+}
+
 /// Reads `r` until it has `n` bytes, each chunk within 10 s.
 async fn read_at_least(r: &mut reqwest::Response, n: usize, why: &str) -> Vec<u8> {
     let mut got = Vec::new();
     while got.len() < n {
-        let chunk = tokio::time::timeout(Duration::from_secs(10), r.chunk())
+        let chunk = next_chunk(r, why, got.len())
             .await
-            .unwrap_or_else(|_| panic!("{why}: stuck at {} bytes", got.len()))
-            .unwrap()
             .unwrap_or_else(|| panic!("{why}: body ended at {} bytes", got.len()));
         got.extend_from_slice(&chunk);
     }
     got
+}
+
+/// Reads the rest of `r` onto `got`, each chunk within 10 s.
+async fn read_to_end(r: &mut reqwest::Response, got: &mut Vec<u8>, why: &str) {
+    while let Some(chunk) = next_chunk(r, why, got.len()).await {
+        got.extend_from_slice(&chunk);
+    }
 }
 
 /// The disk is not between upstream and the client: with every write held,
@@ -553,9 +566,7 @@ async fn a_client_streams_a_cold_blob_before_its_bytes_reach_the_disk() {
         "the last byte came before the file was written"
     );
     hold.store(false, Ordering::SeqCst);
-    while let Some(chunk) = r.chunk().await.unwrap() {
-        got.extend_from_slice(&chunk);
-    }
+    read_to_end(&mut r, &mut got, "writes released").await;
     assert_eq!(sha256(&got), d);
     p.settled().await;
     assert_eq!(p.stored_size(&d), Some(MIB as u64));
@@ -577,9 +588,7 @@ async fn a_disk_failing_under_bytes_sent_but_not_written_still_verifies_the_body
     let mut got = read_at_least(&mut r, MIB / 2, "writes held").await;
     faults.fail_writes.store(true, Ordering::SeqCst);
     faults.hold_writes.store(false, Ordering::SeqCst);
-    while let Some(chunk) = r.chunk().await.unwrap() {
-        got.extend_from_slice(&chunk);
-    }
+    read_to_end(&mut r, &mut got, "disk failed").await;
     assert_eq!(got.len(), MIB);
     assert_eq!(sha256(&got), d);
     let ranged = up.requests();

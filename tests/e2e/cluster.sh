@@ -235,7 +235,7 @@ case_kill() {
   wait_until 10 throttle port_free_not "$tport" 2>/dev/null || sleep 0.5
   start_replica K 1 "127.0.0.1:$tport"
   local url=http://127.0.0.1:$(port_of K)/v2/library/big/blobs/$digest
-  curl -s -o "$WORK/big.partial" "$url" &
+  curl -s --max-time 120 -o "$WORK/big.partial" "$url" &
   local curl_pid=$!
   for _ in $(seq 1 200); do
     [ "$(stat -c %s "$WORK/big.partial" 2>/dev/null || echo 0)" -ge $((24 * 1024 * 1024)) ] && break
@@ -250,7 +250,7 @@ case_kill() {
   ok "no object under the key (the multipart upload was never completed)"
   # Restarted on the same disk: the temp file is swept, the blob fetched again.
   start_replica K 1 "127.0.0.1:$tport"
-  [ "$(curl -s "$url" | sha256sum | cut -d' ' -f1)" = "$hex" ] || fail "the blob after restart"
+  [ "$(curl -s --max-time 120 "$url" | sha256sum | cut -d' ' -f1)" = "$hex" ] || fail "the blob after restart"
   wait_objects "$key" 1
   [ "$(garage_get "$key" - 3 | sha256sum | cut -d' ' -f1)" = "$hex" ] || fail "the uploaded object's bytes"
   ok "restarted: fetched, verified, uploaded; the object reads back right through node 3"
@@ -269,7 +269,7 @@ case_node() {
   d1=$(push_blob "$WORK/n1.bin" library/node) || fail "push"
   d2=$(push_blob "$WORK/n2.bin" library/node) || fail "push"
   for d in "$d1" "$d2"; do
-    [ "sha256:$(curl -s "http://127.0.0.1:$(port_of B)/v2/library/node/blobs/$d" | sha256sum | cut -d' ' -f1)" = "$d" ] \
+    [ "sha256:$(curl -s --max-time 120 "http://127.0.0.1:$(port_of B)/v2/library/node/blobs/$d" | sha256sum | cut -d' ' -f1)" = "$d" ] \
       || fail "pull of $d with node 3 down"
   done
   ok "pulled through B with node 3 down, verified"
@@ -284,7 +284,7 @@ case_node() {
   start_replica C 1
   settle
   from=$(lines "$UPLOG")
-  [ "sha256:$(curl -s "http://127.0.0.1:$(port_of C)/v2/library/node/blobs/$d1" | sha256sum | cut -d' ' -f1)" = "$d1" ] \
+  [ "sha256:$(curl -s --max-time 120 "http://127.0.0.1:$(port_of C)/v2/library/node/blobs/$d1" | sha256sum | cut -d' ' -f1)" = "$d1" ] \
     || fail "C's pull"
   settle
   [ "$(up_count "$from" '^GET /v2/.+/blobs/')" = 0 ] || fail "C went upstream"
@@ -317,7 +317,7 @@ PULLS=()
 pull_n() {
   local i
   for i in $(seq 1 "$2"); do
-    curl -s -o "$4-$1-$i" "http://127.0.0.1:$(port_of "$1")/v2/library/big/blobs/$3" &
+    curl -s --max-time 120 -o "$4-$1-$i" "http://127.0.0.1:$(port_of "$1")/v2/library/big/blobs/$3" &
     PULLS+=($!)
   done
 }
@@ -369,7 +369,7 @@ case_tags() {
   end=$(($(date +%s%N) + 6000000000))
   while [ "$(date +%s%N)" -lt "$end" ]; do
     for m in $MEMBERS; do
-      curl -s -o /dev/null -I "http://127.0.0.1:$(port_of "$m")/v2/library/test/manifests/1.0" &
+      curl -s --max-time 120 -o /dev/null -I "http://127.0.0.1:$(port_of "$m")/v2/library/test/manifests/1.0" &
       PULLS+=($!)
     done
     sleep 0.1

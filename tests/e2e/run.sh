@@ -769,7 +769,7 @@ case_headherd() {
   step "100 x curl -I of a cold blob, one every 3 ms"
   up=$(lines "$UPLOG")
   for i in $(seq 1 100); do
-    curl -s -o /dev/null -I -w '%{http_code} %header{content-length}\n' \
+    curl -s --max-time 120 -o /dev/null -I -w '%{http_code} %header{content-length}\n' \
       "http://$FERRY/v2/library/test/blobs/$d" >>"$WORK/headherd.codes" &
     pids+=($!)
     sleep 0.003

@@ -106,12 +106,7 @@ impl Proxied {
         bucket_toml: &str,
     ) -> Proxied {
         let dir = Arc::new(tempfile::tempdir().unwrap());
-        let key = dir.path().join("s3-key");
-        std::fs::write(&key, "test-key").unwrap();
-        let toml = format!(
-            "[bucket]\nendpoint = \"http://127.0.0.1:9\"\nbucket = \"ferry\"\n\
-             access_key_file = {key:?}\nsecret_key_file = {key:?}\n{bucket_toml}"
-        );
+        let toml = format!("{}{bucket_toml}", bucket_section(dir.path()));
         let config = Config::from_raw(
             RawConfig::from_toml(&toml).unwrap(),
             Overrides {
@@ -148,13 +143,8 @@ impl Proxied {
             let dir = Arc::new(tempfile::tempdir().unwrap());
             let secret = dir.path().join("peer-secret");
             std::fs::write(&secret, "a-peer-secret-for-tests").unwrap();
-            let key = dir.path().join("s3-key");
-            std::fs::write(&key, "test-key").unwrap();
             let bucket_toml = match bucket {
-                Some(_) => format!(
-                    "[bucket]\nendpoint = \"http://127.0.0.1:9\"\nbucket = \"ferry\"\n\
-                     access_key_file = {key:?}\nsecret_key_file = {key:?}\n"
-                ),
+                Some(_) => bucket_section(dir.path()),
                 None => String::new(),
             };
             let toml = format!(
@@ -356,6 +346,17 @@ pub async fn body_digest(mut r: reqwest::Response) -> Result<(String, usize), re
         h.update(&c);
     }
     Ok((format!("sha256:{}", hex::encode(h.finalize())), n))
+}
+
+/// A `[bucket]` section for a test bucket (the client never reaches the
+/// endpoint: the bucket itself is injected), its key file written in `dir`.
+fn bucket_section(dir: &std::path::Path) -> String {
+    let key = dir.join("s3-key");
+    std::fs::write(&key, "test-key").unwrap();
+    format!(
+        "[bucket]\nendpoint = \"http://127.0.0.1:9\"\nbucket = \"ferry\"\n\
+         access_key_file = {key:?}\nsecret_key_file = {key:?}\n"
+    )
 }
 
 /// Deterministic pseudo-random bytes (a blob's content).
