@@ -6,7 +6,7 @@ use crate::support::tls::{https_front, TestCa};
 use crate::support::*;
 use std::time::Duration;
 
-fn basic(user: &str, password: &str) -> String {
+pub(crate) fn basic(user: &str, password: &str) -> String {
     use base64::Engine as _;
     format!(
         "Basic {}",

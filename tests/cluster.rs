@@ -350,3 +350,101 @@ async fn a_purge_and_a_push_event_reach_every_replica() {
         "the event said it all"
     );
 }
+
+/// A checked upstream Ferry has no credentials for is fetched with each
+/// client's own (pass-through): no other replica has them, so the replica
+/// the client asked fetches it, never its owner (which could only ask
+/// anonymously and would answer 404). An anonymous client's request for a
+/// public repository is the same for every replica: its owner fetches it.
+#[tokio::test]
+async fn a_checked_upstream_is_fetched_with_the_clients_credentials_by_the_replica_it_asked() {
+    use crate::access::basic;
+    use crate::support::fake::{Acl, Auth, Host};
+    let up = FakeRegistry::start().await;
+    up.set_auth(Auth::Acl(Acl {
+        bearer: true,
+        users: vec![("alice".into(), "alice-pw".into(), vec!["team/app".into()])],
+        public: vec!["library/pub".into()],
+    }));
+    let (manifest, layers) = up.add_image("team/app", "1.0", &[b"first layer", b"second"]);
+    let (public, public_layers) = up.add_image("library/pub", "1.0", &[b"public layer"]);
+    let toml = format!(
+        "[[upstream]]\nname = \"corp\"\nurl = \"{}\"\n[upstream.access]\n",
+        up.url()
+    );
+    let rs = Proxied::cluster(&up, 3, None, &toml, Clock::manual()).await;
+    let alice = basic("alice", "alice-pw");
+    let as_alice = [("authorization", alice.as_str())];
+
+    for (i, r) in rs.iter().enumerate() {
+        let m = r.get_with("/v2/team/app/manifests/1.0", &as_alice).await;
+        assert_eq!(m.status(), 200, "replica {i}: alice's tag");
+        assert_eq!(sha256(&m.bytes().await.unwrap()), manifest);
+        for l in &layers {
+            let b = r
+                .get_with(&format!("/v2/team/app/blobs/{l}"), &as_alice)
+                .await;
+            assert_eq!(b.status(), 200, "replica {i}: alice's layer");
+            assert_eq!(sha256(&b.bytes().await.unwrap()), *l);
+        }
+    }
+    let forwarded = |r: &Proxied| {
+        ["tag", "manifest", "blob", "blob_head"]
+            .iter()
+            .map(|k| {
+                r.metric(&format!(
+                    "ferry_cluster_requests_total{{role=\"forwarded\",kind=\"{k}\"}}"
+                ))
+            })
+            .sum::<u64>()
+    };
+    for (i, r) in rs.iter().enumerate() {
+        assert_eq!(forwarded(r), 0, "replica {i} asked no owner for alice");
+    }
+    // Every upstream request for the private repository carried a token
+    // issued to alice: none was made anonymously by an owner.
+    let private: Vec<_> = up
+        .requests()
+        .into_iter()
+        .filter(|r| r.host == Host::Registry && r.path.starts_with("/v2/team/app/"))
+        .collect();
+    for l in &layers {
+        let path = format!("/v2/team/app/blobs/{l}");
+        let gets = private
+            .iter()
+            .filter(|r| r.method == "GET" && r.path == path);
+        assert_eq!(gets.count(), 3, "each replica fetched {l} itself");
+    }
+    for r in &private {
+        let token = r
+            .headers
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "));
+        if let Some(token) = token {
+            assert_eq!(
+                up.token_user(token),
+                Some(Some("alice".to_string())),
+                "{} {}",
+                r.method,
+                r.path
+            );
+        }
+    }
+
+    // Anonymous, public: one upstream fetch cluster-wide, by the owner.
+    let path = format!("/v2/library/pub/blobs/{}", public_layers[0]);
+    for (i, r) in rs.iter().enumerate() {
+        let m = r.get("/v2/library/pub/manifests/1.0").await;
+        assert_eq!(m.status(), 200, "replica {i}: the public tag");
+        assert_eq!(sha256(&m.bytes().await.unwrap()), public);
+        let b = r.get(&path).await;
+        assert_eq!(b.status(), 200, "replica {i}: the public layer");
+        assert_eq!(sha256(&b.bytes().await.unwrap()), public_layers[0]);
+    }
+    assert_eq!(
+        up.count("GET", |r| r.host == Host::Registry && r.path == path),
+        1,
+        "the public layer is fetched once, by its owner"
+    );
+}

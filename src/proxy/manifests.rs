@@ -78,7 +78,7 @@ impl Manifests {
         self.metrics.miss(Kind::Manifest);
         let forward = Cluster::forwards(
             self.cluster.as_ref(),
-            origin.forwards(),
+            origin.forwards_for(target),
             digest.as_str().as_bytes(),
         );
         let (this, target2, digest2) = (self.clone(), target.clone(), digest.clone());

@@ -85,21 +85,18 @@ pub enum Origin {
 }
 
 impl Origin {
-    /// Whether a cold key may be asked of its owner.
+    /// Whether this asker's requests are passed on: a purge to every
+    /// replica, a cold key to its owner.
     pub fn forwards(self) -> bool {
         self == Origin::Client
     }
 
-    /// For `target`: a checked upstream fetched with each client's own
-    /// credentials is fetched by the replica the client asked (an owner has
-    /// no credentials to fetch it with).
-    fn for_target(self, target: &Target) -> Origin {
-        let config = target.upstream.config();
-        if config.access.is_some() && config.credentials.is_none() {
-            Origin::Peer
-        } else {
-            self
-        }
+    /// Whether a cold key of `target` may be asked of its owner: a client's,
+    /// unless `target` is fetched with that client's own credentials (a
+    /// checked upstream Ferry has none for): the owner could only fetch it
+    /// anonymously, so the replica the client asked fetches it itself.
+    pub fn forwards_for(self, target: &Target) -> bool {
+        self.forwards() && !target.upstream.is_client_view()
     }
 }
 
@@ -254,7 +251,6 @@ impl Proxy {
             };
             self.metrics.cluster_role("owner", kind);
         }
-        let origin = origin.for_target(target);
         let answer = self
             .manifest_unchecked(target, reference, head, origin)
             .await?;
@@ -329,7 +325,6 @@ impl Proxy {
             let kind = if head { "blob_head" } else { "blob" };
             self.metrics.cluster_role("owner", kind);
         }
-        let origin = origin.for_target(target);
         let (blobs, t, d) = (self.blobs.clone(), target.clone(), digest.clone());
         self.access
             .confirm(target, digest, move || async move {

@@ -139,6 +139,9 @@ pub struct Upstream {
     token_fetch: tokio::sync::Mutex<()>,
     /// After a 429, no request is sent before this instant (unix ms).
     blocked_until_ms: AtomicU64,
+    /// A client's view ([`Upstream::for_client`]): fetched with that client's
+    /// own credentials, which no other replica has.
+    client_view: bool,
 }
 
 impl Upstream {
@@ -178,6 +181,7 @@ impl Upstream {
             destinations,
             token_fetch: tokio::sync::Mutex::new(()),
             blocked_until_ms: AtomicU64::new(0),
+            client_view: false,
         })
     }
 
@@ -200,7 +204,14 @@ impl Upstream {
             destinations: self.destinations.clone(),
             token_fetch: tokio::sync::Mutex::new(()),
             blocked_until_ms: AtomicU64::new(self.blocked_until_ms.load(Ordering::Relaxed)),
+            client_view: true,
         }
+    }
+
+    /// Whether this is a client's view, fetched with that client's own
+    /// credentials: only the replica the client asked can fetch it.
+    pub fn is_client_view(&self) -> bool {
+        self.client_view
     }
 
     /// The upstream's configured name.

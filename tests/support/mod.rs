@@ -151,12 +151,14 @@ impl Proxied {
                 "{extra}\n[cluster]\nself = \"{}\"\npeers = {:?}\nsecret_file = {secret:?}\n{bucket_toml}",
                 addrs[i], addrs
             );
+            let raw = RawConfig::from_toml(&toml).unwrap();
+            let declares_upstreams = !raw.upstreams.is_empty();
             let config = Config::from_raw(
-                RawConfig::from_toml(&toml).unwrap(),
+                raw,
                 Overrides {
                     listen: Some(addrs[i].clone()),
                     data_dir: Some(dir.path().join("data")),
-                    upstream: Some(upstream.url()),
+                    upstream: (!declares_upstreams).then(|| upstream.url()),
                     ..Overrides::default()
                 },
             )

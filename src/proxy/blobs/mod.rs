@@ -140,7 +140,7 @@ impl Blobs {
                     self.cx.clone(),
                     target.clone(),
                     digest.clone(),
-                    origin.forwards(),
+                    origin.forwards_for(target),
                     registration,
                     tx,
                 )
@@ -279,7 +279,7 @@ impl Blobs {
         );
         let forward = Cluster::forwards(
             self.cx.cluster.as_ref(),
-            origin.forwards(),
+            origin.forwards_for(target),
             digest.as_str().as_bytes(),
         );
         let cluster = self.cx.cluster.clone().filter(|_| forward);

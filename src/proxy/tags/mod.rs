@@ -152,17 +152,16 @@ impl Tags {
         }
         self.metrics.miss(Kind::Tag);
         let this = self.clone();
-        let (target2, tag2) = (target.clone(), tag.clone());
-        let forward = Cluster::forwards(self.cluster.as_ref(), origin.forwards(), key.as_bytes());
-        let origin = if forward {
-            Origin::Client
-        } else {
-            Origin::Peer
-        };
+        let (target2, tag2, key2) = (target.clone(), tag.clone(), key.clone());
+        let forward = Cluster::forwards(
+            self.cluster.as_ref(),
+            origin.forwards_for(target),
+            key.as_bytes(),
+        );
         // Boxed: a revalidation's state (an upstream request) stays off the
         // warm path's future.
         let (result, joined) = Box::pin(self.flights.run((key, forward), move || async move {
-            this.revalidate(&target2, &tag2, policy, record, want_body, origin)
+            this.revalidate(&target2, &tag2, &key2, policy, record, want_body, forward)
                 .await
         }))
         .await;

@@ -17,19 +17,21 @@ use crate::upstream::{Target, UpstreamError};
 use ferry_storage::{TagKey, TagRecord};
 
 impl Tags {
-    /// Asks upstream about a tag whose record is missing or stale. Runs once per
-    /// tag at a time (single-flight); its answer is shared by every waiter.
+    /// Asks upstream (or, when `forward`, the tag's owner first) about a tag
+    /// whose record is missing or stale. Runs once per tag at a time
+    /// (single-flight); its answer is shared by every waiter.
+    #[allow(clippy::too_many_arguments)]
     pub(super) async fn revalidate(
         &self,
         target: &Target,
         tag: &Tag,
+        key: &TagKey,
         policy: Freshness,
         record: Option<TagRecord>,
         want_body: bool,
-        origin: Origin,
+        forward: bool,
     ) -> Result<Resolved> {
-        let key = &TagKey::new(target.upstream.name(), target.repo.as_str(), tag.as_str());
-        if origin.forwards() {
+        if forward {
             if let Some(answer) = self.ask_owner(target, tag, key, &policy, want_body).await {
                 return answer;
             }
@@ -86,14 +88,7 @@ impl Tags {
                 _ => Err(e),
             },
             Err(e) if e.is_absent() => {
-                // Upstream's word is final: forget the tag, and remember briefly
-                // that it is missing so a crash-looping pod cannot hammer upstream.
-                let _w = self.write_lock(key);
-                if let Err(err) = self.store.delete_tag(key) {
-                    tracing::warn!(?target, %tag, error = %err, "could not drop tag record");
-                }
-                self.negative
-                    .insert(key.clone(), freshness::negative_until(&policy, now), now);
+                self.forget_missing(target, tag, key, &policy);
                 Err(match e {
                     Error::NotFound(_) => unknown(target, tag),
                     e => e,
@@ -125,17 +120,24 @@ impl Tags {
                 Some(self.apply_owners(target, tag, key, answer, &owner))
             }
             Asked::NotFound => {
-                let now = self.clock.now_ms();
-                let _w = self.write_lock(key);
-                if let Err(e) = self.store.delete_tag(key) {
-                    tracing::warn!(?target, %tag, error = %e, "could not drop tag record");
-                }
-                self.negative
-                    .insert(key.clone(), freshness::negative_until(policy, now), now);
+                self.forget_missing(target, tag, key, policy);
                 Some(Err(unknown(target, tag)))
             }
             Asked::Here => None,
         }
+    }
+
+    /// Upstream's (or the owner's) word that the tag is gone is final: the
+    /// record is forgotten, and the absence remembered briefly so a
+    /// crash-looping pod cannot hammer upstream.
+    fn forget_missing(&self, target: &Target, tag: &Tag, key: &TagKey, policy: &Freshness) {
+        let now = self.clock.now_ms();
+        let _w = self.write_lock(key);
+        if let Err(e) = self.store.delete_tag(key) {
+            tracing::warn!(?target, %tag, error = %e, "could not drop tag record");
+        }
+        self.negative
+            .insert(key.clone(), freshness::negative_until(policy, now), now);
     }
 
     /// Records what the owner answered (unless a newer confirmation is here).
