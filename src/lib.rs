@@ -184,12 +184,12 @@ impl Ferry {
         };
         let cluster = match &config.cluster {
             Some(c) => Some(Arc::new(
-                Cluster::new(c, metrics.clone(), clock.clone()).map_err(|source| {
-                    StartError::Client {
+                Cluster::new(c, config.timeouts, metrics.clone(), clock.clone()).map_err(
+                    |source| StartError::Client {
                         name: "(cluster peers)".into(),
                         source,
-                    }
-                })?,
+                    },
+                )?,
             )),
             None => None,
         };

@@ -448,3 +448,93 @@ async fn a_checked_upstream_is_fetched_with_the_clients_credentials_by_the_repli
         "the public layer is fetched once, by its owner"
     );
 }
+
+/// A member that answers a tag's headers and then never sends its body.
+/// Counts the requests it receives.
+async fn stalling_member() -> (String, Arc<std::sync::atomic::AtomicUsize>) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let asked = Arc::new(AtomicUsize::new(0));
+    let counter = asked.clone();
+    tokio::spawn(async move {
+        while let Ok((mut conn, _)) = listener.accept().await {
+            let counter = counter.clone();
+            tokio::spawn(async move {
+                let mut request = Vec::new();
+                let mut buf = [0u8; 4096];
+                while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match conn.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => request.extend_from_slice(&buf[..n]),
+                    }
+                }
+                counter.fetch_add(1, Ordering::SeqCst);
+                let head = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-type: {OCI_MANIFEST}\r\n\
+                     docker-content-digest: sha256:{}\r\nferry-age-ms: 0\r\n\
+                     content-length: 1000\r\n\r\n{{",
+                    "0".repeat(64)
+                );
+                let _ = conn.write_all(head.as_bytes()).await;
+                // The body never comes; the connection stays open.
+                tokio::time::sleep(Duration::from_secs(3600)).await;
+            });
+        }
+    });
+    (addr, asked)
+}
+
+/// An owner whose body stalls is quarantined at once: the replica asked
+/// fetches the tag itself after one idle timeout, instead of asking the
+/// same owner again, and the owner's other keys are not asked of it.
+#[tokio::test]
+async fn an_owner_whose_body_stalls_is_asked_once_then_left_out() {
+    use std::sync::atomic::Ordering;
+    let up = FakeRegistry::start().await;
+    let (stalling, asked) = stalling_member().await;
+    let rs = Proxied::cluster_with(
+        &up,
+        1,
+        None,
+        "[timeouts]\nidle = \"1s\"\n",
+        Clock::manual(),
+        std::slice::from_ref(&stalling),
+    )
+    .await;
+    let members = vec![rs[0].addr.to_string(), stalling.clone()];
+    let name = upstream_name(&up);
+    let owned_by_stalling: Vec<String> = (0..100)
+        .map(|i| format!("t{i}"))
+        .filter(|t| ring::owner(&members, &tag_key(&name, "library/app", t)).unwrap() == stalling)
+        .take(2)
+        .collect();
+    assert_eq!(owned_by_stalling.len(), 2);
+    let mut manifests = Vec::new();
+    for t in &owned_by_stalling {
+        manifests.push(up.add_image("library/app", t, &[t.as_bytes()]).0);
+    }
+
+    for (t, manifest) in owned_by_stalling.iter().zip(&manifests) {
+        let r = rs[0].get(&format!("/v2/library/app/manifests/{t}")).await;
+        assert_eq!(r.status(), 200, "tag {t}");
+        assert_eq!(sha256(&r.bytes().await.unwrap()), *manifest);
+    }
+    assert_eq!(
+        asked.load(Ordering::SeqCst),
+        1,
+        "the stalled owner was asked once, for the first tag only"
+    );
+    assert_eq!(
+        rs[0].metric(&format!(
+            "ferry_peer_quarantines_total{{peer=\"{stalling}\"}}"
+        )),
+        1
+    );
+    assert_eq!(
+        up.count("GET", |r| r.is_manifest()),
+        2,
+        "one GET per tag, here"
+    );
+}

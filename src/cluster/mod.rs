@@ -20,7 +20,7 @@ pub mod members;
 pub mod ring;
 
 use crate::clock::Clock;
-use crate::config::{defaults, ClusterConfig};
+use crate::config::{defaults, ClusterConfig, Timeouts};
 use crate::metrics::Metrics;
 use crate::oci::{Digest, Tag};
 use crate::upstream::Target;
@@ -121,6 +121,10 @@ pub struct Cluster {
     client: reqwest::Client,
     secret: String,
     refresh: Duration,
+    /// Until a peer's response headers, and the longest silence inside its
+    /// body (`[timeouts]`, as for upstreams).
+    response_timeout: Duration,
+    idle_timeout: Duration,
     metrics: Arc<Metrics>,
 }
 
@@ -128,6 +132,7 @@ impl Cluster {
     /// The cluster `config` describes; peer calls share one pooled client.
     pub fn new(
         config: &ClusterConfig,
+        timeouts: Timeouts,
         metrics: Arc<Metrics>,
         clock: Clock,
     ) -> Result<Cluster, reqwest::Error> {
@@ -147,6 +152,8 @@ impl Cluster {
             client,
             secret: config.secret.clone(),
             refresh: config.refresh,
+            response_timeout: timeouts.response,
+            idle_timeout: timeouts.idle,
             metrics,
         })
     }
@@ -192,7 +199,8 @@ impl Cluster {
     }
 
     /// Asks `key`'s owner with `call`, and the next owner when one fails
-    /// ([`PeerError::Failed`]: it is quarantined by then), at most
+    /// ([`PeerError::Failed`], at any point of the call: it is quarantined
+    /// here), at most
     /// [`MAX_OWNERS_TRIED`]; an owner answering [`PeerError::Loop`] is asked
     /// once more after [`LOOP_PAUSE`]. Counts the cold lookup of `kind` as
     /// `forwarded` or `local`.
@@ -225,7 +233,7 @@ impl Cluster {
                     tokio::time::sleep(LOOP_PAUSE).await;
                 }
                 Err(PeerError::Loop) => break,
-                Err(PeerError::Failed(_)) => continue,
+                Err(PeerError::Failed(why)) => self.failed(&owner, &why),
             }
         }
         self.metrics.cluster_role("local", kind);
@@ -270,15 +278,14 @@ impl Cluster {
         )
     }
 
-    /// Sends a peer request and classifies its answer; a failure quarantines
-    /// the peer.
+    /// Sends a peer request and classifies its answer (counted by `op`).
     async fn send(
         &self,
         peer: &str,
         op: &'static str,
         req: reqwest::RequestBuilder,
     ) -> Result<reqwest::Response, PeerError> {
-        let sent = tokio::time::timeout(defaults::RESPONSE_TIMEOUT, req.send()).await;
+        let sent = tokio::time::timeout(self.response_timeout, req.send()).await;
         let result = match sent {
             Err(_) => Err(PeerError::Failed("no answer in time".into())),
             Ok(Err(e)) => Err(PeerError::Failed(e.to_string())),
@@ -297,9 +304,6 @@ impl Cluster {
                 Err(PeerError::Failed(_)) => "failed",
             },
         );
-        if let Err(PeerError::Failed(why)) = &result {
-            self.failed(peer, why);
-        }
         result
     }
 
@@ -334,7 +338,7 @@ impl Cluster {
         peer: &str,
         r: &mut reqwest::Response,
     ) -> Result<Option<Bytes>, String> {
-        match tokio::time::timeout(defaults::IDLE_TIMEOUT, r.chunk()).await {
+        match tokio::time::timeout(self.idle_timeout, r.chunk()).await {
             Ok(Ok(c)) => Ok(c),
             Ok(Err(e)) => {
                 self.failed(peer, &e.to_string());
@@ -384,11 +388,8 @@ impl Cluster {
             );
         let r = self.send(peer, "manifest", req).await?;
         let media_type = content_type(r.headers());
-        let body = read_capped(peer, r, crate::oci::media::MAX_MANIFEST_BYTES).await;
-        body.map(|b| (media_type, b)).map_err(|e| {
-            self.failed(peer, &e);
-            PeerError::Failed(e)
-        })
+        let body = read_manifest_body(peer, r, self.idle_timeout).await;
+        body.map(|b| (media_type, b)).map_err(PeerError::Failed)
     }
 
     /// What `tag` points at, from its owner (its cache, or one upstream
@@ -433,11 +434,12 @@ impl Cluster {
         let (Some(digest), Some(age_ms), Some(size), Some(media_type)) =
             (digest, age_ms, size, media_type)
         else {
-            self.failed(peer, "a tag answer without digest, age, length or type");
-            return Err(PeerError::Failed("incomplete tag answer".into()));
+            return Err(PeerError::Failed(
+                "a tag answer without digest, age, length or type".into(),
+            ));
         };
         let body = if want_body {
-            let b = read_capped(peer, r, crate::oci::media::MAX_MANIFEST_BYTES)
+            let b = read_manifest_body(peer, r, self.idle_timeout)
                 .await
                 .map_err(PeerError::Failed)?;
             Some(b)
@@ -480,6 +482,9 @@ impl Cluster {
                 }
                 if let Err(e) = this.send(&peer, op, req).await {
                     tracing::warn!(peer, op, error = %e, "could not pass it on to a peer");
+                    if let PeerError::Failed(why) = e {
+                        this.failed(&peer, &why);
+                    }
                 }
             });
         }
@@ -502,10 +507,19 @@ fn content_range_total(h: &HeaderMap, offset: u64) -> Option<Option<u64>> {
     Some(total.parse().ok())
 }
 
-async fn read_capped(peer: &str, mut r: reqwest::Response, cap: usize) -> Result<Bytes, String> {
+/// A manifest-sized body from `peer` (at most [`MAX_MANIFEST_BYTES`]),
+/// idle-timed.
+///
+/// [`MAX_MANIFEST_BYTES`]: crate::oci::media::MAX_MANIFEST_BYTES
+async fn read_manifest_body(
+    peer: &str,
+    mut r: reqwest::Response,
+    idle: Duration,
+) -> Result<Bytes, String> {
+    let cap = crate::oci::media::MAX_MANIFEST_BYTES;
     let mut buf = Vec::new();
     loop {
-        match tokio::time::timeout(defaults::IDLE_TIMEOUT, r.chunk()).await {
+        match tokio::time::timeout(idle, r.chunk()).await {
             Ok(Ok(Some(c))) => {
                 if buf.len() + c.len() > cap {
                     return Err(format!("peer {peer}: answer over {cap} bytes"));

@@ -163,7 +163,6 @@ impl Manifests {
                 if !digest.verifies(&body) {
                     self.metrics.integrity_failures.inc();
                     let why = "sent a manifest that does not match its digest";
-                    cluster.failed(&owner, why);
                     return Err(PeerError::Failed(why.into()));
                 }
                 Ok((media_type, body))

@@ -130,14 +130,28 @@ impl Proxied {
         extra: &str,
         clock: Clock,
     ) -> Vec<Proxied> {
+        Self::cluster_with(upstream, n, bucket, extra, clock, &[]).await
+    }
+
+    /// [`Proxied::cluster`], whose member list also names `others` (servers
+    /// the test runs itself, posing as replicas).
+    pub async fn cluster_with(
+        upstream: &FakeRegistry,
+        n: usize,
+        bucket: Option<Arc<TestBucket>>,
+        extra: &str,
+        clock: Clock,
+        others: &[String],
+    ) -> Vec<Proxied> {
         let mut listeners = Vec::new();
         for _ in 0..n {
             listeners.push(tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap());
         }
-        let addrs: Vec<String> = listeners
+        let mut addrs: Vec<String> = listeners
             .iter()
             .map(|l| l.local_addr().unwrap().to_string())
             .collect();
+        addrs.extend(others.iter().cloned());
         let mut replicas = Vec::new();
         for (i, listener) in listeners.into_iter().enumerate() {
             let dir = Arc::new(tempfile::tempdir().unwrap());
