@@ -248,3 +248,35 @@ async fn uploads_past_max_uploads_are_skipped_never_queued() {
     );
     assert_eq!(bucket.keys().await.len(), 1);
 }
+
+#[tokio::test]
+async fn a_bucket_manifest_object_over_the_manifest_limit_is_deleted_unread() {
+    let up = FakeRegistry::start().await;
+    let (manifest, _) = up.add_image("library/app", "1.0", &[b"layer"]);
+    let bucket = TestBucket::new();
+    let key = TestBucket::manifest_key(&manifest);
+    bucket
+        .put_raw(&key, bytes_of(5 * 1024 * 1024, 9).into())
+        .await;
+    let p = Proxied::on_bucket(&up, bucket.clone(), "").await;
+    let r = p
+        .get(&format!("/v2/library/app/manifests/{manifest}"))
+        .await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(sha256(&r.bytes().await.unwrap()), manifest);
+    assert_eq!(
+        p.metric("ferry_bucket_bytes_read_total"),
+        0,
+        "the oversized object was not read"
+    );
+    assert_eq!(p.metric("ferry_integrity_failures_total"), 1);
+    assert_eq!(up.count("GET", |r| r.is_manifest()), 1);
+    // Deleted, and replaced by the right bytes once they are uploaded.
+    eventually("the manifest uploaded", Duration::from_secs(10), || async {
+        bucket
+            .object(&key)
+            .await
+            .is_some_and(|b| sha256(&b) == manifest)
+    })
+    .await;
+}

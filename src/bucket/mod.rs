@@ -213,7 +213,12 @@ impl Bucket {
         Some(BlobRead { total, body })
     }
 
-    /// A manifest's bytes and media type, if the bucket has it.
+    /// A manifest's bytes and media type, if the bucket has it. An object
+    /// over [`MAX_MANIFEST_BYTES`] is no manifest Ferry put there: it is
+    /// deleted unread (memory stays bounded) and counted as an integrity
+    /// failure.
+    ///
+    /// [`MAX_MANIFEST_BYTES`]: crate::oci::media::MAX_MANIFEST_BYTES
     pub async fn read_manifest(&self, digest: &Digest) -> Option<(Option<String>, Bytes)> {
         if !self.usable("read") {
             return None;
@@ -221,18 +226,29 @@ impl Bucket {
         let key = self.key(Object::Manifest, digest);
         let read = async {
             let got = self.store.get(&key).await?;
+            if got.meta.size > crate::oci::media::MAX_MANIFEST_BYTES as u64 {
+                return Ok(Err(got.meta.size));
+            }
             let media_type = got
                 .attributes
                 .get(&Attribute::ContentType)
                 .map(|v| v.to_string());
-            Ok::<_, object_store::Error>((media_type, got.bytes().await?))
+            Ok::<_, object_store::Error>(Ok((media_type, got.bytes().await?)))
         };
         match read.await {
-            Ok((media_type, body)) => {
+            Ok(Ok((media_type, body))) => {
                 self.metrics.bucket_read("manifest", true);
                 self.metrics.bucket_bytes_read.inc_by(body.len() as u64);
                 self.health.succeeded();
                 Some((media_type, body))
+            }
+            Ok(Err(size)) => {
+                self.metrics.bucket_read("manifest", false);
+                self.metrics.integrity_failures.inc();
+                self.health.succeeded();
+                tracing::warn!(%digest, size, "bucket manifest object too large to be one; deleting it");
+                self.remove(Object::Manifest, digest).await;
+                None
             }
             Err(object_store::Error::NotFound { .. }) => {
                 self.metrics.bucket_read("manifest", false);
