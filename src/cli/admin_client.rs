@@ -47,7 +47,8 @@ pub fn admin_post(admin: &str, endpoint: &str, query: &str) -> Result<ExitCode> 
 /// Like [`admin_post`], asking for the answer as it goes (NDJSON): each
 /// progress object is shown on stderr as `progress` renders it (one line,
 /// rewritten in place), and the final one (`done` or `error`) is printed on
-/// stdout. Exits non-zero unless it ended with `done`.
+/// stdout, as is a refusal's body (`401`, `400`, `503`: OCI error JSON).
+/// Exits non-zero unless it ended with `done`.
 pub fn admin_post_with_progress(
     admin: &str,
     endpoint: &str,
@@ -61,33 +62,116 @@ pub fn admin_post_with_progress(
                 .header("accept", "application/x-ndjson")
                 .send()
                 .await?;
+            let success = resp.status().is_success();
             let started = Instant::now();
-            let mut pending = Vec::new();
+            let mut lines = Lines::default();
             let mut last = None;
+            let mut show = |line: &[u8]| match Line::of(line, success) {
+                Line::Progress(v) => eprint!("\r{}", progress(&v, started.elapsed())),
+                Line::Final(text, done) => last = Some((text, done)),
+            };
             while let Some(chunk) = resp.chunk().await? {
-                pending.extend_from_slice(&chunk);
-                while let Some(nl) = pending.iter().position(|&b| b == b'\n') {
-                    let line: Vec<u8> = pending.drain(..=nl).collect();
-                    let Ok(v) = serde_json::from_slice::<serde_json::Value>(&line) else {
-                        continue;
-                    };
-                    if v.get("done").is_some() || v.get("error").is_some() {
-                        last = Some(v);
-                    } else {
-                        eprint!("\r{}", progress(&v, started.elapsed()));
-                    }
+                for line in lines.push(&chunk) {
+                    show(&line);
                 }
             }
-            eprintln!();
-            let ok = last.as_ref().is_some_and(|v| v.get("done").is_some());
-            if let Some(v) = last {
-                println!("{v}");
+            if let Some(rest) = lines.rest() {
+                show(&rest);
             }
-            Ok::<_, reqwest::Error>(if ok {
+            eprintln!();
+            let done = last.as_ref().is_some_and(|(_, done)| *done);
+            if let Some((text, _)) = last {
+                println!("{text}");
+            }
+            Ok::<_, reqwest::Error>(if done {
                 ExitCode::SUCCESS
             } else {
                 ExitCode::from(1)
             })
         })
         .map_err(Into::into)
+}
+
+/// A streamed body cut into lines; the last may come without its newline.
+#[derive(Default)]
+struct Lines {
+    pending: Vec<u8>,
+}
+
+impl Lines {
+    /// The whole lines `chunk` completes.
+    fn push(&mut self, chunk: &[u8]) -> impl Iterator<Item = Vec<u8>> + '_ {
+        self.pending.extend_from_slice(chunk);
+        std::iter::from_fn(|| {
+            let nl = self.pending.iter().position(|&b| b == b'\n')?;
+            Some(self.pending.drain(..=nl).collect())
+        })
+    }
+
+    /// What is left after the body ended, unless blank.
+    fn rest(self) -> Option<Vec<u8>> {
+        (!self.pending.trim_ascii().is_empty()).then_some(self.pending)
+    }
+}
+
+/// One line of an NDJSON answer.
+#[derive(Debug, PartialEq)]
+enum Line {
+    /// A progress object, to show as it goes.
+    Progress(serde_json::Value),
+    /// The answer to print: the final object, with whether it is `done`, or
+    /// any other line of a refusal.
+    Final(String, bool),
+}
+
+impl Line {
+    fn of(line: &[u8], success: bool) -> Line {
+        match serde_json::from_slice::<serde_json::Value>(line) {
+            Ok(v) if success && v.get("done").is_some() => Line::Final(v.to_string(), true),
+            Ok(v) if success && v.get("error").is_none() => Line::Progress(v),
+            _ => Line::Final(String::from_utf8_lossy(line).trim().to_string(), false),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_last_line_without_its_newline_is_kept() {
+        let mut lines = Lines::default();
+        let got: Vec<_> = lines.push(b"{\"blobs\":1}\n{\"err").collect();
+        assert_eq!(got, vec![b"{\"blobs\":1}\n".to_vec()]);
+        assert_eq!(lines.push(b"ors\":[]}").count(), 0);
+        assert_eq!(lines.rest(), Some(b"{\"errors\":[]}".to_vec()));
+        let mut lines = Lines::default();
+        assert_eq!(lines.push(b"{}\n\n").count(), 2);
+        assert_eq!(lines.rest(), None);
+    }
+
+    #[test]
+    fn a_refusal_is_printed_and_progress_only_shown() {
+        let refusal = br#"{"errors":[{"code":"UNAUTHORIZED","message":"no"}]}"#;
+        assert_eq!(
+            Line::of(refusal, false),
+            Line::Final(String::from_utf8_lossy(refusal).into_owned(), false)
+        );
+        assert_eq!(
+            Line::of(b"{\"blobs\":2}\n", true),
+            Line::Progress(serde_json::json!({"blobs": 2}))
+        );
+        assert_eq!(
+            Line::of(b"{\"done\":true}\n", true),
+            Line::Final("{\"done\":true}".into(), true)
+        );
+        assert_eq!(
+            Line::of(b"{\"error\":\"gone\"}", true),
+            Line::Final("{\"error\":\"gone\"}".into(), false)
+        );
+        assert_eq!(
+            Line::of(b"not json", true),
+            Line::Final("not json".into(), false)
+        );
+    }
 }
