@@ -17,7 +17,7 @@ impl fmt::Debug for AdminToken {
 
 impl AdminToken {
     /// Shortest token accepted: guessing one must be hopeless.
-    pub const MIN_LEN: usize = 16;
+    pub const MIN_LEN: usize = crate::config::defaults::MIN_SECRET_LEN;
 
     /// From the configured token (already trimmed and checked for length).
     pub fn new(token: &str) -> AdminToken {

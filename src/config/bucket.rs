@@ -3,10 +3,9 @@
 //! disk, exactly as without it.
 
 use super::defaults;
-use super::parse::{err, ConfigError};
+use super::parse::{err, secret_from, ConfigError};
 use super::raw::RawBucket;
 use super::units::{duration_or, parse_size};
-use std::path::Path;
 use std::time::Duration;
 use url::Url;
 
@@ -121,18 +120,14 @@ fn credentials(b: &RawBucket) -> Result<(String, String), ConfigError> {
                env: &Option<String>,
                what: &str,
                default_env: &str| {
-        match (file, env) {
-            (Some(_), Some(_)) => err(format!("bucket: set {what}_file or {what}_env, not both")),
-            (Some(path), None) => read_secret(path, what),
-            (None, env) => {
-                let var = env.as_deref().unwrap_or(default_env);
-                match std::env::var(var) {
-                    Ok(v) if !v.trim().is_empty() => Ok(v.trim().to_string()),
-                    _ => err(format!(
-                        "bucket: the {what} comes from the environment variable {var}, which is not set (or set {what}_file)"
-                    )),
-                }
-            }
+        if let Some(v) = secret_from(&format!("bucket.{what}"), file, env)? {
+            return Ok(v);
+        }
+        match std::env::var(default_env) {
+            Ok(v) if !v.trim().is_empty() => Ok(v.trim().to_string()),
+            _ => err(format!(
+                "bucket: the {what} comes from the environment variable {default_env}, which is not set (or set {what}_file or {what}_env)"
+            )),
         }
     };
     Ok((
@@ -149,17 +144,6 @@ fn credentials(b: &RawBucket) -> Result<(String, String), ConfigError> {
             "AWS_SECRET_ACCESS_KEY",
         )?,
     ))
-}
-
-fn read_secret(path: &Path, what: &str) -> Result<String, ConfigError> {
-    match std::fs::read_to_string(path) {
-        Ok(s) if !s.trim().is_empty() => Ok(s.trim().to_string()),
-        Ok(_) => err(format!("bucket.{what}_file: {} is empty", path.display())),
-        Err(e) => err(format!(
-            "bucket.{what}_file: cannot read {}: {e}",
-            path.display()
-        )),
-    }
 }
 
 fn valid_bucket_name(name: &str) -> bool {

@@ -3,13 +3,10 @@
 //! ordinary pull API, authenticated by a shared peer secret.
 
 use super::defaults;
-use super::parse::{err, secret, ConfigError};
+use super::parse::{err, secret_from, ConfigError};
 use super::raw::RawCluster;
 use super::units::duration_or;
 use std::time::Duration;
-
-/// The peer secret's minimum length (as the admin token's).
-const MIN_SECRET: usize = 16;
 
 /// Where the members come from.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -87,19 +84,13 @@ pub(crate) fn from_raw(c: &RawCluster) -> Result<ClusterConfig, ConfigError> {
             }
         },
     };
-    let secret = match (&c.secret_file, secret("cluster", &None, &c.secret_env)?) {
-        (Some(_), Some(_)) => return err("cluster: set secret_file or secret_env, not both"),
-        (Some(path), None) => std::fs::read_to_string(path)
-            .map(|s| s.trim().to_string())
-            .or_else(|e| err(format!("cluster.secret_file: cannot read {}: {e}", path.display())))?,
-        (None, Some(s)) => s.trim().to_string(),
-        (None, None) => {
-            return err("cluster: a peer secret is required (secret_file or secret_env): replicas trust each other's requests")
-        }
+    let Some(secret) = secret_from("cluster.secret", &c.secret_file, &c.secret_env)? else {
+        return err("cluster: a peer secret is required (secret_file or secret_env): replicas trust each other's requests");
     };
-    if secret.len() < MIN_SECRET {
+    if secret.len() < defaults::MIN_SECRET_LEN {
         return err(format!(
-            "cluster: the peer secret must be at least {MIN_SECRET} characters"
+            "cluster: the peer secret must be at least {} characters",
+            defaults::MIN_SECRET_LEN
         ));
     }
     Ok(ClusterConfig {

@@ -136,6 +136,10 @@ pub fn help(what: &str, default: impl std::fmt::Display) -> String {
     format!("{what} [default: {default}]")
 }
 
+/// The shortest secret accepted (admin token, peer secret, push-event
+/// secret): guessing one must be hopeless.
+pub const MIN_SECRET_LEN: usize = 16;
+
 /// A duration as `--help` and `config check` print it (`30s`, `1day`).
 pub fn show(d: Duration) -> String {
     humantime::format_duration(d).to_string()

@@ -34,7 +34,7 @@ pub use freshness::{Freshness, FreshnessPolicy, Rule};
 pub use limits::Limits;
 pub use overrides::Overrides;
 pub use parse::ConfigError;
-use parse::{compile, compile_all, err, parse_addr, secret};
+use parse::{compile, compile_all, err, parse_addr, secret, secret_from};
 pub use raw::RawConfig;
 pub use units::parse_size;
 pub use upstream::{authority, Credentials, UpstreamConfig};
@@ -298,27 +298,14 @@ fn admin_token(
     file: &Option<PathBuf>,
     env: &Option<String>,
 ) -> Result<Option<AdminToken>, ConfigError> {
-    let token = match (file, env) {
-        (Some(_), Some(_)) => {
-            return err("set admin_token_file or admin_token_env, not both");
-        }
-        (Some(path), None) => Some(
-            std::fs::read_to_string(path)
-                .map_err(|e| ConfigError(format!("admin_token_file {}: {e}", path.display())))?,
-        ),
-        (None, Some(var)) => Some(std::env::var(var).map_err(|_| {
-            ConfigError(format!("admin_token_env names {var:?}, which is not set"))
-        })?),
-        (None, None) => None,
-    };
-    let token = match token {
-        Some(t) if t.trim().len() < AdminToken::MIN_LEN => {
+    let token = match secret_from("admin_token", file, env)? {
+        Some(t) if t.len() < AdminToken::MIN_LEN => {
             return err(format!(
                 "the admin token must be at least {} characters",
                 AdminToken::MIN_LEN
             ));
         }
-        Some(t) => Some(AdminToken::new(t.trim())),
+        Some(t) => Some(AdminToken::new(&t)),
         None => None,
     };
     match listen {
@@ -345,7 +332,7 @@ fn client_auth(
         if users.iter().any(|u| u.name() == c.username) {
             return err(format!("{ctx}: username given twice"));
         }
-        let Some(password) = secret(&ctx, &c.password, &c.password_env)? else {
+        let Some(password) = secret(&ctx, "password", &c.password, &c.password_env)? else {
             return err(format!("{ctx}: set password or password_env"));
         };
         if password.is_empty() {

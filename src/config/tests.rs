@@ -192,6 +192,18 @@ fn access_tls_admin_and_client_scopes_are_checked_before_serving() {
         (format!("{up}ca_file = \"{junk}\"\n"), "ca_file"),
         (format!("{up}client_cert = \"{junk}\"\n"), "go together"),
         (format!("{up}client_cert = \"{junk}\"\nclient_key = \"{junk}\"\n"), "client_cert"),
+        (
+            format!("{up}[upstream.events]\nsecret = \"0123456789abcdef\"\nsecret_env = \"X\"\n"),
+            "events: set secret or secret_env, not both",
+        ),
+        (
+            format!("{up}[upstream.events]\nsecret_env = \"FERRY_TEST_UNSET_VAR\"\n"),
+            "events: secret_env names",
+        ),
+        (
+            "admin_listen = \"127.0.0.1:5001\"\nadmin_token_env = \"A\"\nadmin_token_file = \"/x\"\n".into(),
+            "set admin_token_file or admin_token_env, not both",
+        ),
         ("admin_listen = \"0.0.0.0:5001\"\n".to_string(), "not a loopback address"),
         (
             "admin_listen = \"127.0.0.1:5001\"\nadmin_token_env = \"FERRY_TEST_UNSET_VAR\"\n".into(),
@@ -348,6 +360,18 @@ fn a_cluster_needs_its_members_and_a_secret() {
         (format!("[cluster]\nself = \"a:1\"\npeers_dns = \"svc\"\n{s}"), "cluster.peers_dns"),
         ("[cluster]\nself = \"a:1\"\npeers = [\"b:1\"]\n".to_string(), "peer secret is required"),
         (format!("[cluster]\nself = \"a:1\"\npeers = [\"b:1\"]\nsecret_file = {short:?}\n"), "at least 16"),
+        (
+            "[cluster]\nself = \"a:1\"\npeers = [\"b:1\"]\nsecret_env = \"FERRY_TEST_UNSET_VAR\"\n".to_string(),
+            "cluster.secret_env names \"FERRY_TEST_UNSET_VAR\", which is not set",
+        ),
+        (
+            format!("[cluster]\nself = \"a:1\"\npeers = [\"b:1\"]\nsecret_env = \"FERRY_TEST_UNSET_VAR\"\n{s}"),
+            "set cluster.secret_file or cluster.secret_env, not both",
+        ),
+        (
+            format!("[cluster]\nself = \"a:1\"\npeers = [\"b:1\"]\nsecret_file = {:?}\n", dir.path().join("none")),
+            "cluster.secret_file: cannot read",
+        ),
         (
             format!("tls_cert = \"x\"\ntls_key = \"y\"\n[cluster]\nself = \"a:1\"\npeers = [\"b:1\"]\n{s}"),
             "not supported yet",

@@ -128,11 +128,14 @@ pub(crate) fn from_raw(
         None => None,
         Some(e) => {
             let ectx = format!("{ctx}: events");
-            let Some(secret) = secret(&ectx, &e.secret, &e.secret_env)? else {
+            let Some(secret) = secret(&ectx, "secret", &e.secret, &e.secret_env)? else {
                 return err(format!("{ectx}: set secret or secret_env"));
             };
-            if secret.len() < 16 {
-                return err(format!("{ectx}: the secret must be at least 16 characters"));
+            if secret.len() < defaults::MIN_SECRET_LEN {
+                return err(format!(
+                    "{ectx}: the secret must be at least {} characters",
+                    defaults::MIN_SECRET_LEN
+                ));
             }
             if cli_ttl.is_none() {
                 policy.defaults.tag_ttl = duration_or(
@@ -147,7 +150,7 @@ pub(crate) fn from_raw(
             })
         }
     };
-    let password = secret(&ctx, &u.password, &u.password_env)?;
+    let password = secret(&ctx, "password", &u.password, &u.password_env)?;
     let credentials = match (&u.username, password) {
         (Some(username), Some(password)) => Some(Credentials {
             username: username.clone(),
