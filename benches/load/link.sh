@@ -190,6 +190,12 @@ cpu_ticks() {
   read -ra fields <<<"${s##*) }"   # fields[0] is field 3
   echo $((fields[11] + fields[12]))
 }
+# machine_ticks: "BUSY TOTAL" jiffies of all CPUs (/proc/stat's cpu line; idle and iowait are not busy)
+machine_ticks() {
+  local _ user nice system idle iowait irq softirq steal
+  read -r _ user nice system idle iowait irq softirq steal _ </proc/stat
+  echo "$((user + nice + system + irq + softirq + steal)) $((user + nice + system + idle + iowait + irq + softirq + steal))"
+}
 declare -A PIDOF=()
 cpu_all() { echo "$(cpu_ticks "${PIDOF[upstream]:-0}") $(cpu_ticks "${PIDOF[peer]:-0}") $(cpu_ticks "${PIDOF[ferry]:-0}")"; }
 # settle: until no server used CPU for 0.4 s (10 s at most): background work of a pull
@@ -290,11 +296,13 @@ ms() { awk "BEGIN { printf \"%d\", ($1) * 1000 / $CLK_TCK }"; }
 LAST=""
 pull_one() {
   local rate=$1 kind=$2 rep=$3 pos=$4 path=$5 hex=$6 f="$DATA/body" r c0 c1 c2 u0 u1 ttfb total size code sum ok
-  local a0 a1 a2 b0 b1 b2 s0 s1 s2
+  local a0 a1 a2 b0 b1 b2 s0 s1 s2 m0 m1 t0 t1
   read -r u0 < <(up_counts "$REPO" "$hex" | tr ' ' ':')
   read -r a0 a1 a2 <<<"$(cpu_all)"
+  read -r m0 t0 <<<"$(machine_ticks)"
   r=$(curl -s --max-time 300 -o "$f" -w '%{time_starttransfer} %{time_total} %{size_download} %{http_code}' \
       "${BASE[$path]}/v2/$REPO/blobs/sha256:$hex") || true
+  read -r m1 t1 <<<"$(machine_ticks)"
   read -r b0 b1 b2 <<<"$(cpu_all)"
   settle
   read -r s0 s1 s2 <<<"$(cpu_all)"
@@ -310,7 +318,8 @@ pull_one() {
   c0=$(ms "$b0 - $a0"); c1=$(ms "$b1 - $a1"); c2=$(ms "$b2 - $a2")
   row "$rate" "$kind" "$rep" "$pos" "$path" "$ttfb" "$total" "$size" "$code" "$ok" \
     "$((${u1%%:*} - ${u0%%:*}))" "$((${u1#*:} - ${u0#*:}))" "$c0" "$c1" "$c2" \
-    "$(ms "$s0 - $a0")" "$(ms "$s1 - $a1")" "$(ms "$s2 - $a2")" "$hex"
+    "$(ms "$s0 - $a0")" "$(ms "$s1 - $a1")" "$(ms "$s2 - $a2")" "$hex" \
+    "$(awk -v b="$((m1 - m0))" -v t="$((t1 - t0))" 'BEGIN { printf "%.0f", (t > 0 ? 100 * b / t : 0) }')"
   LAST="$path ${total}s"
 }
 
@@ -350,7 +359,7 @@ herd() {
   row "$rate" herd 1 0 "$path" "" "$wall" "$BLOB_BYTES" "$ok/$HERD" "$((ok == HERD ? 1 : 0))" \
     "$((${u1%%:*} - ${u0%%:*}))" "$((${u1#*:} - ${u0#*:}))" \
     "$(ms "$b0 - $a0")" "$(ms "$b1 - $a1")" "$(ms "$b2 - $a2")" \
-    "$(ms "$s0 - $a0")" "$(ms "$s1 - $a1")" "$(ms "$s2 - $a2")" "$hex"
+    "$(ms "$s0 - $a0")" "$(ms "$s1 - $a1")" "$(ms "$s2 - $a2")" "$hex" ""
   log "$rate herd of $HERD via $path: ${wall}s until all finished, $((${u1%%:*} - ${u0%%:*})) upstream GETs, $ok/$HERD bodies right"
 }
 
@@ -384,7 +393,7 @@ awk "BEGIN { exit !($LOAD_START > 1.0) }" &&
   log "note: 1-minute load average is $LOAD_START at start: other work competes for the CPUs"
 FERRY_SUM=$(sha256sum "$FERRY_BIN" | cut -c1-12)
 log "Ferry: $FERRY_BIN (sha256 $FERRY_SUM…, $(date -r "$FERRY_BIN" '+%F %T'))"
-printf 'rate\tkind\trep\tpos\tpath\tttfb_s\ttotal_s\tbytes\thttp\tok\tup_gets\tup_heads\tcpu_ms_upstream\tcpu_ms_peer\tcpu_ms_ferry\tcpu_idle_ms_upstream\tcpu_idle_ms_peer\tcpu_idle_ms_ferry\tdigest\n' >"$TSV"
+printf 'rate\tkind\trep\tpos\tpath\tttfb_s\ttotal_s\tbytes\thttp\tok\tup_gets\tup_heads\tcpu_ms_upstream\tcpu_ms_peer\tcpu_ms_ferry\tcpu_idle_ms_upstream\tcpu_idle_ms_peer\tcpu_idle_ms_ferry\tdigest\tbusy_pct\n' >"$TSV"
 
 reap_stale
 setup_link
@@ -495,8 +504,8 @@ for r in rows:
 
 main = ["| Link | Measure | direct s | peer s | Ferry s | Ferry/direct | peer/direct | Ferry/peer | worst Ferry/direct | TTFB ms direct / peer / Ferry | CPU ms per pull, peer: median / mean | CPU ms per pull, Ferry: median / mean | upstream blob GETs (+HEADs) per pull, peer / Ferry |",
         "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
-cpu = ["| Link | Measure | peer, until idle: median / mean | Ferry, until idle: median / mean | upstream serving direct / peer / Ferry (median, until idle) |",
-       "|---|---|---:|---:|---:|"]
+cpu = ["| Link | Measure | peer, until idle: median / mean | Ferry, until idle: median / mean | upstream serving direct / peer / Ferry (median, until idle) | all CPUs busy during the pull, direct / peer / Ferry (median) |",
+       "|---|---|---:|---:|---:|---:|"]
 res = {}   # (rate, key) -> value, for the targets
 for rate in rates:
     label = "unshaped" if rate == "unshaped" else rate.replace("mbit", " Mbit/s").replace("gbit", " Gbit/s").replace("kbit", " kbit/s")
@@ -525,7 +534,8 @@ for rate in rates:
             label, mlabel,
             f"{ms(cmed(pe, 'cpu_idle_ms_peer'))} / {ms(cmean(pe, 'cpu_idle_ms_peer'))}",
             f"{ms(cmed(fe, 'cpu_idle_ms_ferry'))} / {ms(cmean(fe, 'cpu_idle_ms_ferry'))}",
-            f"{ms(cmed(d, 'cpu_idle_ms_upstream'))} / {ms(cmed(pe, 'cpu_idle_ms_upstream'))} / {ms(cmed(fe, 'cpu_idle_ms_upstream'))}"]) + " |")
+            f"{ms(cmed(d, 'cpu_idle_ms_upstream'))} / {ms(cmed(pe, 'cpu_idle_ms_upstream'))} / {ms(cmed(fe, 'cpu_idle_ms_upstream'))}",
+            f"{ms(cmed(d, 'busy_pct'))}% / {ms(cmed(pe, 'busy_pct'))}% / {ms(cmed(fe, 'busy_pct'))}%"]) + " |")
         res[(rate, kind, "fd")] = med(rfd); res[(rate, kind, "fp")] = med(rfp)
         res[(rate, kind, "worst")] = max(rfd) if rfd else None
         res[(rate, kind, "direct")] = cmed(d, "total_s")
@@ -590,7 +600,8 @@ md = [f"# Cold pulls over a shaped link ({datetime.datetime.now().isoformat(time
 if loud: md += [f"- {l}" for l in loud] + [""]
 md += main + ["", "CPU ms per pull: utime+stime of the server process (all threads) read right before and right after the pull, in 10 ms ticks; the mean is total/REPS. "
               "Ratios are medians of per-repetition ratios (same blob). The first-pull row is one sample per column: Ferry started and pulled at once, then the peer, then direct.", ""]
-md += cpu + ["", "Until idle: the same counters read again once no server used CPU for 0.4 s after the pull (work after the response: a proxy's store writes, the peer's own background fetch).", ""]
+md += cpu + ["", "Until idle: the same counters read again once no server used CPU for 0.4 s after the pull (work after the response: a proxy's store writes, the peer's own background fetch). "
+              "All CPUs busy: the machine's non-idle share of every CPU over the pull (/proc/stat; the upstream, the proxy, curl and the kernel together): near 100%, the pull is CPU-bound and only less work makes it faster.", ""]
 if herd_tbl: md += herd_tbl + [""]
 md += T + [""]
 if notes: md += ["Notes:", ""] + [f"- {n}" for n in notes] + [""]
