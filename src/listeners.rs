@@ -16,8 +16,13 @@ use crate::config::tls::CertFiles;
 use crate::config::webhook::WebhookConfig;
 use crate::config::Config;
 use crate::proxy::Proxy;
+use crate::server::Body;
 use crate::server::{accept, admin, starting, App};
-use std::sync::Arc;
+use futures_util::future::{ready, Either, Ready};
+use http::{Request, Response};
+use hyper::body::Incoming;
+use std::future::Future;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -26,35 +31,68 @@ use tokio::task::JoinHandle;
 /// How often the TLS certificate files are checked for a rotation.
 const CERT_CHECK_INTERVAL: Duration = Duration::from_secs(10);
 
-/// What each listener serves once the cache is open: `None` until then, so
-/// the sockets answer (503, `/healthz` 200) while the store is still locked.
+/// One listener's service, set once when the cache is open; until then its
+/// requests are answered as [`starting`]. Read per request with one atomic
+/// load.
+struct Gate<T>(Arc<OnceLock<Arc<T>>>);
+
+impl<T> Gate<T> {
+    fn closed() -> Gate<T> {
+        Gate(Arc::new(OnceLock::new()))
+    }
+
+    fn open(&self, service: Arc<T>) {
+        let _ = self.0.set(service);
+    }
+
+    /// A handler for `accept::serve`: `handle` with the service once the
+    /// gate is open, [`starting`] before.
+    fn handler<F, Fut>(
+        &self,
+        handle: F,
+    ) -> impl Fn(Request<Incoming>) -> Either<Fut, Ready<Response<Body>>> + Clone + Send + Sync + 'static
+    where
+        T: Send + Sync + 'static,
+        F: Fn(Arc<T>, Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
+        Fut: Future<Output = Response<Body>> + Send + 'static,
+    {
+        let gate = self.0.clone();
+        move |req| match gate.get() {
+            Some(service) => Either::Left(handle(service.clone(), req)),
+            None => Either::Right(ready(starting(&req))),
+        }
+    }
+}
+
+/// What each listener serves once the cache is open, so the sockets answer
+/// (503, `/healthz` 200) while the store is still locked.
 pub(crate) struct Gates {
     /// The client port's service.
-    client: watch::Sender<Option<Arc<App>>>,
+    client: Gate<App>,
     /// The cache the admin API acts on.
-    admin: watch::Sender<Option<Arc<Proxy>>>,
+    admin: Gate<Proxy>,
     /// The admission webhook.
-    webhook: watch::Sender<Option<Arc<Admission>>>,
+    webhook: Gate<Admission>,
 }
 
 impl Gates {
     /// Every listener answering as [`starting`].
     pub(crate) fn closed() -> Gates {
         Gates {
-            client: watch::channel(None).0,
-            admin: watch::channel(None).0,
-            webhook: watch::channel(None).0,
+            client: Gate::closed(),
+            admin: Gate::closed(),
+            webhook: Gate::closed(),
         }
     }
 
     /// Hands each listener its service. The client port comes last, so
     /// `/readyz` says ready only once the admin API and the webhook answer too.
     pub(crate) fn open(&self, app: Arc<App>, proxy: Arc<Proxy>, admission: Option<Arc<Admission>>) {
-        self.admin.send_replace(Some(proxy));
+        self.admin.open(proxy);
         if let Some(admission) = admission {
-            self.webhook.send_replace(Some(admission));
+            self.webhook.open(admission);
         }
-        self.client.send_replace(Some(app));
+        self.client.open(app);
     }
 }
 
@@ -94,7 +132,6 @@ pub(crate) fn serve_client(
         tokio::spawn(watch_certificate(t.certs.clone()));
         tokio_rustls::TlsAcceptor::from(t.server.clone())
     });
-    let gate = gates.client.subscribe();
     tokio::spawn(accept::serve(
         listener,
         accept::Serving {
@@ -102,15 +139,9 @@ pub(crate) fn serve_client(
             ..plain(config)
         },
         stop.clone(),
-        move |req| {
-            let app = gate.borrow().clone();
-            async move {
-                match app {
-                    Some(app) => app.handle(req).await,
-                    None => starting(&req),
-                }
-            }
-        },
+        gates
+            .client
+            .handler(|app, req| async move { app.handle(req).await }),
     ))
 }
 
@@ -132,21 +163,14 @@ pub(crate) fn serve_admin(
             ),
         }
     }
-    let gate = gates.admin.subscribe();
     tokio::spawn(accept::serve(
         listener,
         plain(config),
         stop.clone(),
-        move |req| {
-            let proxy = gate.borrow().clone();
+        gates.admin.handler(move |proxy, req| {
             let token = token.clone();
-            async move {
-                match proxy {
-                    Some(p) => admin::handle(p, token.as_deref(), req).await,
-                    None => starting(&req),
-                }
-            }
-        },
+            async move { admin::handle(proxy, token.as_deref(), req).await }
+        }),
     ))
 }
 
@@ -164,7 +188,6 @@ pub(crate) fn serve_webhook(
     }
     tokio::spawn(watch_certificate(webhook.tls.certs.clone()));
     let tls = tokio_rustls::TlsAcceptor::from(webhook.tls.server.clone());
-    let gate = gates.webhook.subscribe();
     tokio::spawn(accept::serve(
         listener,
         accept::Serving {
@@ -172,15 +195,9 @@ pub(crate) fn serve_webhook(
             ..plain(config)
         },
         stop.clone(),
-        move |req| {
-            let admission = gate.borrow().clone();
-            async move {
-                match admission {
-                    Some(a) => a.handle(req).await,
-                    None => starting(&req),
-                }
-            }
-        },
+        gates
+            .webhook
+            .handler(|admission, req| async move { admission.handle(req).await }),
     ))
 }
 

@@ -120,6 +120,8 @@ pub struct Cluster {
     members: Arc<Members>,
     client: reqwest::Client,
     secret: String,
+    /// The secret as every peer request sends it.
+    secret_header: HeaderValue,
     refresh: Duration,
     /// Until a peer's response headers, and the longest silence inside its
     /// body (`[timeouts]`, as for upstreams).
@@ -151,6 +153,8 @@ impl Cluster {
             )),
             client,
             secret: config.secret.clone(),
+            // The configuration allows only visible ASCII in the secret.
+            secret_header: HeaderValue::from_str(&config.secret).expect("validated secret"),
             refresh: config.refresh,
             response_timeout: timeouts.response,
             idle_timeout: timeouts.idle,
@@ -172,13 +176,6 @@ impl Cluster {
                 metrics.cluster_members.set(n as i64);
             })
             .await
-    }
-
-    /// Resolves DNS members once, before serving.
-    pub async fn refresh(&self) {
-        if let Some(n) = self.members.refresh().await {
-            self.metrics.cluster_members.set(n as i64);
-        }
     }
 
     /// Who owns `key` among the live members.
@@ -272,10 +269,9 @@ impl Cluster {
     }
 
     fn request(&self, method: reqwest::Method, url: &str) -> reqwest::RequestBuilder {
-        self.client.request(method, url).header(
-            PEER_HEADER,
-            HeaderValue::from_str(&self.secret).expect("validated secret"),
-        )
+        self.client
+            .request(method, url)
+            .header(PEER_HEADER, self.secret_header.clone())
     }
 
     /// Sends a peer request and classifies its answer (counted by `op`).

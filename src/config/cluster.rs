@@ -87,6 +87,9 @@ pub(crate) fn from_raw(c: &RawCluster) -> Result<ClusterConfig, ConfigError> {
     let Some(secret) = secret_from("cluster.secret", &c.secret_file, &c.secret_env)? else {
         return err("cluster: a peer secret is required (secret_file or secret_env): replicas trust each other's requests");
     };
+    if !secret.bytes().all(|b| b.is_ascii_graphic()) {
+        return err("cluster: the peer secret must be printable ASCII without spaces (it is sent in a header)");
+    }
     if secret.len() < defaults::MIN_SECRET_LEN {
         return err(format!(
             "cluster: the peer secret must be at least {} characters",

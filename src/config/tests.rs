@@ -313,6 +313,8 @@ fn a_cluster_needs_its_members_and_a_secret() {
     std::fs::write(&secret, "sixteen-chars-or-more\n").unwrap();
     let short = dir.path().join("short");
     std::fs::write(&short, "short").unwrap();
+    let multiline = dir.path().join("multiline");
+    std::fs::write(&multiline, "first-line-of-it\nsecond-line-of-it\n").unwrap();
     let s = format!("secret_file = {secret:?}\n");
     let c = load(&format!(
         "[cluster]\nself = \"10.0.0.1:5000\"\npeers = [\"10.0.0.1:5000\", \"10.0.0.2:5000\"]\n{s}"
@@ -360,6 +362,7 @@ fn a_cluster_needs_its_members_and_a_secret() {
         (format!("[cluster]\nself = \"a:1\"\npeers_dns = \"svc\"\n{s}"), "cluster.peers_dns"),
         ("[cluster]\nself = \"a:1\"\npeers = [\"b:1\"]\n".to_string(), "peer secret is required"),
         (format!("[cluster]\nself = \"a:1\"\npeers = [\"b:1\"]\nsecret_file = {short:?}\n"), "at least 16"),
+        (format!("[cluster]\nself = \"a:1\"\npeers = [\"b:1\"]\nsecret_file = {multiline:?}\n"), "printable ASCII"),
         (
             "[cluster]\nself = \"a:1\"\npeers = [\"b:1\"]\nsecret_env = \"FERRY_TEST_UNSET_VAR\"\n".to_string(),
             "cluster.secret_env names \"FERRY_TEST_UNSET_VAR\", which is not set",
