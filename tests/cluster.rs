@@ -3,6 +3,7 @@
 //! the counting fake upstream. Owners are computed with the same formula
 //! Ferry uses (`ferry::cluster::ring`), so each test knows who must fetch.
 
+use crate::support::hostile::{Answer, Hostile};
 use crate::support::*;
 use ferry::clock::Clock;
 use ferry::cluster::ring;
@@ -450,40 +451,17 @@ async fn a_checked_upstream_is_fetched_with_the_clients_credentials_by_the_repli
 }
 
 /// A member that answers a tag's headers and then never sends its body.
-/// Counts the requests it receives.
-async fn stalling_member() -> (String, Arc<std::sync::atomic::AtomicUsize>) {
-    use std::sync::atomic::{AtomicUsize, Ordering};
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap().to_string();
-    let asked = Arc::new(AtomicUsize::new(0));
-    let counter = asked.clone();
-    tokio::spawn(async move {
-        while let Ok((mut conn, _)) = listener.accept().await {
-            let counter = counter.clone();
-            tokio::spawn(async move {
-                let mut request = Vec::new();
-                let mut buf = [0u8; 4096];
-                while !request.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match conn.read(&mut buf).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => request.extend_from_slice(&buf[..n]),
-                    }
-                }
-                counter.fetch_add(1, Ordering::SeqCst);
-                let head = format!(
-                    "HTTP/1.1 200 OK\r\ncontent-type: {OCI_MANIFEST}\r\n\
-                     docker-content-digest: sha256:{}\r\nferry-age-ms: 0\r\n\
-                     content-length: 1000\r\n\r\n{{",
-                    "0".repeat(64)
-                );
-                let _ = conn.write_all(head.as_bytes()).await;
-                // The body never comes; the connection stays open.
-                tokio::time::sleep(Duration::from_secs(3600)).await;
-            });
-        }
-    });
-    (addr, asked)
+async fn stalling_member() -> Hostile {
+    let head = format!(
+        "HTTP/1.1 200 OK\r\ncontent-type: {OCI_MANIFEST}\r\ndocker-content-digest: sha256:{}\r\n\
+         ferry-age-ms: 0\r\ncontent-length: 1000\r\n\r\n{{",
+        "0".repeat(64)
+    );
+    Hostile::start(move |_, _| Answer::Drip {
+        head: head.clone(),
+        every: Duration::from_secs(3600),
+    })
+    .await
 }
 
 /// An owner whose body stalls is quarantined at once: the replica asked
@@ -491,9 +469,9 @@ async fn stalling_member() -> (String, Arc<std::sync::atomic::AtomicUsize>) {
 /// same owner again, and the owner's other keys are not asked of it.
 #[tokio::test]
 async fn an_owner_whose_body_stalls_is_asked_once_then_left_out() {
-    use std::sync::atomic::Ordering;
     let up = FakeRegistry::start().await;
-    let (stalling, asked) = stalling_member().await;
+    let member = stalling_member().await;
+    let stalling = member.addr.to_string();
     let rs = Proxied::cluster_with(
         &up,
         1,
@@ -522,7 +500,7 @@ async fn an_owner_whose_body_stalls_is_asked_once_then_left_out() {
         assert_eq!(sha256(&r.bytes().await.unwrap()), *manifest);
     }
     assert_eq!(
-        asked.load(Ordering::SeqCst),
+        member.requests().len(),
         1,
         "the stalled owner was asked once, for the first tag only"
     );
