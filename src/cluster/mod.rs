@@ -493,14 +493,14 @@ fn content_type(h: &HeaderMap) -> Option<String> {
         .map(str::to_owned)
 }
 
-/// The total of a `Content-Range: bytes <offset>-<end>/<total>` starting at `offset`.
+/// The total of a `Content-Range: bytes <offset>-<end>/<total>` starting at
+/// `offset` (`Some(None)`: the total is `*`).
 fn content_range_total(h: &HeaderMap, offset: u64) -> Option<Option<u64>> {
     let v = h.get(http::header::CONTENT_RANGE)?.to_str().ok()?;
-    let rest = v.strip_prefix("bytes ")?;
-    let (range, total) = rest.split_once('/')?;
-    let start: u64 = range.split_once('-')?.0.parse().ok()?;
-    (start == offset).then_some(())?;
-    Some(total.parse().ok())
+    match crate::upstream::parse_content_range(v)? {
+        (start, total) if start == offset => Some(total),
+        _ => None,
+    }
 }
 
 /// A manifest-sized body from `peer` (at most [`MAX_MANIFEST_BYTES`]),

@@ -72,6 +72,22 @@ trap 'exit 130' INT TERM
 fail() { echo "  FAIL: $*" >&2; exit 1; }
 ok() { echo "  ok: $*"; }
 
+# mid_transfer FILE MIN TOTAL: waits (15 s at most) until curl has written MIN bytes to FILE;
+# fails unless it has, and unless the transfer is still short of TOTAL (a kill that follows
+# lands mid-transfer). Sets MID to the size seen.
+MID=0
+mid_transfer() {
+  local f=$1 min=$2 total=$3
+  MID=0
+  for _ in $(seq 1 300); do
+    MID=$(stat -c %s "$f" 2>/dev/null || echo 0)
+    [ "$MID" -ge "$min" ] && break
+    sleep 0.05
+  done
+  [ "$MID" -ge "$min" ] || fail "the transfer to $f did not get going ($MID bytes)"
+  [ "$MID" -lt "$total" ] || fail "the transfer to $f was over before the kill"
+}
+
 # ---------------------------------------------------------------- the cluster
 log "starting a 3-node Garage cluster"
 garage_start "$WORK/garage" 2>"$LOGS/garage-start.log" || { cat "$LOGS/garage-start.log" >&2; die "garage did not start"; }
@@ -237,15 +253,10 @@ case_kill() {
   local url=http://127.0.0.1:$(port_of K)/v2/library/big/blobs/$digest
   curl -s --max-time 120 -o "$WORK/big.partial" "$url" &
   local curl_pid=$!
-  for _ in $(seq 1 200); do
-    [ "$(stat -c %s "$WORK/big.partial" 2>/dev/null || echo 0)" -ge $((24 * 1024 * 1024)) ] && break
-    sleep 0.05
-  done
-  local got; got=$(stat -c %s "$WORK/big.partial" 2>/dev/null || echo 0)
-  [ "$got" -ge $((24 * 1024 * 1024)) ] || fail "the transfer did not get going ($got bytes)"
+  mid_transfer "$WORK/big.partial" $((24 * 1024 * 1024)) $((64 * 1024 * 1024))
   kill -9 "$(bg_pid K)"; rm -f "$WORK/pids/K.pid"
   wait "$curl_pid" 2>/dev/null || true
-  ok "killed K with $((got / 1024 / 1024)) MiB of 64 sent"
+  ok "killed K with $((MID / 1024 / 1024)) MiB of 64 sent"
   [ "$(garage_head "$key")" = 404 ] || fail "an object appeared under $key: $(garage_head "$key")"
   ok "no object under the key (the multipart upload was never completed)"
   # Restarted on the same disk: the temp file is swept, the blob fetched again.
@@ -394,12 +405,9 @@ case_ownerkill() {
   settle
   from=$(lines "$UPLOG")
   for m in "${others[@]}"; do pull_n "$m" 5 "$d" "$WORK/ok"; done
-  for _ in $(seq 1 300); do
-    [ "$(stat -c %s "$WORK/ok-${others[0]}-1" 2>/dev/null || echo 0)" -ge $((16 * 1024 * 1024)) ] && break
-    sleep 0.05
-  done
+  mid_transfer "$WORK/ok-${others[0]}-1" $((16 * 1024 * 1024)) $((64 * 1024 * 1024))
   kill -9 "$(bg_pid "$o")"; rm -f "$WORK/pids/$o.pid"
-  ok "killed the owner $o"
+  ok "killed the owner $o with $((MID / 1024 / 1024)) MiB of 64 sent"
   wait_pulls
   for f in "$WORK"/ok-*; do
     [ "sha256:$(sha_of "$f")" = "$d" ] || fail "$f: $(stat -c %s "$f") bytes, wrong"
@@ -432,10 +440,7 @@ case_otherkill() {
   settle
   from=$(lines "$UPLOG")
   for m in $MEMBERS; do pull_n "$m" 3 "$d" "$WORK/nk"; done
-  for _ in $(seq 1 300); do
-    [ "$(stat -c %s "$WORK/nk-$victim-1" 2>/dev/null || echo 0)" -ge $((16 * 1024 * 1024)) ] && break
-    sleep 0.05
-  done
+  mid_transfer "$WORK/nk-$victim-1" $((16 * 1024 * 1024)) $((64 * 1024 * 1024))
   kill -9 "$(bg_pid "$victim")"; rm -f "$WORK/pids/$victim.pid"
   wait_pulls
   for m in "${keep[@]}"; do
@@ -445,7 +450,7 @@ case_otherkill() {
   done
   settle
   [ "$(digest_gets "$from" "$d")" = 1 ] || fail "$(digest_gets "$from" "$d") upstream GETs"
-  ok "killed $victim; 6 of 6 right through ${keep[*]}, 1 upstream GET"
+  ok "killed $victim with $((MID / 1024 / 1024)) MiB of 64 sent; 6 of 6 right through ${keep[*]}, 1 upstream GET"
   for m in "${keep[@]}"; do stop_bg "$m"; done
   stop_bg other-relay
 }
