@@ -763,8 +763,10 @@ case_headherd() {
   # A rollout's nodes HEAD a layer before GETting it, arriving over a few
   # hundred ms: 100 cold-blob HEADs cost one upstream HEAD (the answer is
   # remembered for 10 s after the first lands).
-  local d up i pids=() codes
+  local d up i pids=() codes size
   d=$(x '.test.blobs[2]')   # the 4 MiB random layer
+  size=$(curl -s --max-time 10 -o /dev/null -I -w '%header{content-length}' "http://$UPSTREAM/v2/library/test/blobs/$d")
+  [ -n "$size" ] || fail "the upstream does not say the layer's size"
   start_mirror headherd || fail "mirror did not start"
   step "100 x curl -I of a cold blob, one every 3 ms"
   up=$(lines "$UPLOG")
@@ -777,7 +779,7 @@ case_headherd() {
   for i in "${pids[@]}"; do wait "$i" || true; done
   settle
   codes=$(sort "$WORK/headherd.codes" | uniq -c | awk '{print $1 "x" $2 " " $3}')
-  [ "$(grep -c "^200 " "$WORK/headherd.codes")" = 100 ] || fail "answers: $codes"
+  [ "$(grep -c "^200 $size\$" "$WORK/headherd.codes")" = 100 ] || fail "answers (want 100x200 $size): $codes"
   local heads; heads=$(norm_log "$UPLOG" "$up" | grep -cE "^HEAD /v2/.+/blobs/$d" || true)
   counts "100 cold HEADs: upstream HEADs=$heads"
   if [ "$MIRROR" = ferry ]; then
