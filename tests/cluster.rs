@@ -164,12 +164,17 @@ async fn a_tag_costs_at_most_one_upstream_head_per_ttl_cluster_wide() {
     }
 }
 
-#[tokio::test]
-async fn the_owner_dying_mid_fetch_leaves_every_follower_verified() {
-    let up = FakeRegistry::start().await;
+/// The owner of a cold 4 MiB blob stops once it has 1 MiB of it, while the
+/// two other replicas stream it from the owner for five clients each: every
+/// client gets the whole, verified blob. Returns the blob's digest and the
+/// two replicas left.
+async fn the_owner_dies_mid_fetch(
+    up: &FakeRegistry,
+    bucket: Option<Arc<TestBucket>>,
+) -> (String, Vec<Proxied>) {
     let d = up.add_blob(bytes_of(4 * MIB, 3));
     let gate = up.gate(MIB);
-    let rs = Proxied::cluster(&up, 3, None, "shutdown_grace = \"0s\"", Clock::manual()).await;
+    let rs = Proxied::cluster(up, 3, bucket, "shutdown_grace = \"0s\"", Clock::manual()).await;
     let owner = owner_of(&rs, d.as_bytes());
     let mut rs: Vec<Option<Proxied>> = rs.into_iter().map(Some).collect();
     let path = format!("/v2/library/app/blobs/{d}");
@@ -203,6 +208,30 @@ async fn the_owner_dying_mid_fetch_leaves_every_follower_verified() {
     }
     let gets = up.count("GET", |r| r.is_blob());
     assert!(gets <= 2, "{gets} upstream GETs");
+    (d, rs.into_iter().flatten().collect())
+}
+
+#[tokio::test]
+async fn the_owner_dying_mid_fetch_leaves_every_follower_verified() {
+    let up = FakeRegistry::start().await;
+    the_owner_dies_mid_fetch(&up, None).await;
+}
+
+/// The replica that finishes a dead owner's transfer from upstream uploads
+/// the blob, so the next miss anywhere costs nothing upstream.
+#[tokio::test]
+async fn the_replica_that_takes_over_a_dead_owners_fetch_uploads_the_blob() {
+    let up = FakeRegistry::start().await;
+    let bucket = TestBucket::new();
+    let (d, left) = the_owner_dies_mid_fetch(&up, Some(bucket.clone())).await;
+    let uploaded = "ferry_bucket_uploads_total{object=\"blob\",result=\"completed\"}";
+    eventually("an upload by a replica that took over", TEN_S, || async {
+        left.iter().map(|r| r.metric(uploaded)).sum::<u64>() >= 1
+    })
+    .await;
+    let object = bucket.object(&TestBucket::blob_key(&d)).await;
+    assert_eq!(object.map(|b| sha256(&b)), Some(d));
+    bucket.assert_content_addressed().await;
 }
 
 #[tokio::test]

@@ -259,7 +259,9 @@ async fn download(
         s.total = total;
         s.file = Some(writer.reader());
     });
-    if !used_bucket && !from_owner {
+    // The replica that reads upstream uploads what it fetches.
+    let mut uploading = !used_bucket && !from_owner;
+    if uploading {
         start_upload(cx, digest, total, tx);
     }
 
@@ -318,6 +320,12 @@ async fn download(
             ));
         }
         reading_bucket = matches!(resumed, Body::Bucket(_));
+        // The owner died and this replica now reads upstream: it is the one
+        // to upload (from byte 0: the temp file has every byte so far).
+        if !uploading && matches!(resumed, Body::Upstream(_)) {
+            uploading = true;
+            start_upload(cx, digest, total, tx);
+        }
         body = resumed;
     }
     stages.received = stages.since();
