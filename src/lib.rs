@@ -395,7 +395,16 @@ async fn maintain(proxy: Arc<Proxy>) {
             None => std::future::pending().await,
         }
     };
-    tokio::join!(maintain_store(&proxy), members);
+    tokio::join!(maintain_store(&proxy), members, catch_up_uploads(&proxy));
+}
+
+/// Makes the bucket uploads that were skipped, every few seconds.
+async fn catch_up_uploads(proxy: &Proxy) {
+    let mut tick = tokio::time::interval(config::defaults::BUCKET_CATCH_UP);
+    loop {
+        tick.tick().await;
+        proxy.catch_up_uploads().await;
+    }
 }
 
 async fn maintain_store(proxy: &Proxy) {

@@ -216,10 +216,27 @@ async fn a_bucket_that_fails_changes_nothing_for_clients_and_is_left_alone_a_whi
     assert_eq!(body_digest(r).await.unwrap().0, fresh);
     metric_reaches(&p, BLOB_UPLOADED, 1).await;
     assert!(bucket.object(&TestBucket::blob_key(&fresh)).await.is_some());
+    // What was skipped during the outage is uploaded from the disk now.
+    metric_reaches(&p, BLOB_UPLOADED, 2).await;
+    eventually("the manifest uploaded", Duration::from_secs(10), || async {
+        bucket
+            .object(&TestBucket::manifest_key(&manifest))
+            .await
+            .is_some()
+    })
+    .await;
+    bucket.assert_content_addressed().await;
+    assert_eq!(
+        up.count("GET", |r| r.path.ends_with(&layers[0])),
+        1,
+        "the layer was not fetched again"
+    );
 }
 
+/// An upload with no free slot is skipped, never waited for, and made later
+/// from the local disk (not upstream) once a slot is free.
 #[tokio::test]
-async fn uploads_past_max_uploads_are_skipped_never_queued() {
+async fn uploads_past_max_uploads_are_skipped_then_made_from_the_disk() {
     let up = FakeRegistry::start().await;
     let blobs: Vec<String> = (0..4)
         .map(|i| up.add_blob(bytes_of(2 * MIB, 20 + i)))
@@ -246,7 +263,17 @@ async fn uploads_past_max_uploads_are_skipped_never_queued() {
         p.metric("ferry_bucket_uploads_total{object=\"blob\",result=\"skipped\"}"),
         3
     );
-    assert_eq!(bucket.keys().await.len(), 1);
+    metric_reaches(&p, BLOB_UPLOADED, 4).await;
+    let mut keys = bucket.keys().await;
+    keys.sort();
+    let mut want: Vec<String> = blobs
+        .iter()
+        .map(|d| TestBucket::blob_key(d).to_string())
+        .collect();
+    want.sort();
+    assert_eq!(keys, want);
+    bucket.assert_content_addressed().await;
+    assert_eq!(up.count("GET", |r| r.is_blob()), 4, "made from the disk");
 }
 
 #[tokio::test]

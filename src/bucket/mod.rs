@@ -34,12 +34,14 @@ use object_store::{
     Attribute, AttributeValue, Attributes, ClientOptions, GetOptions, GetRange, MultipartUpload,
     ObjectStore, ObjectStoreExt, PutOptions, PutPayload, RetryConfig,
 };
+use parking_lot::Mutex;
+use std::collections::{HashSet, VecDeque};
 use std::io;
 use std::sync::Arc;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 /// What a key holds.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Object {
     /// A blob (layer, config).
     Blob,
@@ -83,8 +85,18 @@ pub struct Bucket {
     part_size: usize,
     /// One permit per upload at once (`max_uploads`).
     uploads: Arc<Semaphore>,
+    /// Uploads skipped, to be made later from the local disk.
+    backlog: Mutex<Backlog>,
     health: Health,
     metrics: Arc<Metrics>,
+}
+
+/// Objects whose upload was skipped, in order, each once; bounded by
+/// [`defaults::BUCKET_BACKLOG`].
+#[derive(Default)]
+struct Backlog {
+    queue: VecDeque<(Object, Digest)>,
+    queued: HashSet<(Object, Digest)>,
 }
 
 impl Bucket {
@@ -119,6 +131,7 @@ impl Bucket {
             prefix: config.prefix.clone(),
             part_size: config.part_size,
             uploads: Arc::new(Semaphore::new(config.max_uploads)),
+            backlog: Mutex::default(),
             health: Health::new(config.backoff, clock),
             metrics,
         }
@@ -261,17 +274,58 @@ impl Bucket {
         }
     }
 
-    /// An upload slot, if one is free and the bucket is usable; otherwise the
-    /// upload is skipped (counted): never queued.
-    pub fn upload_slot(&self, object: Object) -> Option<OwnedSemaphorePermit> {
-        if !self.usable("write") {
+    /// An upload slot for `digest`, if one is free and the bucket is usable;
+    /// otherwise the upload is skipped now (counted, never waited for) and
+    /// remembered, to be made later from the local disk
+    /// ([`Bucket::next_deferred`]).
+    pub fn upload_slot(&self, object: Object, digest: &Digest) -> Option<OwnedSemaphorePermit> {
+        let slot = match self.usable("write") {
+            true => self.uploads.clone().try_acquire_owned().ok(),
+            false => None,
+        };
+        if slot.is_none() {
             self.metrics.bucket_upload(object.label(), "skipped");
+            self.defer(object, digest);
+        }
+        slot
+    }
+
+    /// Remembers an upload to make later (once; forgotten past
+    /// [`defaults::BUCKET_BACKLOG`]).
+    pub fn defer(&self, object: Object, digest: &Digest) {
+        let mut b = self.backlog.lock();
+        let entry = (object, digest.clone());
+        if b.queue.len() < defaults::BUCKET_BACKLOG && b.queued.insert(entry.clone()) {
+            b.queue.push_back(entry);
+        }
+    }
+
+    /// How many uploads are remembered.
+    pub fn deferred(&self) -> usize {
+        self.backlog.lock().queue.len()
+    }
+
+    /// The next remembered upload with a slot to make it in, while the
+    /// bucket is usable; `None` when there is none, or no free slot.
+    pub fn next_deferred(&self) -> Option<(OwnedSemaphorePermit, Object, Digest)> {
+        if !self.health.usable() {
             return None;
         }
-        match self.uploads.clone().try_acquire_owned() {
-            Ok(slot) => Some(slot),
-            Err(_) => {
-                self.metrics.bucket_upload(object.label(), "skipped");
+        let slot = self.uploads.clone().try_acquire_owned().ok()?;
+        let mut b = self.backlog.lock();
+        let (object, digest) = b.queue.pop_front()?;
+        b.queued.remove(&(object, digest.clone()));
+        Some((slot, object, digest))
+    }
+
+    /// Whether the bucket holds `digest` as `object`; `None` when it cannot
+    /// be asked (an error, counted: the bucket backs off).
+    pub async fn holds(&self, object: Object, digest: &Digest) -> Option<bool> {
+        match self.store.head(&self.key(object, digest)).await {
+            Ok(_) => Some(true),
+            Err(object_store::Error::NotFound { .. }) => Some(false),
+            Err(e) => {
+                self.failed("read", "HEAD of a remembered upload", &e);
                 None
             }
         }

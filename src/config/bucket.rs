@@ -33,7 +33,8 @@ pub struct BucketConfig {
     pub secret_key: String,
     /// Bytes per multipart part; blobs smaller than one part are one `PUT`.
     pub part_size: usize,
-    /// Uploads at once; past it an upload is skipped (counted), never queued.
+    /// Uploads at once; past it an upload is skipped (counted) and made later
+    /// from the local disk.
     pub max_uploads: usize,
     /// After a bucket error, how long the bucket is left alone.
     pub backoff: Duration,

@@ -79,6 +79,12 @@ pub const BUCKET_MAX_UPLOADS: usize = 8;
 /// uploads are skipped): a dead endpoint costs one timeout per window, not one
 /// per request.
 pub const BUCKET_BACKOFF: Duration = Duration::from_secs(30);
+/// Uploads skipped (no free slot, or the bucket backing off) remembered to be
+/// uploaded later from the local disk; past this many, more are forgotten.
+pub const BUCKET_BACKLOG: usize = 10_000;
+/// How often the remembered uploads are tried, while the bucket is usable and
+/// upload slots are free.
+pub const BUCKET_CATCH_UP: Duration = Duration::from_secs(1);
 /// A bucket request's whole time, connect included…
 pub const BUCKET_TIMEOUT: Duration = Duration::from_secs(30);
 /// …but a blob read streams for as long as the blob takes (a stalled one is

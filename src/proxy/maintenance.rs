@@ -3,6 +3,7 @@
 
 use super::answers::Space;
 use super::{Error, Origin, Proxy, Result};
+use crate::bucket::Object;
 use crate::oci::Digest;
 use crate::upstream::Target;
 use ferry_storage::FsckReport;
@@ -100,6 +101,40 @@ impl Proxy {
         })
         .await?;
         self.prune_answers()
+    }
+
+    /// Makes the bucket uploads that were skipped (no free slot, or the bucket
+    /// backing off), from the local disk, while the bucket is usable and
+    /// slots are free; an object the bucket already holds (another replica
+    /// uploaded it) is not sent again.
+    pub async fn catch_up_uploads(&self) {
+        let Some(bucket) = &self.bucket else { return };
+        // Each remembered upload at most once a round: one still downloading
+        // goes back to the end.
+        for _ in 0..bucket.deferred() {
+            let Some((slot, object, digest)) = bucket.next_deferred() else {
+                return;
+            };
+            if object == Object::Blob && self.blobs.fetching(&digest) {
+                bucket.defer(object, &digest);
+                continue;
+            }
+            match bucket.holds(object, &digest).await {
+                Some(true) => continue,
+                Some(false) => {}
+                None => {
+                    // The bucket failed and backs off: try again later.
+                    bucket.defer(object, &digest);
+                    return;
+                }
+            }
+            match object {
+                Object::Blob => self.blobs.upload_deferred(bucket.clone(), slot, &digest),
+                Object::Manifest => self
+                    .manifests
+                    .upload_deferred(bucket.clone(), slot, &digest),
+            }
+        }
     }
 
     /// Lets blob fetches in flight land (at most `within`) and writes what is

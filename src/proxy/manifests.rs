@@ -18,6 +18,7 @@ use crate::upstream::{FetchedManifest, Target, UpstreamError};
 use bytes::Bytes;
 use ferry_storage::{Store, StoredManifest};
 use std::sync::Arc;
+use tokio::sync::OwnedSemaphorePermit;
 
 /// What a tag resolves to: enough to answer a `HEAD` without the body.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -203,16 +204,23 @@ impl Manifests {
         let Some(bucket) = self.bucket.clone() else {
             return;
         };
-        let Some(slot) = bucket.upload_slot(Object::Manifest) else {
+        let Some(slot) = bucket.upload_slot(Object::Manifest, digest) else {
             return;
         };
-        let (digest, m) = (digest.clone(), m.clone());
-        tokio::spawn(async move {
-            let _slot = slot;
-            bucket
-                .put(Object::Manifest, &digest, m.body, Some(&m.media_type))
-                .await;
-        });
+        upload(bucket, slot, digest.clone(), m.clone());
+    }
+
+    /// Uploads a stored manifest whose upload was skipped, in the background;
+    /// nothing if it is no longer stored.
+    pub(crate) fn upload_deferred(
+        &self,
+        bucket: Arc<Bucket>,
+        slot: OwnedSemaphorePermit,
+        digest: &Digest,
+    ) {
+        if let Some(m) = self.stored(digest) {
+            upload(bucket, slot, digest.clone(), m);
+        }
     }
 
     /// A stored manifest; a store that cannot be read is a miss (upstream still answers).
@@ -248,4 +256,14 @@ impl Manifests {
         }
         Ok(StoredManifest { media_type, body })
     }
+}
+
+/// Puts a verified manifest in the bucket, in the background, in `slot`.
+fn upload(bucket: Arc<Bucket>, slot: OwnedSemaphorePermit, digest: Digest, m: StoredManifest) {
+    tokio::spawn(async move {
+        let _slot = slot;
+        bucket
+            .put(Object::Manifest, &digest, m.body, Some(&m.media_type))
+            .await;
+    });
 }

@@ -357,7 +357,7 @@ async fn download(
 /// and a free upload slot (otherwise the upload is skipped and counted).
 fn start_upload(cx: &Context, digest: &Digest, total: Option<u64>, tx: &watch::Sender<FetchState>) {
     let Some(bucket) = &cx.bucket else { return };
-    let Some(slot) = bucket.upload_slot(Object::Blob) else {
+    let Some(slot) = bucket.upload_slot(Object::Blob, digest) else {
         return;
     };
     let body = follower::follow_for_upload(tx.subscribe(), total);

@@ -193,6 +193,26 @@ impl Blobs {
 
     /// A blob answered from the store, or `None` when it is not there. A store
     /// that cannot be read is a miss: upstream still answers.
+    /// Whether a fetch of `digest` is in flight here.
+    pub(crate) fn fetching(&self, digest: &Digest) -> bool {
+        self.inflight.get(digest).is_some()
+    }
+
+    /// Uploads a committed blob whose upload was skipped, from the local
+    /// disk (not upstream), in the background; nothing if it is no longer
+    /// stored.
+    pub(crate) fn upload_deferred(
+        &self,
+        bucket: Arc<Bucket>,
+        slot: tokio::sync::OwnedSemaphorePermit,
+        digest: &Digest,
+    ) {
+        if let Ok(Some(file)) = self.cx.store.open_blob(digest) {
+            let size = file.size;
+            upload::start(bucket, slot, digest.clone(), stored::stream(file, 0, size));
+        }
+    }
+
     fn stored(
         &self,
         digest: &Digest,

@@ -14,7 +14,8 @@
 //!   `garage bucket cleanup-incomplete-uploads`, drops the parts).
 //!
 //! Memory: one part buffered per upload, at most `max_uploads` uploads; past
-//! that an upload is skipped (counted), never queued.
+//! that an upload is skipped (counted) and remembered, to be made later from
+//! the local disk (`Proxy::catch_up_uploads`).
 
 use super::body::ByteStream;
 use crate::bucket::{Bucket, Object};
