@@ -40,7 +40,13 @@ pub struct ServeArgs {
 /// The configuration `args` name: the file (if any) read and validated, the
 /// flags applied over it.
 pub fn load_config(args: &ServeArgs) -> Result<Config> {
-    let raw = match &args.config {
+    read_config(args.config.as_deref(), args.overrides.clone())
+}
+
+/// The configuration in `path` (none: the defaults), read and validated,
+/// with `overrides` applied over it; errors name the file.
+pub fn read_config(path: Option<&std::path::Path>, overrides: Overrides) -> Result<Config> {
+    let raw = match path {
         Some(path) => {
             let text = std::fs::read_to_string(path)
                 .with_context(|| format!("reading {}", path.display()))?;
@@ -48,11 +54,11 @@ pub fn load_config(args: &ServeArgs) -> Result<Config> {
         }
         None => RawConfig::default(),
     };
-    let context = args.config.as_ref().map_or_else(
+    let context = path.map_or_else(
         || "invalid configuration".to_string(),
         |p| format!("invalid configuration in {}", p.display()),
     );
-    Config::from_raw(raw, args.overrides.clone()).context(context)
+    Config::from_raw(raw, overrides).context(context)
 }
 
 /// Logs to stderr, filtered by `RUST_LOG` (default `info`).

@@ -4,7 +4,7 @@
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use ferry::config::{Config, Overrides, RawConfig};
+use ferry::config::Overrides;
 use ferry::node_config::{apply, plan, NodeTargets, Step};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -47,14 +47,7 @@ pub struct NodeConfigArgs {
 /// be) and carries the plan out; files that are not Ferry's are reported on
 /// stderr and left alone.
 pub fn run(args: &NodeConfigArgs) -> Result<ExitCode> {
-    let raw = match &args.config {
-        Some(p) => RawConfig::from_toml(
-            &std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?,
-        )
-        .with_context(|| format!("in {}", p.display()))?,
-        None => RawConfig::default(),
-    };
-    let config = Config::from_raw(raw, Overrides::default()).context("invalid configuration")?;
+    let config = super::read_config(args.config.as_deref(), Overrides::default())?;
     let auth_header = match (&args.auth_header, &args.auth_header_file) {
         (Some(h), _) => Some(h.clone()),
         (None, Some(f)) => Some(

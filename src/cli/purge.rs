@@ -4,7 +4,7 @@
 use super::admin_client::admin_post;
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use ferry::config::{Config, Overrides, RawConfig};
+use ferry::config::Overrides;
 use ferry::oci::RepoName;
 use ferry_storage::{Digest, Store, StoreOptions};
 use std::path::PathBuf;
@@ -84,11 +84,7 @@ pub fn run(args: &PurgeArgs) -> Result<ExitCode> {
 fn offline_names(args: &PurgeArgs) -> Result<(String, String)> {
     let upstream = args.upstream.clone().unwrap_or_default();
     let repo = args.repository.clone().unwrap_or_default();
-    let raw = match &args.config {
-        Some(p) => RawConfig::from_toml(&std::fs::read_to_string(p)?)?,
-        None => RawConfig::default(),
-    };
-    let config = Config::from_raw(raw, Overrides::default())?;
+    let config = super::read_config(args.config.as_deref(), Overrides::default())?;
     Ok(match (config.upstream(&upstream), RepoName::parse(&repo)) {
         (Some(u), Some(name)) => (u.name.clone(), u.repository(name).to_string()),
         (Some(u), None) => (u.name.clone(), repo),
