@@ -101,8 +101,7 @@ impl Manifests {
                     .upstream
                     .get_manifest(&target2.repo, digest2.as_str())
                     .await?;
-                if !digest2.verifies(&fetched.body) {
-                    this.metrics.integrity_failures.inc();
+                if !this.matches(&digest2, &fetched.body) {
                     return Err(Error::Integrity(format!(
                         "upstream sent a manifest that does not match {digest2}"
                     )));
@@ -116,6 +115,16 @@ impl Manifests {
             self.metrics.coalesced.inc();
         }
         result.unwrap_or_else(|| Err(Error::Internal("manifest fetch ended unexpectedly".into())))
+    }
+
+    /// Whether `body` is the manifest `digest` names; a mismatch (from
+    /// upstream, a peer or the bucket) is counted as an integrity failure.
+    pub fn matches(&self, digest: &Digest, body: &[u8]) -> bool {
+        let ok = digest.verifies(body);
+        if !ok {
+            self.metrics.integrity_failures.inc();
+        }
+        ok
     }
 
     /// `GET` by tag: learns the digest and stores the body in one request.
@@ -161,8 +170,7 @@ impl Manifests {
         let asked = cluster
             .ask_owner(digest.as_str().as_bytes(), "manifest", |owner| async move {
                 let (media_type, body) = cluster.get_manifest(&owner, target, digest).await?;
-                if !digest.verifies(&body) {
-                    self.metrics.integrity_failures.inc();
+                if !self.matches(digest, &body) {
                     let why = "sent a manifest that does not match its digest";
                     return Err(PeerError::Failed(why.into()));
                 }
@@ -185,8 +193,7 @@ impl Manifests {
     async fn in_bucket(&self, digest: &Digest) -> Option<StoredManifest> {
         let bucket = self.bucket.as_ref()?;
         let (media_type, body) = bucket.read_manifest(digest).await?;
-        if !digest.verifies(&body) {
-            self.metrics.integrity_failures.inc();
+        if !self.matches(digest, &body) {
             bucket.remove(Object::Manifest, digest).await;
             return None;
         }
