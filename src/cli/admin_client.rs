@@ -19,17 +19,11 @@ fn endpoint_url(admin: &str, endpoint: &str, query: &str) -> String {
     format!("{}/admin/{endpoint}?{query}", admin.trim_end_matches('/'))
 }
 
-fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-}
-
 /// POSTs to a running Ferry's admin API, prints the JSON answer, and exits
 /// non-zero unless it succeeded.
 pub fn admin_post(admin: &str, endpoint: &str, query: &str) -> Result<ExitCode> {
     let url = endpoint_url(admin, endpoint, query);
-    let (status, body) = runtime()?.block_on(async {
+    let (status, body) = super::small_runtime()?.block_on(async {
         let resp = with_admin_token(reqwest::Client::new().post(&url))
             .send()
             .await?;
@@ -56,7 +50,7 @@ pub fn admin_post_with_progress(
     progress: impl Fn(&serde_json::Value, Duration) -> String,
 ) -> Result<ExitCode> {
     let url = endpoint_url(admin, endpoint, query);
-    runtime()?
+    super::small_runtime()?
         .block_on(async {
             let mut resp = with_admin_token(reqwest::Client::new().post(&url))
                 .header("accept", "application/x-ndjson")

@@ -61,6 +61,13 @@ pub fn read_config(path: Option<&std::path::Path>, overrides: Overrides) -> Resu
     Config::from_raw(raw, overrides).context(context)
 }
 
+/// A one-thread runtime for a command that makes a few HTTP requests.
+pub fn small_runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+}
+
 /// Logs to stderr, filtered by `RUST_LOG` (default `info`).
 pub fn init_tracing(format: LogFormat) {
     use std::io::IsTerminal as _;

@@ -17,10 +17,7 @@ pub struct ProbeArgs {
 /// Exit 0 if the URL answers 2xx within [`TIMEOUT`]; 1 on any other status,
 /// a refused connection or a timeout.
 pub fn run(args: &ProbeArgs) -> Result<ExitCode> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    let ok = runtime.block_on(async {
+    let ok = super::small_runtime()?.block_on(async {
         let client = reqwest::Client::builder().timeout(TIMEOUT).build()?;
         Ok::<_, reqwest::Error>(client.get(&args.url).send().await?.status().is_success())
     });
