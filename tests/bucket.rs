@@ -307,3 +307,28 @@ async fn a_bucket_manifest_object_over_the_manifest_limit_is_deleted_unread() {
     })
     .await;
 }
+
+/// An upload the bucket refused is made again, from the local disk, once the
+/// bucket's back-off is over.
+#[tokio::test]
+async fn an_upload_the_bucket_refused_is_made_again_once_it_is_back() {
+    let up = FakeRegistry::start().await;
+    let d = up.add_blob(bytes_of(100_000, 30));
+    let bucket = TestBucket::new();
+    bucket.fail_writes.store(true, Ordering::SeqCst);
+    let p = Proxied::on_bucket(&up, bucket.clone(), "backoff = \"30s\"").await;
+    let r = p.get(&format!("/v2/library/app/blobs/{d}")).await;
+    assert_eq!(body_digest(r).await.unwrap().0, d);
+    metric_reaches(
+        &p,
+        "ferry_bucket_uploads_total{object=\"blob\",result=\"failed\"}",
+        1,
+    )
+    .await;
+    bucket.fail_writes.store(false, Ordering::SeqCst);
+    p.advance(Duration::from_secs(31));
+    metric_reaches(&p, BLOB_UPLOADED, 1).await;
+    let object = bucket.object(&TestBucket::blob_key(&d)).await;
+    assert_eq!(object.map(|b| sha256(&b)), Some(d));
+    assert_eq!(up.count("GET", |r| r.is_blob()), 1, "made from the disk");
+}

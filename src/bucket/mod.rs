@@ -259,7 +259,7 @@ impl Bucket {
                 self.metrics.bucket_read("manifest", false);
                 self.metrics.integrity_failures.inc();
                 self.health.succeeded();
-                tracing::warn!(%digest, size, "bucket manifest object too large to be one; deleting it");
+                tracing::warn!(%digest, size, "bucket manifest object too large to be one");
                 self.remove(Object::Manifest, digest).await;
                 None
             }
@@ -321,14 +321,16 @@ impl Bucket {
     /// Whether the bucket holds `digest` as `object`; `None` when it cannot
     /// be asked (an error, counted: the bucket backs off).
     pub async fn holds(&self, object: Object, digest: &Digest) -> Option<bool> {
-        match self.store.head(&self.key(object, digest)).await {
-            Ok(_) => Some(true),
-            Err(object_store::Error::NotFound { .. }) => Some(false),
+        let found = match self.store.head(&self.key(object, digest)).await {
+            Ok(_) => true,
+            Err(object_store::Error::NotFound { .. }) => false,
             Err(e) => {
                 self.failed("read", "HEAD of a remembered upload", &e);
-                None
+                return None;
             }
-        }
+        };
+        self.health.succeeded();
+        Some(found)
     }
 
     /// Writes a whole verified object in one `PUT`; whether it landed.
@@ -415,7 +417,7 @@ impl Bucket {
     /// fetches it upstream again. With purges, the only deletes Ferry makes.
     pub async fn remove(&self, object: Object, digest: &Digest) {
         let key = self.key(object, digest);
-        tracing::warn!(%digest, key = %key, "bucket object does not match its digest; deleting it");
+        tracing::warn!(%digest, key = %key, "bucket object is not what its key names; deleting it");
         if let Err(e) = self.store.delete(&key).await {
             self.failed("delete", "DELETE of a corrupt object", &e);
         }

@@ -56,13 +56,18 @@ pub fn admin_post_with_progress(
                 .header("accept", "application/x-ndjson")
                 .send()
                 .await?;
-            let success = resp.status().is_success();
+            if !resp.status().is_success() {
+                // A refusal: its whole body, as it came.
+                println!("{}", resp.text().await?.trim_end());
+                return Ok(ExitCode::from(1));
+            }
             let started = Instant::now();
             let mut lines = Lines::default();
             let mut last = None;
-            let mut show = |line: &[u8]| match Line::of(line, success) {
-                Line::Progress(v) => eprint!("\r{}", progress(&v, started.elapsed())),
-                Line::Final(text, done) => last = Some((text, done)),
+            let mut show = |line: &[u8]| match Line::of(line) {
+                Some(Line::Progress(v)) => eprint!("\r{}", progress(&v, started.elapsed())),
+                Some(Line::Final(text, done)) => last = Some((text, done)),
+                None => {}
             };
             while let Some(chunk) = resp.chunk().await? {
                 for line in lines.push(&chunk) {
@@ -114,17 +119,21 @@ enum Line {
     /// A progress object, to show as it goes.
     Progress(serde_json::Value),
     /// The answer to print: the final object, with whether it is `done`, or
-    /// any other line of a refusal.
+    /// a line that is not progress (an `error` object, or not JSON).
     Final(String, bool),
 }
 
 impl Line {
-    fn of(line: &[u8], success: bool) -> Line {
-        match serde_json::from_slice::<serde_json::Value>(line) {
-            Ok(v) if success && v.get("done").is_some() => Line::Final(v.to_string(), true),
-            Ok(v) if success && v.get("error").is_none() => Line::Progress(v),
-            _ => Line::Final(String::from_utf8_lossy(line).trim().to_string(), false),
+    /// `None` for a blank line.
+    fn of(line: &[u8]) -> Option<Line> {
+        if line.trim_ascii().is_empty() {
+            return None;
         }
+        Some(match serde_json::from_slice::<serde_json::Value>(line) {
+            Ok(v) if v.get("done").is_some() => Line::Final(v.to_string(), true),
+            Ok(v) if v.get("error").is_none() => Line::Progress(v),
+            _ => Line::Final(String::from_utf8_lossy(line).trim().to_string(), false),
+        })
     }
 }
 
@@ -145,27 +154,27 @@ mod tests {
     }
 
     #[test]
-    fn a_refusal_is_printed_and_progress_only_shown() {
-        let refusal = br#"{"errors":[{"code":"UNAUTHORIZED","message":"no"}]}"#;
+    fn progress_is_shown_the_end_printed_and_blank_lines_skipped() {
         assert_eq!(
-            Line::of(refusal, false),
-            Line::Final(String::from_utf8_lossy(refusal).into_owned(), false)
+            Line::of(b"{\"blobs\":2}\n"),
+            Some(Line::Progress(serde_json::json!({"blobs": 2})))
         );
         assert_eq!(
-            Line::of(b"{\"blobs\":2}\n", true),
-            Line::Progress(serde_json::json!({"blobs": 2}))
+            Line::of(b"{\"done\":true}\n"),
+            Some(Line::Final("{\"done\":true}".into(), true))
         );
         assert_eq!(
-            Line::of(b"{\"done\":true}\n", true),
-            Line::Final("{\"done\":true}".into(), true)
+            Line::of(b"{\"error\":\"gone\"}"),
+            Some(Line::Final("{\"error\":\"gone\"}".into(), false))
         );
         assert_eq!(
-            Line::of(b"{\"error\":\"gone\"}", true),
-            Line::Final("{\"error\":\"gone\"}".into(), false)
+            Line::of(b"not json"),
+            Some(Line::Final("not json".into(), false))
         );
         assert_eq!(
-            Line::of(b"not json", true),
-            Line::Final("not json".into(), false)
+            Line::of(b"  \n"),
+            None,
+            "a stray newline after done changes nothing"
         );
     }
 }

@@ -63,6 +63,10 @@ pub enum PeerError {
     /// quarantined and the key goes to the next member.
     #[error("peer failed: {0}")]
     Failed(String),
+    /// The peer answered, rightly, but not in a form this call can use (the
+    /// whole blob for a resume's range): fetch for yourself, the peer stays in.
+    #[error("peer answer unusable: {0}")]
+    Unusable(String),
 }
 
 /// What asking a key's owner came to.
@@ -229,7 +233,7 @@ impl Cluster {
                     waited = true;
                     tokio::time::sleep(LOOP_PAUSE).await;
                 }
-                Err(PeerError::Loop) => break,
+                Err(PeerError::Loop | PeerError::Unusable(_)) => break,
                 Err(PeerError::Failed(why)) => self.failed(&owner, &why),
             }
         }
@@ -298,6 +302,7 @@ impl Cluster {
                 Err(PeerError::NotFound) => "not_found",
                 Err(PeerError::Loop) => "loop",
                 Err(PeerError::Failed(_)) => "failed",
+                Err(PeerError::Unusable(_)) => "unusable",
             },
         );
         result
@@ -323,6 +328,12 @@ impl Cluster {
             (0, StatusCode::OK) => response.content_length(),
             (_, StatusCode::PARTIAL_CONTENT) => content_range_total(response.headers(), offset)
                 .ok_or_else(|| PeerError::Failed("a 206 without the right Content-Range".into()))?,
+            // An owner that does not know the size streams the whole blob.
+            (_, StatusCode::OK) => {
+                return Err(PeerError::Unusable(
+                    "the whole blob, not the range asked".into(),
+                ))
+            }
             _ => return Err(PeerError::Failed("did not answer the range asked".into())),
         };
         Ok(PeerBlob { total, response })
@@ -526,5 +537,67 @@ async fn read_manifest_body(
             Ok(Err(e)) => return Err(format!("peer {peer}: {e}")),
             Err(_) => return Err(format!("peer {peer}: body stalled")),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::cluster::Members as ConfiguredMembers;
+
+    fn two_replicas() -> Cluster {
+        let config = ClusterConfig {
+            self_addr: "a:1".into(),
+            members: ConfiguredMembers::Static(vec!["a:1".into(), "b:1".into()]),
+            refresh: Duration::from_secs(5),
+            quarantine: Duration::from_secs(10),
+            secret: "a-peer-secret-for-tests".into(),
+        };
+        let timeouts = Timeouts {
+            connect: Duration::from_secs(1),
+            response: Duration::from_secs(1),
+            idle: Duration::from_secs(1),
+        };
+        Cluster::new(&config, timeouts, Arc::new(Metrics::new()), Clock::manual()).unwrap()
+    }
+
+    /// A key `b:1` owns.
+    fn owned_by_b(c: &Cluster) -> Vec<u8> {
+        (0..1000u32)
+            .map(|i| i.to_string().into_bytes())
+            .find(|k| c.route(k) == Route::Peer("b:1".into()))
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn an_unusable_answer_is_fetched_here_and_leaves_the_owner_in() {
+        let c = two_replicas();
+        let key = owned_by_b(&c);
+        let mut asked = 0;
+        let got = c
+            .ask_owner(&key, "blob", |_| {
+                asked += 1;
+                async { Err::<(), _>(PeerError::Unusable("whole blob".into())) }
+            })
+            .await;
+        assert!(matches!(got, Asked::Here));
+        assert_eq!(asked, 1, "not asked again");
+        assert_eq!(c.route(&key), Route::Peer("b:1".into()), "not quarantined");
+    }
+
+    #[tokio::test]
+    async fn a_failed_owner_is_quarantined_and_its_keys_come_here() {
+        let c = two_replicas();
+        let key = owned_by_b(&c);
+        let mut asked = 0;
+        let got = c
+            .ask_owner(&key, "blob", |_| {
+                asked += 1;
+                async { Err::<(), _>(PeerError::Failed("body stalled".into())) }
+            })
+            .await;
+        assert!(matches!(got, Asked::Here));
+        assert_eq!(asked, 1, "quarantined after one failure");
+        assert_eq!(c.route(&key), Route::Here);
     }
 }

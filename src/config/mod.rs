@@ -299,6 +299,9 @@ fn admin_token(
     env: &Option<String>,
 ) -> Result<Option<AdminToken>, ConfigError> {
     let token = match secret_from("admin_token", file, env)? {
+        Some(t) if !t.bytes().all(|b| b.is_ascii_graphic()) => {
+            return err("the admin token must be printable ASCII without spaces (clients send it in a header)");
+        }
         Some(t) if t.len() < AdminToken::MIN_LEN => {
             return err(format!(
                 "the admin token must be at least {} characters",

@@ -229,6 +229,13 @@ fn access_tls_admin_and_client_scopes_are_checked_before_serving() {
     ))
     .unwrap_err();
     assert!(e.to_string().contains("at least 16"), "{e}");
+    std::fs::write(&token, "0123456789 abcdef0123\n").unwrap();
+    let e = load(&format!(
+        "admin_listen = \"0.0.0.0:5001\"\nadmin_token_file = \"{}\"\n",
+        token.display()
+    ))
+    .unwrap_err();
+    assert!(e.to_string().contains("printable ASCII"), "{e}");
     std::fs::write(&token, "0123456789abcdef0123\n").unwrap();
     let c = load(&format!(
         "admin_listen = \"0.0.0.0:5001\"\nadmin_token_file = \"{}\"\n",

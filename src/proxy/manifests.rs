@@ -269,8 +269,10 @@ impl Manifests {
 fn upload(bucket: Arc<Bucket>, slot: OwnedSemaphorePermit, digest: Digest, m: StoredManifest) {
     tokio::spawn(async move {
         let _slot = slot;
-        bucket
-            .put(Object::Manifest, &digest, m.body, Some(&m.media_type))
-            .await;
+        let put = bucket.put(Object::Manifest, &digest, m.body, Some(&m.media_type));
+        if !put.await {
+            // Tried again once the bucket is usable.
+            bucket.defer(Object::Manifest, &digest);
+        }
     });
 }

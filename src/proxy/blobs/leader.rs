@@ -322,7 +322,7 @@ async fn download(
         reading_bucket = matches!(resumed, Body::Bucket(_));
         // The owner died and this replica now reads upstream: it is the one
         // to upload (from byte 0: the temp file has every byte so far).
-        if !uploading && matches!(resumed, Body::Upstream(_)) {
+        if !uploading && from_peer && matches!(resumed, Body::Upstream(_)) {
             uploading = true;
             start_upload(cx, digest, total, tx);
         }

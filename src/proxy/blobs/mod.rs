@@ -191,8 +191,6 @@ impl Blobs {
         })
     }
 
-    /// A blob answered from the store, or `None` when it is not there. A store
-    /// that cannot be read is a miss: upstream still answers.
     /// Whether a fetch of `digest` is in flight here.
     pub(crate) fn fetching(&self, digest: &Digest) -> bool {
         self.inflight.get(digest).is_some()
@@ -213,6 +211,8 @@ impl Blobs {
         }
     }
 
+    /// A blob answered from the store, or `None` when it is not there. A store
+    /// that cannot be read is a miss: upstream still answers.
     fn stored(
         &self,
         digest: &Digest,

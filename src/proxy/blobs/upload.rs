@@ -68,6 +68,7 @@ async fn run(bucket: &Bucket, digest: &Digest, mut body: ByteStream) {
             let Some(u) = upload.as_mut() else { return };
             if let Err(e) = u.put_part(PutPayload::from(part)).await {
                 bucket.upload_failed(&e);
+                bucket.defer(Object::Blob, digest);
                 let _ = u.abort().await;
                 return;
             }
@@ -77,7 +78,9 @@ async fn run(bucket: &Bucket, digest: &Digest, mut body: ByteStream) {
     // The stream ended cleanly: the digest has checked.
     match upload {
         None => {
-            bucket.put(Object::Blob, digest, buf.freeze(), None).await;
+            if !bucket.put(Object::Blob, digest, buf.freeze(), None).await {
+                bucket.defer(Object::Blob, digest);
+            }
         }
         Some(mut u) => {
             let last = buf.len() as u64;
@@ -91,6 +94,7 @@ async fn run(bucket: &Bucket, digest: &Digest, mut body: ByteStream) {
                 Ok(_) => bucket.wrote(Object::Blob, sent + last),
                 Err(e) => {
                     bucket.upload_failed(&e);
+                    bucket.defer(Object::Blob, digest);
                     let _ = u.abort().await;
                 }
             }
