@@ -354,15 +354,7 @@ LUA
 WRK_LUA="$DATA/wrk.lua"
 
 # ---- upstream
-cat >"$DATA/upstream.yml" <<YML
-version: 0.1
-log: {level: warn}
-storage:
-  filesystem: {rootdirectory: $DATA/upstream}
-  cache: {blobdescriptor: inmemory}
-  delete: {enabled: true}
-http: {addr: 127.0.0.1:$UPORT}
-YML
+registry_config "$DATA/upstream.yml" "$DATA/upstream" "127.0.0.1:$UPORT" false
 start_server upstream "$UP/v2/" docker-registry serve "$DATA/upstream.yml"
 
 # ---- seed: bench/app:1.0 (warm tests), bench/herd:1.0 (cold herd), bench/cold:1.0 (cold single pulls)
@@ -391,15 +383,7 @@ got=$(curl -sS -f --max-time 10 -I -H "$ACCEPT" "$UP/v2/bench/app/manifests/1.0"
 # ---- peer (distribution in proxy mode)
 # access log off, like Ferry's default (it has --access-log); PEER_ACCESS_LOG=1 turns it on
 PEER_AL=true; [[ "${PEER_ACCESS_LOG:-0}" == 1 ]] && PEER_AL=false
-cat >"$DATA/peer.yml" <<YML
-version: 0.1
-log: {level: warn, accesslog: {disabled: $PEER_AL}}
-storage:
-  filesystem: {rootdirectory: $DATA/peer}
-  cache: {blobdescriptor: inmemory}
-http: {addr: 127.0.0.1:$PPORT}
-proxy: {remoteurl: "$UP"}
-YML
+registry_config "$DATA/peer.yml" "$DATA/peer" "127.0.0.1:$PPORT" "$PEER_AL" "$UP"
 start_server peer "http://127.0.0.1:$PPORT/v2/" docker-registry serve "$DATA/peer.yml"
 
 # ---- nginx: same blob and manifest bytes as static files, same URL shapes

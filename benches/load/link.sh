@@ -231,15 +231,7 @@ restart_proxy() {
   GEN=$((GEN + 1)); dir="$DATA/$name-$GEN"; mkdir -p "$dir"
   echo "=== $(date +%T) start, data dir $dir" >>"$OUT/logs/$name.log"
   if [[ $name == peer ]]; then
-    cat >"$DATA/peer.yml" <<YML
-version: 0.1
-log: {level: warn, accesslog: {disabled: true}}
-storage:
-  filesystem: {rootdirectory: $dir}
-  cache: {blobdescriptor: inmemory}
-http: {addr: 127.0.0.1:$PPORT}
-proxy: {remoteurl: "$UP"}
-YML
+    registry_config "$DATA/peer.yml" "$dir" "127.0.0.1:$PPORT" true "$UP"
     start_server peer "http://127.0.0.1:$PPORT/v2/" docker-registry serve "$DATA/peer.yml"
   else
     # shellcheck disable=SC2086
@@ -399,15 +391,7 @@ reap_stale
 setup_link
 
 # ---- upstream, inside the namespace (access log on: upstream GETs are counted from it)
-cat >"$DATA/upstream.yml" <<YML
-version: 0.1
-log: {level: warn}
-storage:
-  filesystem: {rootdirectory: $DATA/upstream}
-  cache: {blobdescriptor: inmemory}
-  delete: {enabled: true}
-http: {addr: $NS_IP:5000}
-YML
+registry_config "$DATA/upstream.yml" "$DATA/upstream" "$NS_IP:5000" false
 start_server upstream "$UP/v2/" ip netns exec "$NS" docker-registry serve "$DATA/upstream.yml"
 [[ $(ip netns identify "${PIDOF[upstream]}" 2>/dev/null) == "$NS" ]] ||
   die "the upstream (pid ${PIDOF[upstream]}) is not in namespace $NS"

@@ -569,35 +569,35 @@ mod tests {
             .unwrap()
     }
 
-    #[tokio::test]
-    async fn an_unusable_answer_is_fetched_here_and_leaves_the_owner_in() {
+    /// Asks `b:1` for a key it owns, once per call answering `error`: what
+    /// it came to, how many times `b:1` was asked, and the key's route after.
+    async fn ask_b_answering(error: PeerError) -> (Asked<()>, usize, Route) {
         let c = two_replicas();
         let key = owned_by_b(&c);
         let mut asked = 0;
         let got = c
             .ask_owner(&key, "blob", |_| {
                 asked += 1;
-                async { Err::<(), _>(PeerError::Unusable("whole blob".into())) }
+                let e = error.clone();
+                async { Err::<(), _>(e) }
             })
             .await;
+        (got, asked, c.route(&key))
+    }
+
+    #[tokio::test]
+    async fn an_unusable_answer_is_fetched_here_and_leaves_the_owner_in() {
+        let (got, asked, route) = ask_b_answering(PeerError::Unusable("whole blob".into())).await;
         assert!(matches!(got, Asked::Here));
         assert_eq!(asked, 1, "not asked again");
-        assert_eq!(c.route(&key), Route::Peer("b:1".into()), "not quarantined");
+        assert_eq!(route, Route::Peer("b:1".into()), "not quarantined");
     }
 
     #[tokio::test]
     async fn a_failed_owner_is_quarantined_and_its_keys_come_here() {
-        let c = two_replicas();
-        let key = owned_by_b(&c);
-        let mut asked = 0;
-        let got = c
-            .ask_owner(&key, "blob", |_| {
-                asked += 1;
-                async { Err::<(), _>(PeerError::Failed("body stalled".into())) }
-            })
-            .await;
+        let (got, asked, route) = ask_b_answering(PeerError::Failed("body stalled".into())).await;
         assert!(matches!(got, Asked::Here));
         assert_eq!(asked, 1, "quarantined after one failure");
-        assert_eq!(c.route(&key), Route::Here);
+        assert_eq!(route, Route::Here);
     }
 }

@@ -222,26 +222,18 @@ fn access_tls_admin_and_client_scopes_are_checked_before_serving() {
         assert!(e.to_string().contains(says), "{bad}: {e}");
     }
     let token = dir.path().join("token");
-    std::fs::write(&token, "short\n").unwrap();
-    let e = load(&format!(
-        "admin_listen = \"0.0.0.0:5001\"\nadmin_token_file = \"{}\"\n",
-        token.display()
-    ))
-    .unwrap_err();
+    let with_token = |text: &str| {
+        std::fs::write(&token, text).unwrap();
+        load(&format!(
+            "admin_listen = \"0.0.0.0:5001\"\nadmin_token_file = \"{}\"\n",
+            token.display()
+        ))
+    };
+    let e = with_token("short\n").unwrap_err();
     assert!(e.to_string().contains("at least 16"), "{e}");
-    std::fs::write(&token, "0123456789 abcdef0123\n").unwrap();
-    let e = load(&format!(
-        "admin_listen = \"0.0.0.0:5001\"\nadmin_token_file = \"{}\"\n",
-        token.display()
-    ))
-    .unwrap_err();
+    let e = with_token("0123456789 abcdef0123\n").unwrap_err();
     assert!(e.to_string().contains("printable ASCII"), "{e}");
-    std::fs::write(&token, "0123456789abcdef0123\n").unwrap();
-    let c = load(&format!(
-        "admin_listen = \"0.0.0.0:5001\"\nadmin_token_file = \"{}\"\n",
-        token.display()
-    ))
-    .unwrap();
+    let c = with_token("0123456789abcdef0123\n").unwrap();
     assert!(c
         .admin_token
         .unwrap()

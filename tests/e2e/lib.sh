@@ -154,3 +154,21 @@ oci_push_blob() {   # oci_push_blob BASE REPO FILE: a monolithic OCI blob upload
     -T "$file" -o /dev/null "${loc}${sep}digest=$digest" || { log "blob PUT for $repo failed"; return 1; }
   echo "$digest"
 }
+
+# registry_config FILE ROOT ADDR ACCESS_LOG_DISABLED [PROXY_URL]: a distribution 2.8 config
+# in FILE: storage under ROOT, listening on ADDR; with PROXY_URL a pull-through proxy of it
+# (the peer), without one a registry that accepts pushes and deletes (the upstream)
+registry_config() {
+  local file=$1 root=$2 addr=$3 no_access_log=$4 proxy=${5:-}
+  {
+    echo "version: 0.1"
+    echo "log: {level: warn, accesslog: {disabled: $no_access_log}}"
+    echo "storage:"
+    echo "  filesystem: {rootdirectory: $root}"
+    echo "  cache: {blobdescriptor: inmemory}"
+    [ -n "$proxy" ] || echo "  delete: {enabled: true}"
+    echo "http: {addr: $addr}"
+    [ -z "$proxy" ] || echo "proxy: {remoteurl: \"$proxy\"}"
+  } >"$file"
+}
+
