@@ -387,7 +387,8 @@ async fn apply_reloads(
 }
 
 /// Periodic upkeep: flush batched access times and keep the store in budget;
-/// in a cluster, keep the member view fresh.
+/// in a cluster, keep the member view fresh; with a bucket, make the uploads
+/// that were skipped.
 async fn maintain(proxy: Arc<Proxy>) {
     let members = async {
         match proxy.cluster() {
@@ -395,16 +396,11 @@ async fn maintain(proxy: Arc<Proxy>) {
             None => std::future::pending().await,
         }
     };
-    tokio::join!(maintain_store(&proxy), members, catch_up_uploads(&proxy));
-}
-
-/// Makes the bucket uploads that were skipped, every few seconds.
-async fn catch_up_uploads(proxy: &Proxy) {
-    let mut tick = tokio::time::interval(config::defaults::BUCKET_CATCH_UP);
-    loop {
-        tick.tick().await;
-        proxy.catch_up_uploads().await;
-    }
+    tokio::join!(
+        maintain_store(&proxy),
+        members,
+        proxy.keep_uploads_caught_up()
+    );
 }
 
 async fn maintain_store(proxy: &Proxy) {

@@ -4,6 +4,7 @@
 use super::answers::Space;
 use super::{Error, Origin, Proxy, Result};
 use crate::bucket::Object;
+use crate::config::defaults;
 use crate::oci::Digest;
 use crate::upstream::Target;
 use ferry_storage::FsckReport;
@@ -103,11 +104,24 @@ impl Proxy {
         self.prune_answers()
     }
 
+    /// Makes the skipped bucket uploads every [`defaults::BUCKET_CATCH_UP`];
+    /// runs until dropped, and never wakes without a bucket.
+    pub async fn keep_uploads_caught_up(&self) {
+        if self.bucket.is_none() {
+            return std::future::pending().await;
+        }
+        let mut tick = tokio::time::interval(defaults::BUCKET_CATCH_UP);
+        loop {
+            tick.tick().await;
+            self.catch_up_uploads().await;
+        }
+    }
+
     /// Makes the bucket uploads that were skipped (no free slot, or the bucket
     /// backing off), from the local disk, while the bucket is usable and
     /// slots are free; an object the bucket already holds (another replica
     /// uploaded it) is not sent again.
-    pub async fn catch_up_uploads(&self) {
+    async fn catch_up_uploads(&self) {
         let Some(bucket) = &self.bucket else { return };
         // Each remembered upload at most once a round: one still downloading
         // goes back to the end.
